@@ -1,0 +1,52 @@
+"""``boq-vpr``: the command line. Each subcommand lives in ``boq_vpr.commands.<module>`` and
+provides ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported on use so that
+``boq-vpr --help`` stays fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import BoqVprError
+
+# subcommand -> (module in boq_vpr.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    'info': ('info', 'show a model configuration and a weight file summary'),
+    'encode': ('encode', 'encode an image folder into descriptors (.npy + CSV of file names)'),
+    'bench': ('bench', 'benchmarks that print and save their figures as JSON'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='boq-vpr', description='BoQ visual place recognition for SLAM loop closures.')
+    parser.add_argument('--version', action='version', version=f'boq-vpr {__version__}')
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='more log output (-vv for debug)')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(f'{__package__}.commands.{module}')
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return int(args._run(args) or 0)
+    except BoqVprError as err:
+        print(f'boq-vpr {args.command}: error: {err}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``boq-vpr`` (see ``boq_vpr.cli.COMMANDS``)."""

@@ -1,0 +1,27 @@
+"""``boq-vpr bench <what>``: benchmarks that print their figures and save them as JSON.
+
+Each benchmark module in ``BENCHES`` provides ``add_arguments(parser)`` and ``run(args)``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# benchmark -> (module in boq_vpr.commands, help)
+BENCHES: dict[str, tuple[str, str]] = {
+    'encoder': ('bench_encoder', 'encoding speed per model, backend, precision and batch size'),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest='bench', metavar='WHAT')
+    sub.required = True
+    for name, (module, help_text) in BENCHES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(f'{__package__}.{module}')
+        mod.add_arguments(p)
+        p.set_defaults(_bench_run=mod.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args._bench_run(args)

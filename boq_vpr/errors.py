@@ -1,0 +1,25 @@
+"""Errors raised by boq_vpr. Each message says what went wrong and what to do about it."""
+
+
+class BoqVprError(Exception):
+    """Base class of every error raised by boq_vpr."""
+
+
+class ConfigError(BoqVprError, ValueError):
+    """A configuration, parameter or name is invalid."""
+
+
+class CheckpointError(BoqVprError):
+    """A weight file cannot be read or does not fit the model."""
+
+
+class ImageError(BoqVprError, ValueError):
+    """An image or array cannot be used as network input."""
+
+
+class BackendError(BoqVprError):
+    """An encoder backend is unavailable or failed."""
+
+
+class MapError(BoqVprError):
+    """A map database cannot be read, written or used with this model."""

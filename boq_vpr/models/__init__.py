@@ -1,0 +1,7 @@
+"""BoQ models: configurations, backbones, aggregator and weight loading."""
+from .checkpoint import file_sha256, load_model, load_weights, read_state_dict
+from .config import MODEL_CONFIGS, ModelConfig, get_config
+from .vpr import VPRModel, build_model
+
+__all__ = ['MODEL_CONFIGS', 'ModelConfig', 'VPRModel', 'build_model', 'file_sha256', 'get_config',
+           'load_model', 'load_weights', 'read_state_dict']

@@ -1,0 +1,69 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'boq_vpr'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    python_requires='>=3.10',
+    # Loose pins: on a Jetson, torch comes from JetPack's wheel, rclpy and messages from apt.
+    install_requires=[
+        'setuptools',
+        'numpy>=1.22',
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'opencv-python-headless>=4.8',
+        'faiss-cpu>=1.7.4',
+        'onnx>=1.15',
+        'onnxruntime>=1.16',
+        'rosbags>=0.9.20',
+        'rosbags-image>=0.9',
+        'pyyaml>=6',
+        'tqdm>=4.60',
+        'matplotlib>=3.6',
+    ],
+    extras_require={
+        # Machines without a ROS install only: rclpy and the message packages from PyPI.
+        'ros': [
+            'ros-kilted-rclpy',
+            'ros-kilted-rmw-fastrtps-cpp',
+            'ros-kilted-sensor-msgs',
+            'ros-kilted-std-msgs',
+            'ros-kilted-std-srvs',
+            'ros-kilted-geometry-msgs',
+            'ros-kilted-nav-msgs',
+            'ros-kilted-visualization-msgs',
+            'ros-kilted-diagnostic-msgs',
+        ],
+        'training': [
+            'lightning>=2.1',
+            'pytorch-metric-learning>=2.3',
+            'pandas>=1.5',
+        ],
+        'test': [
+            'pytest>=7',
+            'psutil>=5.9',
+        ],
+    },
+    zip_safe=True,
+    maintainer='boq_vpr maintainers',
+    maintainer_email='maintainers@boq-vpr.invalid',
+    description='Visual place recognition loop closures for SLAM with BoQ.',
+    license='MIT',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'boq-vpr = boq_vpr.cli:main',
+            'boq_vpr = boq_vpr.cli:main',
+        ],
+    },
+)

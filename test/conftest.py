@@ -1,0 +1,34 @@
+"""Shared fixtures: paths of the shared reference fixtures and real images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('BOQ_VPR_SHARED', ROOT.parent / 'shared'))
+REFERENCE = SHARED / 'reference'
+NORDLAND = SHARED / 'data' / 'nordland_trimmed'
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f'{path} is absent (shared fixtures and data are not in a fresh clone)')
+    return path
+
+
+@pytest.fixture(scope='session')
+def reference_dir() -> Path:
+    return _need(REFERENCE)
+
+
+@pytest.fixture(scope='session')
+def nordland_dir() -> Path:
+    return _need(NORDLAND)
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _torch_threads():
+    import torch
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
