@@ -43,6 +43,7 @@ setup(
             'ros-kilted-nav-msgs',
             'ros-kilted-visualization-msgs',
             'ros-kilted-diagnostic-msgs',
+            'ros-kilted-rosgraph-msgs',
         ],
         'training': [
             'lightning>=2.1',
@@ -52,6 +53,7 @@ setup(
         'test': [
             'pytest>=7',
             'psutil>=5.9',
+            'colcon-common-extensions',
         ],
     },
     zip_safe=True,
@@ -59,7 +61,6 @@ setup(
     maintainer_email='maintainers@boq-vpr.invalid',
     description='Visual place recognition loop closures for SLAM with BoQ.',
     license='MIT',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'boq-vpr = boq_vpr.cli:main',
