@@ -23,3 +23,7 @@ class BackendError(BoqVprError):
 
 class MapError(BoqVprError):
     """A map database cannot be read, written or used with this model."""
+
+
+class BagError(BoqVprError):
+    """A bag cannot be read or written, or lacks the topic or ground truth asked for."""
