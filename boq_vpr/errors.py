@@ -27,3 +27,7 @@ class MapError(BoqVprError):
 
 class BagError(BoqVprError):
     """A bag cannot be read or written, or lacks the topic or ground truth asked for."""
+
+
+class DatasetError(BoqVprError, ValueError):
+    """A training or validation dataset is missing files or holds malformed rows."""
