@@ -1,0 +1,391 @@
+"""The loop-closure detector: a descriptor stream in, accepted loop candidates out.
+
+Two modes. ``slam``: each new keyframe queries the keyframes outside an exclusion window (recent
+keyframes of the current session, by time and/or count), then joins the map. ``localization``:
+every frame queries a prebuilt map, which is never modified.
+
+Per query, in order: top-k search -> absolute score threshold -> relative score threshold ->
+non-maximum suppression -> temporal consistency -> geometric verification -> at most
+``max_candidates`` accepted candidates, best first.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError, MapError
+from .geometric import FEATURES, GeometricVerifier
+from .keyframes import KeyframeSelector
+from .map_db import Keyframe, MapDatabase, make_thumbnail
+
+log = logging.getLogger(__name__)
+
+MODES = ('slam', 'localization')
+
+
+@dataclass
+class LoopCandidate:
+    """One accepted (or best raw) match of a query against the map."""
+
+    query_id: int | None         # keyframe id of the query when it joined the map (slam mode), else None
+    query_stamp_ns: int
+    match_id: int
+    match_stamp_ns: int
+    score: float                 # cosine similarity
+    rank: int                    # 0 = best
+    verified: bool               # passed geometric verification (False when disabled)
+    inliers: int                 # RANSAC inliers (0 when disabled)
+    match_keyframe: Keyframe     # carries the matched pose / frame_id when known
+
+
+@dataclass
+class DetectorConfig:
+    """Every filter of the detector. ``from_dict`` validates and names bad keys and values.
+
+    Fields:
+      mode: 'slam' (keyframes query the past outside the exclusion window, then join the map) or
+        'localization' (every frame queries a read-only prebuilt map).
+      session: session label given to the keyframes this detector adds (slam mode).
+      top_k: neighbours retrieved per query before filtering.
+      exclusion_time_s: slam mode: keyframes of the current session younger than this (relative to
+        the query stamp) are never matched. 0 = off.
+      exclusion_frames: slam mode: the most recent this-many keyframes of the current session are
+        never matched. 0 = off. With both set, the larger window wins.
+      min_score: absolute threshold on the cosine similarity of a match.
+      relative_score: relative threshold: a match is kept only if its score divided by the
+        reference score (the best similarity between the query and the ``relative_window`` most
+        recent queries/keyframes, i.e. how similar the place looks to itself a moment ago) is at
+        least this. 0 = off. Adapts to environments where all scores are high or low.
+      relative_window: how many recent queries/keyframes give the reference score.
+      temporal_consistency: number of consecutive queries whose matches must be consecutive in
+        the map (within ``consistency_tolerance`` keyframe ids) before a match is accepted.
+        1 = off (every query decides alone).
+      consistency_tolerance: largest id step between the matches of consecutive queries that
+        still counts as consecutive.
+      consistency_max_gap_s: a consistency chain breaks when consecutive queries are further apart
+        in time than this. 0 = never.
+      nms_radius: non-maximum suppression: a candidate within this many keyframe ids of a
+        better-ranked one is dropped. 0 = off.
+      max_candidates: accepted candidates returned per query, best first.
+      geometric_verification: check candidates with local features + RANSAC on stored keyframe
+        thumbnails (needs images given to ``process``; in localization mode a map built with
+        thumbnails).
+      geometric_features: 'orb' or 'sift'.
+      geometric_ratio: Lowe's ratio test threshold.
+      geometric_min_inliers: RANSAC inliers needed to verify a candidate.
+      geometric_ransac_px: RANSAC epipolar threshold in pixels of the working image.
+      geometric_working_side: images are resized to this longer side before feature extraction.
+      store_thumbnails: slam mode: store keyframe thumbnails in the map (default: when geometric
+        verification is on).
+      keyframe_min_time_s: slam mode: minimum time between keyframes. 0 = off.
+      keyframe_min_distance_m: slam mode: minimum travelled distance between keyframes (when
+        positions are given). 0 = off.
+      keyframe_max_similarity: slam mode: a frame whose cosine similarity to the last keyframe
+        exceeds this is not novel enough to become a keyframe. 1 = off.
+    """
+
+    mode: str = 'slam'
+    session: str = ''
+    top_k: int = 10
+    exclusion_time_s: float = 30.0
+    exclusion_frames: int = 50
+    min_score: float = 0.0
+    relative_score: float = 0.0
+    relative_window: int = 5
+    temporal_consistency: int = 1
+    consistency_tolerance: int = 3
+    consistency_max_gap_s: float = 0.0
+    nms_radius: int = 3
+    max_candidates: int = 1
+    geometric_verification: bool = False
+    geometric_features: str = 'orb'
+    geometric_ratio: float = 0.8
+    geometric_min_inliers: int = 15
+    geometric_ransac_px: float = 3.0
+    geometric_working_side: int = 320
+    store_thumbnails: bool | None = None
+    keyframe_min_time_s: float = 0.0
+    keyframe_min_distance_m: float = 0.0
+    keyframe_max_similarity: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'DetectorConfig':
+        """A validated configuration from a dict (e.g. ROS parameters); unknown keys are an error."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f'unknown detector parameter(s) {", ".join(unknown)}; valid: {", ".join(names)}')
+        kwargs = {}
+        for key, value in d.items():
+            default = names[key].default
+            try:
+                if key == 'store_thumbnails':
+                    kwargs[key] = None if value is None else _as_bool(key, value)
+                elif isinstance(default, bool):
+                    kwargs[key] = _as_bool(key, value)
+                elif isinstance(default, int):
+                    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                        raise ValueError
+                    kwargs[key] = int(value)
+                elif isinstance(default, float):
+                    if isinstance(value, bool):
+                        raise ValueError
+                    kwargs[key] = float(value)
+                else:
+                    kwargs[key] = str(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f'detector parameter {key} must be {type(default).__name__}, got {value!r}') from None
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad value."""
+        def bad(key: str, what: str):
+            raise ConfigError(f'detector parameter {key}={getattr(self, key)!r}: {what}')
+        if self.mode not in MODES:
+            bad('mode', f'must be one of {", ".join(MODES)}')
+        for key in ('top_k', 'relative_window', 'temporal_consistency', 'max_candidates', 'geometric_min_inliers'):
+            if getattr(self, key) < 1:
+                bad(key, 'must be >= 1')
+        for key in ('exclusion_time_s', 'exclusion_frames', 'relative_score', 'consistency_tolerance',
+                    'consistency_max_gap_s', 'nms_radius', 'keyframe_min_time_s', 'keyframe_min_distance_m'):
+            value = getattr(self, key)
+            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
+                bad(key, 'must be a finite value >= 0')
+        if not -1.0 <= self.min_score <= 1.0:
+            bad('min_score', 'a cosine similarity threshold must be in [-1, 1]')
+        if not -1.0 <= self.keyframe_max_similarity <= 1.0:
+            bad('keyframe_max_similarity', 'must be in [-1, 1] (1 = off)')
+        if self.geometric_min_inliers < 8:
+            bad('geometric_min_inliers', 'must be >= 8')
+        if not 0.0 < self.geometric_ratio <= 1.0:
+            bad('geometric_ratio', 'must be in (0, 1]')
+        if self.geometric_ransac_px <= 0:
+            bad('geometric_ransac_px', 'must be > 0')
+        if self.geometric_working_side < 32:
+            bad('geometric_working_side', 'must be >= 32')
+        if self.geometric_features not in FEATURES:
+            bad('geometric_features', f'must be one of {", ".join(FEATURES)}')
+        if self.max_candidates > self.top_k:
+            bad('max_candidates', f'cannot exceed top_k ({self.top_k})')
+
+
+def _as_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ('true', 'false', '1', '0', 'yes', 'no'):
+        return value.lower() in ('true', '1', 'yes')
+    raise ValueError
+
+
+@dataclass
+class FrameResult:
+    """What the detector made of one frame."""
+
+    keyframe_id: int | None      # id if the frame joined the map as a keyframe (slam mode), else None
+    candidates: list[LoopCandidate] = field(default_factory=list)  # accepted loop closures, best first
+    decision_score: float = math.nan  # score the accept/reject decision was made on (for PR curves)
+    best: LoopCandidate | None = None  # best raw match outside the exclusion window before thresholds
+    reason: str = ''             # short reason when nothing was accepted
+
+
+@dataclass
+class _Chain:
+    match_id: int
+    length: int
+
+
+class LoopClosureDetector:
+    """Turns descriptors (one per frame) into loop-closure candidates against ``db``. Thread-safe."""
+
+    def __init__(self, db: MapDatabase, config: DetectorConfig) -> None:
+        config.validate()
+        self.db = db
+        self.config = config
+        self.selector = KeyframeSelector(config.keyframe_min_time_s, config.keyframe_min_distance_m,
+                                         config.keyframe_max_similarity)
+        self.verifier = (GeometricVerifier(config.geometric_features, ratio=config.geometric_ratio,
+                                           ransac_threshold_px=config.geometric_ransac_px,
+                                           min_inliers=config.geometric_min_inliers,
+                                           working_side=config.geometric_working_side)
+                         if config.geometric_verification else None)
+        self.store_thumbnails = (config.geometric_verification if config.store_thumbnails is None
+                                 else config.store_thumbnails)
+        self._lock = threading.RLock()
+        # Keyframes added by this detector since the map was attached belong to the current session;
+        # the exclusion window only ever covers them.
+        self._session_start = db.next_id
+        self._warned_no_image = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget temporal-consistency, relative-score and keyframe-selection state (the map is kept)."""
+        with self._lock:
+            self._chains: list[_Chain] = []
+            self._last_query_ns: int | None = None
+            self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=self.config.relative_window)
+            self.selector.reset()
+
+    def start_session(self, session: str | None = None) -> None:
+        """Start a new session: later keyframes are matched against everything added so far."""
+        with self._lock:
+            if session is not None:
+                self.config = dataclasses.replace(self.config, session=session)
+            self._session_start = self.db.next_id
+            self.reset()
+
+    # ------------------------------------------------------------------ helpers
+    def _id_below(self, stamp_ns: int) -> int:
+        """Matches must have ids below this (the exclusion window of the current session)."""
+        c = self.config
+        next_id = self.db.next_id
+        cut = next_id
+        if c.exclusion_frames > 0:
+            cut = min(cut, max(self._session_start, next_id - c.exclusion_frames))
+        if c.exclusion_time_s > 0:
+            first = self.db.first_id_at_or_after(stamp_ns - int(round(c.exclusion_time_s * 1e9)), session=c.session)
+            if first is not None:
+                cut = min(cut, max(self._session_start, first))
+        return cut
+
+    def _reference_score(self, q: np.ndarray) -> float | None:
+        if not self._recent:
+            return None
+        return float(max(float(np.dot(q, r)) for r in self._recent))
+
+    def _candidate(self, query_id, stamp_ns, match_id, score, rank) -> LoopCandidate:
+        kf = self.db.keyframe(int(match_id))
+        return LoopCandidate(query_id, int(stamp_ns), int(match_id), kf.stamp_ns, float(score), rank, False, 0, kf)
+
+    # ------------------------------------------------------------------ main entry
+    def process(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
+                image: np.ndarray | None = None, source: str = '') -> FrameResult:
+        """One frame: query the map, filter, and (slam mode, keyframes only) add it to the map."""
+        q = np.asarray(descriptor, np.float32)
+        if q.ndim == 2 and q.shape[0] == 1:
+            q = q[0]
+        if q.ndim != 1 or q.shape[0] != self.db.descriptor_dim:
+            raise MapError(f'descriptor must be [{self.db.descriptor_dim}] (one frame), got {tuple(np.shape(descriptor))}')
+        norm = float(np.linalg.norm(q))
+        if not math.isfinite(norm) or norm < 1e-12:
+            raise MapError('descriptor is zero or not finite; check the encoder output')
+        q = q / norm
+        stamp_ns = int(stamp_ns)
+        c = self.config
+        slam = c.mode == 'slam'
+        with self._lock:
+            if slam:
+                decision = self.selector.check(q, stamp_ns, position)
+                if not decision.accept:
+                    return FrameResult(None, [], math.nan, None, decision.reason)
+            result = self._query(q, stamp_ns, image)
+            if slam:
+                kf = Keyframe(-1, stamp_ns, _tuple(position, 3), _tuple(orientation, 4), frame_id, source, c.session)
+                thumb = [image] if (self.store_thumbnails and image is not None) else None
+                (kid,) = self.db.add(q, [kf], thumbnails=thumb)
+                self.selector.accept(q, stamp_ns, position)
+                result.keyframe_id = kid
+                for cand in ([result.best] if result.best else []) + result.candidates:
+                    cand.query_id = kid
+            self._recent.append(q)
+            self._last_query_ns = stamp_ns
+            return result
+
+    def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None) -> FrameResult:
+        c = self.config
+        id_below = self._id_below(stamp_ns) if c.mode == 'slam' else None
+        if len(self.db) == 0:
+            self._chains = []
+            return FrameResult(None, [], math.nan, None, 'map empty')
+        scores, ids = self.db.search(q, c.top_k, id_below=id_below)
+        valid = ids[0] >= 0
+        if not valid.any():
+            self._chains = []
+            return FrameResult(None, [], math.nan, None, 'exclusion window: no keyframe old enough')
+        scores, ids = scores[0][valid], ids[0][valid]
+        best = self._candidate(None, stamp_ns, ids[0], scores[0], 0)
+        reference = self._reference_score(q) if c.relative_score > 0 else None
+        decision = float(scores[0]) / reference if reference and reference > 0 else float(scores[0])
+
+        # absolute and relative thresholds
+        keep = scores >= c.min_score
+        reason = '' if keep.any() else f'below min_score ({scores[0]:.3f} < {c.min_score})'
+        if keep.any() and reference is not None and reference > 0:
+            rel = scores / reference
+            keep &= rel >= c.relative_score
+            if not keep.any():
+                reason = f'below relative_score ({float(scores[0]) / reference:.3f} < {c.relative_score})'
+        survivors = [(int(i), float(s), r) for r, (i, s) in enumerate(zip(ids, scores)) if keep[r]]
+        # non-maximum suppression: drop candidates next to a better one
+        if c.nms_radius > 0:
+            kept: list[tuple[int, float, int]] = []
+            for cand in survivors:
+                if all(abs(cand[0] - k[0]) > c.nms_radius for k in kept):
+                    kept.append(cand)
+            survivors = kept
+        # temporal consistency over consecutive queries (one chain per surviving candidate)
+        gap_ok = (self._last_query_ns is None or c.consistency_max_gap_s <= 0 or
+                  (stamp_ns - self._last_query_ns) * 1e-9 <= c.consistency_max_gap_s)
+        previous = self._chains if gap_ok else []
+        chains = []
+        for mid, _, _ in survivors:
+            length = 1 + max((ch.length for ch in previous if abs(ch.match_id - mid) <= c.consistency_tolerance),
+                             default=0)
+            chains.append(_Chain(mid, length))
+        self._chains = chains
+        if survivors and c.temporal_consistency > 1:
+            consistent = [s for s, ch in zip(survivors, chains) if ch.length >= c.temporal_consistency]
+            if not consistent:
+                longest = max(ch.length for ch in chains)
+                reason = f'temporal consistency ({longest}/{c.temporal_consistency})'
+            survivors = consistent
+        # geometric verification, best first, until max_candidates are accepted
+        accepted: list[LoopCandidate] = []
+        for rank, (mid, score, _) in enumerate(survivors):
+            cand = self._candidate(None, stamp_ns, mid, score, len(accepted))
+            if self.verifier is not None:
+                ok, inliers, why = self._verify(image, mid)
+                cand.verified, cand.inliers = ok, inliers
+                if not ok:
+                    reason = f'geometric verification: {why}'
+                    continue
+            accepted.append(cand)
+            if len(accepted) >= c.max_candidates:
+                break
+        if accepted:
+            reason = ''
+        return FrameResult(None, accepted, decision, best, reason)
+
+    def _verify(self, image: np.ndarray | None, match_id: int) -> tuple[bool, int, str]:
+        if image is None:
+            if not self._warned_no_image:
+                log.warning('geometric verification is on but frames come without images; candidates are rejected')
+                self._warned_no_image = True
+            return False, 0, 'no query image'
+        thumb = self.db.thumbnail(match_id)
+        if thumb is None:
+            return False, 0, f'keyframe {match_id} has no stored thumbnail'
+        # The query goes through the same thumbnail step as the stored keyframe (same scale).
+        v = self.verifier.verify(make_thumbnail(image, self.db.thumbnail_size), thumb)
+        return v.verified, v.inliers, v.reason
+
+
+def _tuple(value, n: int):
+    if value is None:
+        return None
+    t = tuple(float(v) for v in np.asarray(value, np.float64).ravel())
+    if len(t) != n:
+        raise MapError(f'expected {n} values, got {len(t)}: {value!r}')
+    return t
