@@ -31,3 +31,7 @@ class BagError(BoqVprError):
 
 class DatasetError(BoqVprError, ValueError):
     """A training or validation dataset is missing files or holds malformed rows."""
+
+
+class ExportError(BoqVprError):
+    """A model cannot be exported, or an exported file (ONNX, engine) is corrupt or does not fit."""
