@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('info', 'show a model configuration and a weight file summary'),
     'encode': ('encode', 'encode an image folder into descriptors (.npy + CSV of file names)'),
     'bench': ('bench', 'benchmarks that print and save their figures as JSON'),
+    'build-map': ('build_map', 'build a map database from an image folder (optionally with a poses CSV)'),
 }
 
 

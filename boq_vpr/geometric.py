@@ -118,10 +118,11 @@ class GeometricVerifier:
         pa = fa.points[[m.queryIdx for m in good]]
         pb = fb.points[[m.trainIdx for m in good]]
         if self.camera_matrix is not None:
-            _, mask = cv2.findEssentialMat(pa, pb, self.camera_matrix, cv2.RANSAC, 0.999, self.ransac_threshold_px)
+            model, mask = cv2.findEssentialMat(pa, pb, self.camera_matrix, cv2.RANSAC, 0.999, self.ransac_threshold_px)
         else:
-            _, mask = cv2.findFundamentalMat(pa, pb, cv2.FM_RANSAC, self.ransac_threshold_px, 0.999)
-        inliers = int(mask.sum()) if mask is not None else 0
+            model, mask = cv2.findFundamentalMat(pa, pb, cv2.FM_RANSAC, self.ransac_threshold_px, 0.999)
+        # Without a model OpenCV leaves the mask uninitialized: no inliers then.
+        inliers = int(np.count_nonzero(mask)) if model is not None and mask is not None else 0
         ok = inliers >= self.min_inliers
         return Verification(ok, inliers, len(good), nk,
                             '' if ok else f'{inliers} RANSAC inliers (< min_inliers {self.min_inliers})')

@@ -726,6 +726,7 @@ class MapDatabase:
     def _save_locked(self, path: Path) -> None:
         manifest = self.manifest()
         tmp = Path(tempfile.mkdtemp(prefix='.data-tmp-', dir=path))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a map is ordinary data
         try:
             files = self._write_data(tmp)
         except BaseException:
@@ -741,6 +742,7 @@ class MapDatabase:
         manifest.update({'generation': generation, 'data_dir': data_dir, 'files': files,
                          'saved_utc': _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')})
         fd, tmp_manifest = tempfile.mkstemp(prefix='.manifest-', suffix='.json', dir=path)
+        os.chmod(tmp_manifest, 0o644)
         with os.fdopen(fd, 'w') as f:
             json.dump(manifest, f, indent=2)
             f.write('\n')

@@ -1,0 +1,200 @@
+"""``boq-vpr build-map``: an image folder (optionally with a poses CSV) -> a map database directory.
+
+Poses CSV: a header row with a ``file`` column (image path relative to the folder) and any of
+``stamp`` (seconds) or ``stamp_ns``, ``x y z`` (position), ``qx qy qz qw`` (orientation),
+``frame_id``. Images without a row get no pose; rows without an image are reported. Without
+stamps, keyframe ``i`` gets the stamp ``i / --rate`` seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import ConfigError, ImageError, MapError
+from ..images import list_images
+from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
+from .common import add_encoder_args, encoder_from_args, write_json
+from .encode import iter_loaded
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('folder', type=Path, help='folder of images (png, jpg, ...), sorted by name')
+    parser.add_argument('--out', type=Path, required=True, help='map directory to write')
+    parser.add_argument('--poses', type=Path, default=None,
+                        help='CSV with a header: file, and optionally stamp|stamp_ns, x, y, z, qx, qy, qz, qw, frame_id')
+    parser.add_argument('--rate', type=float, default=1.0,
+                        help='frames per second used for stamps when the CSV gives none (default: 1)')
+    parser.add_argument('--recursive', action='store_true', help='include sub-folders')
+    parser.add_argument('--session', default='', help='session label of these keyframes (default: folder name)')
+    parser.add_argument('--index-type', default='flat', choices=list(INDEX_TYPES),
+                        help='flat (exact, default), pca, fp16, hnsw, ivfpq')
+    parser.add_argument('--index-option', action='append', default=[], metavar='KEY=VALUE',
+                        help='index option, repeatable; per type: ' +
+                             '; '.join(f'{t}: {", ".join(o) or "-"}' for t, o in INDEX_DEFAULTS.items()) +
+                             '; all: pca_dim, train_size')
+    parser.add_argument('--thumbnails', action='store_true',
+                        help='store grayscale thumbnails for geometric verification')
+    parser.add_argument('--thumbnail-size', type=int, default=160, help='thumbnail longer side in pixels (default 160)')
+    parser.add_argument('--append', action='store_true', help='add to an existing map at --out (same model)')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing map at --out')
+    parser.add_argument('--summary', type=Path, default=None, help='also write the summary as JSON here')
+    add_encoder_args(parser)
+
+
+def parse_index_options(items: list[str]) -> dict:
+    """['nlist=1024', 'pq_m=32'] -> {'nlist': 1024, 'pq_m': 32}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise ConfigError(f'--index-option expects KEY=VALUE, got {item!r}')
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f'--index-option {key}: value must be an integer, got {value!r}') from None
+    return out
+
+
+def read_poses(path: Path) -> dict[str, dict]:
+    """file -> {stamp_ns, position, orientation, frame_id} from a poses CSV."""
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f'poses CSV {path} cannot be read: {err}') from err
+    if not rows:
+        raise ConfigError(f'poses CSV {path} has no rows (it needs a header line and one row per image)')
+    cols = set(rows[0])
+    if 'file' not in cols:
+        raise ConfigError(f'poses CSV {path} needs a "file" column; it has {sorted(cols)}')
+    pos_cols, ori_cols = ('x', 'y', 'z'), ('qx', 'qy', 'qz', 'qw')
+    out: dict[str, dict] = {}
+    for line, row in enumerate(rows, start=2):
+        def num(keys):
+            if not all(k in cols for k in keys) or all(not (row.get(k) or '').strip() for k in keys):
+                return None
+            try:
+                vals = tuple(float(row[k]) for k in keys)
+            except (TypeError, ValueError):
+                raise ConfigError(f'{path}:{line}: {", ".join(keys)} must be numbers, got '
+                                  f'{[row.get(k) for k in keys]}') from None
+            if not all(math.isfinite(v) for v in vals):
+                raise ConfigError(f'{path}:{line}: {", ".join(keys)} must be finite')
+            return vals
+        stamp = None
+        try:
+            if (row.get('stamp_ns') or '').strip():
+                stamp = int(row['stamp_ns'])
+            elif (row.get('stamp') or '').strip():
+                stamp = int(round(float(row['stamp']) * 1e9))
+        except ValueError:
+            raise ConfigError(f'{path}:{line}: stamp must be a number (seconds) or stamp_ns an integer') from None
+        name = (row.get('file') or '').strip()
+        if not name:
+            raise ConfigError(f'{path}:{line}: empty file name')
+        if name in out:
+            log.warning('%s:%d: %s appears twice; using the later row', path, line, name)
+        out[name] = {'stamp_ns': stamp, 'position': num(pos_cols), 'orientation': num(ori_cols),
+                     'frame_id': (row.get('frame_id') or '').strip()}
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.append and args.overwrite:
+        raise ConfigError('--append and --overwrite exclude each other')
+    if args.rate <= 0:
+        raise ConfigError(f'--rate must be > 0, got {args.rate}')
+    files = list_images(args.folder, recursive=args.recursive)
+    if not files:
+        raise ImageError(f'no image files in {args.folder}')
+    poses = read_poses(args.poses) if args.poses else {}
+    options = parse_index_options(args.index_option)
+    exists = (args.out / MANIFEST).exists()
+    if exists and not (args.append or args.overwrite):
+        raise MapError(f'{args.out} already holds a map; pass --append to add to it or --overwrite to replace it')
+    encoder = encoder_from_args(args)
+    session = args.session or args.folder.resolve().name
+    if exists and args.append:
+        db = MapDatabase.load(args.out, fingerprint=encoder.fingerprint, descriptor_dim=encoder.descriptor_dim)
+        if args.index_type != db.index_type or options:
+            log.warning('appending to a %s map: --index-type/--index-option are ignored', db.index_type)
+    else:
+        db = MapDatabase(encoder.descriptor_dim, encoder.fingerprint, args.index_type,
+                         thumbnail_size=args.thumbnail_size, **options)
+    skipped: list[dict] = []
+    used_rows: set[str] = set()
+    without_pose = 0
+    t0 = time.perf_counter()
+    batch: list[np.ndarray] = []
+    kfs: list[Keyframe] = []
+
+    def flush() -> None:
+        if batch:
+            db.add(encoder.encode(batch), kfs, thumbnails=list(batch) if args.thumbnails else None)
+            bar.update(len(batch))
+            batch.clear()
+            kfs.clear()
+
+    base_index = len(db)
+    with tqdm(total=len(files), unit='img', desc='build-map', file=sys.stderr, disable=None) as bar:
+        for i, (path, image) in enumerate(iter_loaded(files, skipped)):
+            name = path.relative_to(args.folder).as_posix()
+            pose = poses.get(name)
+            if pose is not None:
+                used_rows.add(name)
+            elif args.poses:
+                without_pose += 1
+            stamp = pose['stamp_ns'] if pose and pose['stamp_ns'] is not None else \
+                int(round((base_index + i) * 1e9 / args.rate))
+            kfs.append(Keyframe(-1, stamp, pose['position'] if pose else None, pose['orientation'] if pose else None,
+                                pose['frame_id'] if pose else '', name, session))
+            batch.append(image)
+            if len(batch) == encoder.batch_size:
+                flush()
+        flush()
+        bar.update(len(skipped))
+    encode_s = time.perf_counter() - t0
+    added = len(db) - base_index
+    if added == 0:
+        raise ImageError(f'none of the {len(files)} files in {args.folder} could be read; nothing to save')
+    if not db.is_trained:
+        log.warning('the %s index needs %d vectors to train and has %d; they are stored untrained and searched '
+                    'exactly until the map grows (or use --index-option train_size=N)', db.index_type,
+                    db.train_size, len(db))
+    t1 = time.perf_counter()
+    db.save(args.out)
+    save_s = time.perf_counter() - t1
+    unused = sorted(set(poses) - used_rows)
+    if unused:
+        log.warning('%d poses CSV rows name no loaded image, e.g. %s', len(unused), unused[:3])
+    disk = sum(p.stat().st_size for p in args.out.rglob('*') if p.is_file())
+    summary = {
+        'map': str(args.out), 'folder': str(args.folder), 'session': session, 'files_seen': len(files),
+        'added': added, 'keyframes': len(db), 'skipped': len(skipped), 'skipped_files': skipped,
+        'without_pose': without_pose, 'unused_pose_rows': len(unused), 'index_type': db.index_type,
+        'index_options': db.index_options, 'trained': db.is_trained, 'descriptor_dim': db.descriptor_dim,
+        'fingerprint': db.fingerprint, 'thumbnails': bool(args.thumbnails), 'encode_s': round(encode_s, 3),
+        'save_s': round(save_s, 3), 'ms_per_image': encoder.times.per_image_ms(), 'disk_bytes': disk,
+        'sessions': db.sessions(), 'encoder': encoder.describe(),
+    }
+    if args.summary:
+        write_json(args.summary, summary)
+    print(f'map {args.out}: added {added} of {len(files)} images ({len(skipped)} skipped), {len(db)} keyframes, '
+          f'{db.descriptor_dim}-D {db.index_type} index, {disk / 2**20:.1f} MiB on disk; '
+          f'encoded in {encode_s:.1f} s ({encoder.name}), saved in {save_s:.2f} s')
+    if args.poses:
+        print(f'  poses: {added - without_pose} images with a CSV row, {without_pose} without, '
+              f'{len(unused)} rows unused')
+    for s in skipped:
+        print(f'  skipped: {s["reason"]}')
+    return 0
