@@ -1,0 +1,353 @@
+"""Ground truth of image sequences: where each frame was taken (position) or which place it shows
+(frame index), and which map frames count as true matches of a query.
+
+Sources: a pose topic (interpolated to the image stamps), a CSV matched by time (``stamp_ns`` or
+``stamp`` in seconds, ``x, y, z``, optional ``qx, qy, qz, qw``, optional ``frame``; a headerless
+TUM trajectory ``t x y z qx qy qz qw`` is read too), or the frame order itself (datasets aligned
+by frame). A query's positives are the map frames within ``distance_m`` (positions) or within
+``frame_tolerance`` frames (frame indices).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import BagError
+
+log = logging.getLogger(__name__)
+
+NS_PER_S = 1_000_000_000
+CRITERIA = ('auto', 'position', 'frame')
+_STAMP_COLUMNS = ('stamp_ns', 'stamp', 'timestamp', 'time', 't')
+
+
+@dataclass
+class GroundTruth:
+    """Per-frame ground truth of a sequence of ``N`` frames. ``positions`` ``[N, 3]`` (NaN rows:
+    unknown) and/or ``frames`` ``[N]`` int64 place indices (-1: unknown)."""
+
+    positions: np.ndarray | None = None
+    frames: np.ndarray | None = None
+    source: str = ''
+
+    def __post_init__(self) -> None:
+        if self.positions is not None:
+            self.positions = np.asarray(self.positions, np.float64).reshape(-1, 3)
+        if self.frames is not None:
+            self.frames = np.asarray(self.frames, np.int64).reshape(-1)
+        if self.positions is not None and self.frames is not None:
+            assert len(self.positions) == len(self.frames), 'positions and frames differ in length'
+
+    def __len__(self) -> int:
+        if self.positions is not None:
+            return len(self.positions)
+        return len(self.frames) if self.frames is not None else 0
+
+    @property
+    def has_positions(self) -> bool:
+        return self.positions is not None and bool(np.isfinite(self.positions).all(axis=1).any())
+
+    @property
+    def has_frames(self) -> bool:
+        return self.frames is not None and bool((self.frames >= 0).any())
+
+    def known(self, by: str) -> np.ndarray:
+        """Which frames have ground truth of kind ``by`` ('position' or 'frame')."""
+        if by == 'position':
+            return np.isfinite(self.positions).all(axis=1) if self.positions is not None else np.zeros(0, bool)
+        return self.frames >= 0 if self.frames is not None else np.zeros(0, bool)
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> 'GroundTruth':
+        idx = np.asarray(index, np.int64)
+        return GroundTruth(self.positions[idx] if self.positions is not None else None,
+                           self.frames[idx] if self.frames is not None else None, self.source)
+
+    @staticmethod
+    def empty(n: int, source: str = 'none') -> 'GroundTruth':
+        return GroundTruth(np.full((n, 3), np.nan), np.full(n, -1, np.int64), source)
+
+    @staticmethod
+    def concat(parts: Sequence['GroundTruth']) -> 'GroundTruth':
+        n = [len(p) for p in parts]
+        pos = np.concatenate([p.positions if p.positions is not None else np.full((k, 3), np.nan)
+                              for p, k in zip(parts, n)]) if parts else np.zeros((0, 3))
+        frames = np.concatenate([p.frames if p.frames is not None else np.full(k, -1, np.int64)
+                                 for p, k in zip(parts, n)]) if parts else np.zeros(0, np.int64)
+        return GroundTruth(pos, frames, '+'.join(dict.fromkeys(p.source for p in parts)))
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """When a map frame is a true match of a query: within ``distance_m`` metres (positions), or
+    within ``frame_tolerance`` frames (frame indices). ``by``: 'auto' uses positions where both
+    sides have them, else frame indices."""
+
+    distance_m: float = 25.0
+    frame_tolerance: int = 2
+    by: str = 'auto'
+
+    def __post_init__(self) -> None:
+        if self.by not in CRITERIA:
+            raise ValueError(f'by must be one of {", ".join(CRITERIA)}, got {self.by!r}')
+        if not self.distance_m > 0:
+            raise ValueError(f'distance_m must be > 0, got {self.distance_m}')
+        if self.frame_tolerance < 0:
+            raise ValueError(f'frame_tolerance must be >= 0, got {self.frame_tolerance}')
+
+    def describe(self, by: str) -> str:
+        return f'within {self.distance_m:g} m' if by == 'position' else f'within {self.frame_tolerance} frames'
+
+
+def resolve_by(query: GroundTruth, reference: GroundTruth, criterion: Criterion) -> str | None:
+    """The kind of ground truth to compare ('position' or 'frame'), or None when there is none."""
+    if criterion.by == 'position':
+        return 'position' if query.has_positions and reference.has_positions else None
+    if criterion.by == 'frame':
+        return 'frame' if query.has_frames and reference.has_frames else None
+    if query.has_positions and reference.has_positions:
+        return 'position'
+    if query.has_frames and reference.has_frames:
+        return 'frame'
+    return None
+
+
+def positive_matrix(query: GroundTruth, reference: GroundTruth, criterion: Criterion,
+                    by: str | None = None) -> np.ndarray:
+    """``[Q, M]`` bool: reference frame m is a true match of query q. Unknown frames match nothing."""
+    by = by or resolve_by(query, reference, criterion)
+    if by is None:
+        raise BagError('no ground truth to compare (neither positions nor frame indices on both sides)')
+    if by == 'position':
+        assert query.positions is not None and reference.positions is not None
+        q, m = query.positions, reference.positions
+        assert q.ndim == 2 and q.shape[1] == 3 and m.ndim == 2 and m.shape[1] == 3
+        out = np.zeros((len(q), len(m)), bool)
+        limit = criterion.distance_m ** 2
+        for start in range(0, len(q), 256):  # chunks keep memory at 256 x M x 3
+            d2 = ((q[start:start + 256, None, :] - m[None, :, :]) ** 2).sum(-1)
+            with np.errstate(invalid='ignore'):
+                out[start:start + 256] = np.nan_to_num(d2, nan=np.inf) <= limit
+        return out
+    assert query.frames is not None and reference.frames is not None
+    qf, mf = query.frames, reference.frames
+    ok = (qf[:, None] >= 0) & (mf[None, :] >= 0)
+    return ok & (np.abs(qf[:, None] - mf[None, :]) <= criterion.frame_tolerance)
+
+
+def interpolate_positions(stamps_ns: np.ndarray, sample_ns: np.ndarray, sample_pos: np.ndarray,
+                          max_gap_ns: int) -> np.ndarray:
+    """Positions ``[N, 3]`` at ``stamps_ns``: linear interpolation between the two samples around a
+    stamp when they are at most ``max_gap_ns`` apart, else the nearest sample within
+    ``max_gap_ns``, else NaN. ``sample_ns`` must be sorted."""
+    stamps = np.asarray(stamps_ns, np.int64)
+    t = np.asarray(sample_ns, np.int64)
+    p = np.asarray(sample_pos, np.float64).reshape(-1, 3)
+    assert t.ndim == 1 and len(t) == len(p)
+    out = np.full((len(stamps), 3), np.nan)
+    if len(t) == 0:
+        return out
+    assert np.all(np.diff(t) >= 0), 'sample stamps must be sorted'
+    hi = np.searchsorted(t, stamps, side='left')
+    for i, (s, h) in enumerate(zip(stamps, hi)):
+        if h < len(t) and t[h] == s:
+            out[i] = p[h]
+            continue
+        lo = h - 1
+        if 0 <= lo and h < len(t) and t[h] - t[lo] <= max_gap_ns:
+            w = (s - t[lo]) / (t[h] - t[lo])
+            out[i] = (1 - w) * p[lo] + w * p[h]
+            continue
+        best = min((j for j in (lo, h) if 0 <= j < len(t)), key=lambda j: abs(int(t[j]) - int(s)))
+        if abs(int(t[best]) - int(s)) <= max_gap_ns:
+            out[i] = p[best]
+    return out
+
+
+def nearest_labels(stamps_ns: np.ndarray, sample_ns: np.ndarray, labels: np.ndarray, max_dt_ns: int) -> np.ndarray:
+    """For each stamp the label of the nearest sample within ``max_dt_ns`` (-1 if none)."""
+    stamps = np.asarray(stamps_ns, np.int64)
+    t = np.asarray(sample_ns, np.int64)
+    lab = np.asarray(labels, np.int64)
+    out = np.full(len(stamps), -1, np.int64)
+    if len(t) == 0:
+        return out
+    order = np.argsort(t, kind='stable')
+    t, lab = t[order], lab[order]
+    hi = np.searchsorted(t, stamps)
+    for i, (s, h) in enumerate(zip(stamps, hi)):
+        best = min((j for j in (h - 1, h) if 0 <= j < len(t)), key=lambda j: abs(int(t[j]) - int(s)))
+        if abs(int(t[best]) - int(s)) <= max_dt_ns:
+            out[i] = lab[best]
+    return out
+
+
+def from_poses(samples: Sequence, stamps_ns: np.ndarray, max_gap_s: float = 0.5,
+               source: str = 'pose topic') -> GroundTruth:
+    """Ground truth from pose samples (``boq_vpr.bags.PoseSample``) interpolated to image stamps."""
+    samples = sorted(samples, key=lambda s: s.stamp_ns)
+    t = np.array([s.stamp_ns for s in samples], np.int64)
+    p = np.array([s.position for s in samples], np.float64).reshape(-1, 3)
+    pos = interpolate_positions(stamps_ns, t, p, int(max_gap_s * NS_PER_S))
+    _warn_unmatched(pos, source, max_gap_s)
+    return GroundTruth(pos, None, source)
+
+
+@dataclass
+class GroundTruthTable:
+    """The rows of a ground-truth file: stamps and positions and/or frame indices."""
+
+    path: Path
+    stamps_ns: np.ndarray
+    positions: np.ndarray | None
+    orientations: np.ndarray | None
+    frames: np.ndarray | None
+
+
+def _parse_float(value: str, path: Path, line: int, column: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise BagError(f'{path}:{line}: column {column}: {value!r} is not a number') from None
+
+
+def load_table(path: str | Path) -> GroundTruthTable:
+    """Read a ground-truth CSV (with a header naming the columns) or a headerless TUM trajectory."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BagError(f'{path}: cannot read ground truth: {err}') from err
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith('#')]
+    if not lines:
+        raise BagError(f'{path}: ground truth file is empty')
+    first = lines[0].replace(',', ' ').split()
+    if all(_is_number(v) for v in first):
+        return _load_tum(path, lines)
+    rows = list(csv.DictReader(lines))
+    cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else csv.DictReader(lines).fieldnames or [])}
+    stamp_col = next((c for c in _STAMP_COLUMNS if c in cols), None)
+    if stamp_col is None:
+        raise BagError(f'{path}: no stamp column; expected one of {", ".join(_STAMP_COLUMNS)} '
+                       f'(stamp_ns in integer nanoseconds, the others in seconds), found {", ".join(cols)}')
+    has_xyz = all(c in cols for c in ('x', 'y'))
+    has_frame = 'frame' in cols
+    if not has_xyz and not has_frame:
+        raise BagError(f'{path}: needs position columns x, y[, z] and/or a frame column; found {", ".join(cols)}')
+    has_q = all(c in cols for c in ('qx', 'qy', 'qz', 'qw'))
+    stamps, pos, quat, frames = [], [], [], []
+    for i, row in enumerate(rows, start=2):
+        raw = row[cols[stamp_col]].strip()
+        if stamp_col == 'stamp_ns':
+            try:
+                stamps.append(int(raw))
+            except ValueError:
+                raise BagError(f'{path}:{i}: stamp_ns {raw!r} is not an integer') from None
+        else:
+            stamps.append(int(round(_parse_float(raw, path, i, stamp_col) * NS_PER_S)))
+        if has_xyz:
+            z = row[cols['z']] if 'z' in cols else '0'
+            pos.append([_parse_float(row[cols[c]] if c != 'z' else z, path, i, c) for c in ('x', 'y', 'z')])
+        if has_q:
+            quat.append([_parse_float(row[cols[c]], path, i, c) for c in ('qx', 'qy', 'qz', 'qw')])
+        if has_frame:
+            f = row[cols['frame']].strip()
+            try:
+                frames.append(int(f) if f != '' else -1)
+            except ValueError:
+                raise BagError(f'{path}:{i}: frame {f!r} is not an integer') from None
+    return GroundTruthTable(path, np.array(stamps, np.int64), np.array(pos).reshape(-1, 3) if has_xyz else None,
+                            np.array(quat).reshape(-1, 4) if has_q else None,
+                            np.array(frames, np.int64) if has_frame else None)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
+    data = []
+    for i, ln in enumerate(lines, start=1):
+        vals = ln.replace(',', ' ').split()
+        if len(vals) not in (4, 8):
+            raise BagError(f'{path}: line {i} has {len(vals)} values; a headerless file must be a TUM trajectory '
+                           '"t x y z [qx qy qz qw]" (t in seconds), or give a header row naming the columns')
+        data.append([_parse_float(v, path, i, 'value') for v in vals])
+    arr = np.array(data)
+    if len({len(r) for r in data}) != 1:
+        raise BagError(f'{path}: rows have different numbers of values')
+    return GroundTruthTable(path, np.round(arr[:, 0] * NS_PER_S).astype(np.int64), arr[:, 1:4],
+                            arr[:, 4:8] if arr.shape[1] == 8 else None, None)
+
+
+def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.05) -> GroundTruth:
+    """Ground truth at image stamps from a table matched by time: positions interpolated between
+    rows at most ``max_dt_s`` apart (or the nearest row within it), frame indices from the nearest
+    row within ``max_dt_s``."""
+    max_dt = int(max_dt_s * NS_PER_S)
+    pos = frames = None
+    order = np.argsort(table.stamps_ns, kind='stable')
+    if table.positions is not None:
+        pos = interpolate_positions(stamps_ns, table.stamps_ns[order], table.positions[order], max_dt)
+        _warn_unmatched(pos, str(table.path), max_dt_s)
+    if table.frames is not None:
+        frames = nearest_labels(stamps_ns, table.stamps_ns, table.frames, max_dt)
+        missing = int((frames < 0).sum())
+        if missing:
+            log.warning('%s: %d of %d frames have no row within %.3f s; they are left out of the metrics',
+                        table.path, missing, len(frames), max_dt_s)
+    return GroundTruth(pos, frames, str(table.path))
+
+
+def from_csv(path: str | Path, stamps_ns: np.ndarray, max_dt_s: float = 0.05) -> GroundTruth:
+    """``from_table(load_table(path), ...)``."""
+    return from_table(load_table(path), stamps_ns, max_dt_s)
+
+
+def from_frame_order(n: int, start: int = 0) -> GroundTruth:
+    """Frame ``i`` of the sequence shows place ``start + i`` (datasets aligned by frame)."""
+    return GroundTruth(None, np.arange(start, start + n, dtype=np.int64), 'frame order')
+
+
+def _warn_unmatched(pos: np.ndarray, source: str, max_gap_s: float) -> None:
+    missing = int((~np.isfinite(pos).all(axis=1)).sum())
+    if missing:
+        log.warning('%s: %d of %d frames have no pose within %.3f s; they are left out of the metrics',
+                    source, missing, len(pos), max_gap_s)
+
+
+def write_table(path: str | Path, stamps_ns: Sequence[int], frames: Sequence[int] | None = None,
+                positions: np.ndarray | None = None, orientations: np.ndarray | None = None,
+                extra: dict[str, Sequence] | None = None) -> None:
+    """Write a ground-truth CSV that ``load_table`` reads (``extra``: more columns, e.g. file names)."""
+    path = Path(path)
+    cols = ['stamp_ns']
+    if frames is not None:
+        cols.append('frame')
+    if positions is not None:
+        cols += ['x', 'y', 'z']
+    if orientations is not None:
+        cols += ['qx', 'qy', 'qz', 'qw']
+    extra = extra or {}
+    cols += list(extra)
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for i, s in enumerate(stamps_ns):
+            row: list = [int(s)]
+            if frames is not None:
+                row.append(int(frames[i]))
+            if positions is not None:
+                row += [repr(float(v)) for v in positions[i]]
+            if orientations is not None:
+                row += [repr(float(v)) for v in orientations[i]]
+            row += [extra[c][i] for c in extra]
+            w.writerow(row)
