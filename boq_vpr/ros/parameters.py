@@ -1,0 +1,274 @@
+"""The node's parameters: one table (name, default, description, allowed values), no ROS imports.
+
+``node_parameters()`` lists every parameter once; the node turns each entry into a ROS parameter
+with a descriptor (description, range, read-only) and validates values on set with ``validate``.
+The loop-closure filters come from ``DetectorConfig``'s fields (``loop_closure.<field>``), so they
+are written only once, in the detector.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..backends import backend_names
+from ..models.config import MODEL_CONFIGS
+from ..preprocessing import RESIZE_MODES
+from .convert import CONVERTERS
+
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
+KNOWN_BACKENDS = ('auto', 'torch', 'onnxruntime', 'tensorrt')
+DETECTOR_PREFIX = 'loop_closure.'
+MAP_OPTION_PREFIX = 'map.index_options.'
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter. ``choices``: allowed values; ``range``: (low, high) inclusive;
+    ``read_only``: fixed after start-up (changing it needs a restart)."""
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple | None = None
+    range: tuple[float, float] | None = None
+    read_only: bool = False
+    item_range: tuple[int, int] | None = None   # for integer arrays: the range of each item
+
+    @property
+    def kind(self) -> str:
+        """bool, int, float, str, int[], float[], str[]"""
+        return value_kind(self.default)
+
+    def constraints(self) -> str:
+        """The allowed values in words (shown in the parameter descriptor)."""
+        parts = []
+        if self.choices is not None:
+            parts.append('one of: ' + ', '.join(str(c) for c in self.choices))
+        if self.range is not None:
+            parts.append(f'in [{self.range[0]}, {self.range[1]}]')
+        if self.item_range is not None:
+            parts.append(f'each item in [{self.item_range[0]}, {self.item_range[1]}]')
+        if self.read_only:
+            parts.append('read-only after start-up')
+        return '; '.join(parts)
+
+
+def value_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'bool'
+    if isinstance(value, int):
+        return 'int'
+    if isinstance(value, float):
+        return 'float'
+    if isinstance(value, str):
+        return 'str'
+    if isinstance(value, (list, tuple)) and value:
+        return value_kind(value[0]) + '[]'
+    raise TypeError(f'unsupported parameter value {value!r}')
+
+
+def validate(spec: ParamSpec, value: Any) -> str | None:
+    """None when ``value`` is allowed for ``spec``, else the reason in words."""
+    kind = spec.kind
+    ok_types = {'bool': (bool,), 'int': (int,), 'float': (float, int), 'str': (str,)}
+    if kind.endswith('[]'):
+        if not isinstance(value, (list, tuple)) or not value:
+            return f'{spec.name} must be a non-empty list of {kind[:-2]}'
+        items = list(value)
+        base = ok_types[kind[:-2]]
+        if not all(isinstance(v, base) and not (isinstance(v, bool) and bool not in base) for v in items):
+            return f'{spec.name} must be a list of {kind[:-2]}, got {value!r}'
+        if spec.item_range is not None:
+            lo, hi = spec.item_range
+            bad = [v for v in items if not lo <= v <= hi]
+            if bad:
+                return f'{spec.name}: items {bad} outside [{lo}, {hi}]'
+        return None
+    if not isinstance(value, ok_types[kind]) or (isinstance(value, bool) and kind != 'bool'):
+        return f'{spec.name} must be {kind}, got {value!r}'
+    if spec.choices is not None and value not in spec.choices:
+        return f'{spec.name}={value!r} is not allowed; valid: {", ".join(map(str, spec.choices))}'
+    if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+        return f'{spec.name}={value!r} outside [{spec.range[0]}, {spec.range[1]}]'
+    return None
+
+
+def _node_parameters() -> list[ParamSpec]:
+    backends = tuple(sorted(set(KNOWN_BACKENDS) | set(backend_names())))
+    P = ParamSpec
+    return [
+        # model and encoder (fixed at start-up)
+        P('model.name', 'resnet50_16384', 'BoQ model configuration', tuple(sorted(MODEL_CONFIGS)), read_only=True),
+        P('model.weights', '', 'weight file (official .pth or a boq_vpr checkpoint); empty: random weights '
+          '(for tests only: descriptors mean nothing)', read_only=True),
+        P('model.image_height', 0, 'network input height in pixels; 0: the configuration\'s', range=(0, 4096),
+          read_only=True),
+        P('model.image_width', 0, 'network input width in pixels; 0: the configuration\'s', range=(0, 4096),
+          read_only=True),
+        P('model.resize_mode', 'fixed', 'fixed: resize to the input size; keep_aspect: fix the height, keep the '
+          'aspect ratio', RESIZE_MODES, read_only=True),
+        P('encoder.backend', 'auto', 'encoder backend; auto takes the fastest available and logs its choice',
+          backends, read_only=True),
+        P('encoder.device', 'auto', 'cpu, cuda, cuda:N or auto', read_only=True),
+        P('encoder.precision', 'fp32', 'inference precision, as the backend supports it', PRECISIONS,
+          read_only=True),
+        P('encoder.onnx_path', '', 'ONNX model for the onnxruntime/tensorrt backends; empty: export from the '
+          'model and weights', read_only=True),
+        P('encoder.engine_cache_dir', '', 'folder of cached TensorRT engines; empty: the backend\'s default',
+          read_only=True),
+        P('encoder.num_threads', 0, 'CPU threads for PyTorch; 0: PyTorch\'s default', range=(0, 256),
+          read_only=True),
+        P('encoder.warmup', True, 'encode a blank image at start-up so that the first frame is not slow',
+          read_only=True),
+        # input
+        P('image_transport', 'raw', 'raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe '
+          '`image/compressed` (sensor_msgs/CompressedImage)', ('raw', 'compressed'), read_only=True),
+        P('converter', 'auto', 'image conversion: cv_bridge, builtin (boq_vpr.images / rosbags-image), or '
+          'auto (cv_bridge when installed)', CONVERTERS, read_only=True),
+        P('use_odom', False, 'subscribe `odom` (nav_msgs/Odometry) and give keyframes the pose at their stamp',
+          read_only=True),
+        P('odom_max_time_diff_sec', 0.1, 'largest stamp difference between an image and the odometry pose given '
+          'to it (seconds)', range=(0.0, 10.0)),
+        P('odom_buffer_size', 2000, 'odometry messages kept to look poses up by stamp', range=(10, 1_000_000),
+          read_only=True),
+        P('qos.reliability', 'best_effort', 'reliability of the image and odometry subscriptions '
+          '(best_effort: the sensor-data profile, matches any publisher)', ('best_effort', 'reliable'),
+          read_only=True),
+        P('qos.depth', 5, 'queue depth of the image and odometry subscriptions', range=(1, 1000), read_only=True),
+        # map
+        P('map.path', '', 'map directory: loaded at start-up when it holds a map, written by ~/save_map and on '
+          'shutdown; empty: an in-memory map', read_only=True),
+        P('map.save_on_shutdown', True, 'save the map to map.path when the node shuts down (slam mode)'),
+        P('map.index_type', 'flat', 'index of a new map (a loaded map keeps its own)', _index_types(),
+          read_only=True),
+        P('mapping', True, 'add keyframes to the map (slam mode); ~/set_mapping switches it at run time'),
+        # outputs
+        P('frame_id', '', 'frame of ~/match_pose and ~/markers when the keyframes have none; empty: the '
+          'odometry frame'),
+        P('match_pose.position_variance', 1.0, 'variance (m^2) of x, y, z written into ~/match_pose',
+          range=(0.0, 1e6)),
+        P('match_pose.orientation_variance', 0.1, 'variance (rad^2) of roll, pitch, yaw written into ~/match_pose',
+          range=(0.0, 1e6)),
+        P('markers.max_edges', 1000, 'loop edges kept in ~/markers', range=(1, 1_000_000)),
+        P('attention.enable', False, 'publish ~/attention, the BoQ cross-attention of chosen queries over the '
+          'input (computed only while someone subscribes)'),
+        P('attention.queries', [0, 1, 2, 3], 'queries shown side by side in ~/attention', item_range=(0, 1023)),
+        P('attention.block', -1, 'BoQ block whose cross-attention is shown (-1: the last)', range=(-16, 15)),
+        P('attention.every_n', 5, 'publish the attention of every n-th processed frame', range=(1, 10_000)),
+        P('attention.alpha', 0.5, 'opacity of the attention heat map over the image', range=(0.0, 1.0)),
+        # diagnostics and logs
+        P('diagnostics.period_sec', 1.0, 'period of /diagnostics', range=(0.05, 60.0), read_only=True),
+        P('diagnostics.window', 300, 'frames over which latency percentiles are computed', range=(10, 100_000),
+          read_only=True),
+        P('log_throttle_sec', 5.0, 'at most one warning per problem kind in this period (the rest are counted)',
+          range=(0.0, 3600.0)),
+    ]
+
+
+def _index_types() -> tuple[str, ...]:
+    from ..map_db import INDEX_TYPES
+    return tuple(INDEX_TYPES)
+
+
+def map_index_option_specs() -> list[ParamSpec]:
+    """``map.index_options.<name>`` for every option of every index type (0: the type's default)."""
+    from ..map_db import INDEX_DEFAULTS, resolve_index_options
+    names = set(resolve_index_options('flat', 1 << 30, {}))
+    for defaults in INDEX_DEFAULTS.values():
+        names |= set(defaults)
+    return [ParamSpec(MAP_OPTION_PREFIX + n, 0, f'index option {n} of a new map (0: the index type\'s default; '
+                      f'used only by the types that have it)', range=(0, 1 << 30), read_only=True)
+            for n in sorted(names)]
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    raise TypeError(f'DetectorConfig.{f.name} has no default')
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Fields:`` section of a dataclass docstring (``name: text`` items)."""
+    doc = inspect.getdoc(cls) or ''
+    out: dict[str, str] = {}
+    if 'Fields:' not in doc:
+        return out
+    current = None
+    for line in doc.split('Fields:', 1)[1].splitlines():
+        m = re.match(r'^  (\w+): (.*)$', line)
+        if m:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.startswith('    ') and line.strip():
+            out[current] += ' ' + line.strip()
+        elif line.strip() and not line.startswith(' '):
+            break
+    return out
+
+
+def _detector_choices() -> dict[str, tuple]:
+    from ..geometric import FEATURES
+    from ..loop_closure import MODES
+    return {'mode': tuple(MODES), 'geometric_features': tuple(FEATURES)}
+
+
+# Detector fields fixed at start-up: the mode decides whether a map must exist; the session names
+# the keyframes of this run.
+_DETECTOR_READ_ONLY = ('mode', 'session')
+
+
+def detector_specs(config_cls: type | None = None) -> list[ParamSpec]:
+    """``loop_closure.<field>`` for every field of ``DetectorConfig`` that has a typed default; the
+    description comes from the class docstring, allowed values from ``DetectorConfig.validate``
+    (the node calls it on every change) and, for names, from the registries."""
+    if config_cls is None:
+        from ..loop_closure import DetectorConfig as config_cls
+    docs = field_docs(config_cls)
+    choices = _detector_choices()
+    specs = []
+    for f in dataclasses.fields(config_cls):
+        default = _field_default(f)
+        if default is None or isinstance(default, (list, tuple, dict)):
+            continue  # optional fields keep their automatic behaviour (ROS parameters need a typed value)
+        specs.append(ParamSpec(DETECTOR_PREFIX + f.name, default, docs.get(f.name, f'DetectorConfig.{f.name}'),
+                               choices.get(f.name), read_only=f.name in _DETECTOR_READ_ONLY))
+    return specs
+
+
+def node_parameters(with_detector: bool = True) -> list[ParamSpec]:
+    """Every parameter of the node, in declaration order."""
+    specs = _node_parameters() + map_index_option_specs()
+    if with_detector:
+        specs += detector_specs()
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names)), 'duplicate parameter names'
+    return specs
+
+
+def detector_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``loop_closure.*`` entries of ``values`` as DetectorConfig fields."""
+    return {k[len(DETECTOR_PREFIX):]: v for k, v in values.items() if k.startswith(DETECTOR_PREFIX)}
+
+
+def map_index_options(values: dict[str, Any], index_type: str) -> dict[str, int]:
+    """The non-zero ``map.index_options.*`` values that ``index_type`` accepts."""
+    from ..map_db import INDEX_DEFAULTS, resolve_index_options
+    accepted = set(resolve_index_options('flat', 1 << 30, {})) | set(INDEX_DEFAULTS.get(index_type, {}))
+    out = {}
+    for k, v in values.items():
+        if k.startswith(MAP_OPTION_PREFIX) and v:
+            name = k[len(MAP_OPTION_PREFIX):]
+            if name in accepted:
+                out[name] = int(v)
+    return out
+
+
+def check_all(specs: Sequence[ParamSpec], values: dict[str, Any]) -> list[str]:
+    """Reasons why ``values`` are not allowed (empty when all are)."""
+    by_name = {s.name: s for s in specs}
+    return [r for k, v in values.items() if k in by_name and (r := validate(by_name[k], v)) is not None]
