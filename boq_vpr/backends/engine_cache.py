@@ -1,0 +1,115 @@
+"""Where exported models and built engines are kept, and how a cached one is known to fit.
+
+ONNX exports are cached by what they hold (configuration, weights hash, input size, outputs).
+TensorRT engines are cached by (ONNX sha256, TensorRT version, GPU name, precision, input shape
+profile): the key is written beside the engine as JSON, and an engine whose key does not match the
+current machine is rebuilt (or refused when rebuilding is not allowed) with the reason logged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ExportError
+from ..models.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = 'BOQ_VPR_CACHE'
+
+
+def cache_dir() -> Path:
+    """``$BOQ_VPR_CACHE``, else ``$XDG_CACHE_HOME/boq_vpr``, else ``~/.cache/boq_vpr``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'boq_vpr'
+
+
+def cached_onnx(config: ModelConfig, weights: str | Path | None, *, dynamic_size: bool = False,
+                attention: bool = False, model=None, directory: str | Path | None = None) -> Path:
+    """The FP32 ONNX export of ``config`` + ``weights``, exported on first use and reused after."""
+    from ..export import ExportSpec, export_onnx, read_onnx, weights_id
+    wid = weights_id(weights)
+    spec = ExportSpec(config=config, weights=wid, image_size=None if dynamic_size else tuple(config.image_size),
+                      attention=attention)
+    path = Path(directory or cache_dir() / 'onnx') / f'{config.name}-{spec.key()}.onnx'
+    if path.is_file():
+        try:
+            _, found = read_onnx(path)
+            if found.to_metadata() == spec.to_metadata():
+                log.info('using cached ONNX export %s', path)
+                return path
+            log.warning('cached ONNX %s does not match the requested export; exporting again', path)
+        except ExportError as err:
+            log.warning('cached ONNX unusable (%s); exporting again', err)
+    log.info('exporting %s to %s (first use; cached for later runs)', config.name, path)
+    export_onnx(model if model is not None else config, path, weights=weights, dynamic_size=dynamic_size,
+                attention=attention, weights_fingerprint=wid)
+    return path
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything a serialized TensorRT engine depends on."""
+
+    onnx_sha256: str
+    tensorrt: str
+    gpu: str
+    precision: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def file_name(self, stem: str) -> str:
+        gpu = re.sub(r'[^A-Za-z0-9]+', '-', self.gpu).strip('-').lower()
+        return f'{stem}-{self.precision}-{gpu}-trt{self.tensorrt}-{self.digest()}.engine'
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        for k in ('min_shape', 'opt_shape', 'max_shape'):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> 'EngineKey':
+        d = dict(d)
+        for k in ('min_shape', 'opt_shape', 'max_shape'):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+    def mismatches(self, other: 'EngineKey') -> list[str]:
+        """Human-readable differences ``self`` (wanted) vs ``other`` (found)."""
+        return [f'{k}: engine has {getattr(other, k)!r}, this machine/request needs {getattr(self, k)!r}'
+                for k in asdict(self) if getattr(self, k) != getattr(other, k)]
+
+
+def key_path(engine: Path) -> Path:
+    return engine.with_suffix(engine.suffix + '.json')
+
+
+def read_engine_key(engine: Path) -> EngineKey | None:
+    """The key stored beside ``engine``; None if absent or unreadable."""
+    try:
+        return EngineKey.from_json(json.loads(key_path(engine).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def write_engine(engine: Path, data: bytes, key: EngineKey) -> None:
+    """Save an engine and its key atomically (a crash leaves the previous pair or none)."""
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    for target, payload in ((engine, bytes(data)), (key_path(engine), json.dumps(key.to_json(), indent=2).encode())):
+        fd, tmp = tempfile.mkstemp(dir=engine.parent, suffix='.tmp')
+        with os.fdopen(fd, 'wb') as f:
+            f.write(payload)
+        os.replace(tmp, target)

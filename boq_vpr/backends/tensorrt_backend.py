@@ -1,0 +1,314 @@
+"""TensorRT backend (TensorRT 10 Python API): build, save, load and run an engine from the ONNX export.
+
+Steps kept apart as in TensorRT's samples and Polygraphy:
+
+- ``build_engine``: parse the ONNX file, set FP32/FP16/INT8 (INT8 calibrated with an entropy
+  calibrator on a folder of images), one optimization profile (batch 1..max_batch at the fixed
+  input size), a persistent timing cache; returns the serialized engine;
+- ``load_or_build``: the engine cache (``engine_cache.EngineKey``: ONNX sha256, TensorRT version,
+  GPU name, precision, input shapes); a stale or foreign engine is rebuilt with the reason logged,
+  or refused when its ONNX is unknown; ``force_rebuild`` rebuilds regardless;
+- ``TensorRTBackend``: deserializes, finds the input and output tensors by name and logs them,
+  allocates device buffers once, runs on one CUDA stream and copies back only the descriptor.
+
+Device memory and the stream come from PyTorch (already a dependency, and JetPack ships a CUDA
+build of it), so no separate CUDA Python binding is needed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BackendError, ExportError
+from ..export import DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..models.config import ModelConfig
+from .engine_cache import EngineKey, cache_dir, cached_onnx, read_engine_key, write_engine
+from .onnxruntime_backend import check_input, folder_digest
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
+DEFAULT_MAX_BATCH = 8
+WORKSPACE_BYTES = 2 << 30
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or BackendError saying how to install it."""
+    try:
+        import tensorrt as trt
+    except ImportError as err:
+        raise BackendError('TensorRT is not installed: on a desktop GPU pip install tensorrt (pulls NVIDIA\'s '
+                           'libraries; see README), on a Jetson use JetPack\'s python3-libnvinfer') from err
+    major = int(trt.__version__.split('.')[0])
+    if major < 10:
+        raise BackendError(f'TensorRT {trt.__version__} found; this backend needs TensorRT 10 or newer '
+                           '(JetPack 6.1+, or pip install "tensorrt>=10")')
+    return trt
+
+
+def gpu_name(device: torch.device) -> str:
+    """GPU model and compute capability, as engines depend on both."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return f'{torch.cuda.get_device_name(device)} sm_{major}{minor}'
+
+
+def _make_logger(trt):
+    levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
+              trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG,
+              trt.ILogger.Severity.VERBOSE: logging.DEBUG}
+
+    class Logger(trt.ILogger):
+        """Forwards TensorRT's messages to the ``logging`` module."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+            log.log(levels.get(severity, logging.INFO), 'TensorRT: %s', msg)
+
+    return Logger()
+
+
+def _calibrator(trt, batches: Sequence[np.ndarray], cache_file: Path, device: torch.device):
+    """An entropy calibrator feeding preprocessed batches from device memory."""
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.batches = list(batches)
+            self.index = 0
+            self.buffer = torch.empty(self.batches[0].shape, dtype=torch.float32, device=device)
+
+        def get_batch_size(self) -> int:
+            return int(self.batches[0].shape[0])
+
+        def get_batch(self, names):
+            if self.index >= len(self.batches):
+                return None
+            self.buffer.copy_(torch.from_numpy(self.batches[self.index]))
+            self.index += 1
+            return [int(self.buffer.data_ptr())]
+
+        def read_calibration_cache(self):
+            return cache_file.read_bytes() if cache_file.is_file() else None
+
+        def write_calibration_cache(self, cache) -> None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_bytes(bytes(cache))
+
+    return Calibrator()
+
+
+def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...], ...], *,
+                 timing_cache: Path | None = None, calibration_batches: Sequence[np.ndarray] | None = None,
+                 calibration_cache: Path | None = None, device: torch.device | None = None,
+                 workspace: int = WORKSPACE_BYTES) -> bytes:
+    """Parse ``onnx_path`` and build a serialized engine for ``precision`` and the (min, opt, max)
+    input ``shapes``. Raises ExportError with the parser's messages if the graph is refused."""
+    trt = import_tensorrt()
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch always
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f'{onnx_path}: TensorRT {trt.__version__} ONNX parser refused it: {errors}')
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    cache_blob = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b''
+    tcache = config.create_timing_cache(cache_blob)
+    config.set_timing_cache(tcache, ignore_mismatch=True)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT_NAME, *shapes)
+    config.add_optimization_profile(profile)
+    if precision in ('fp16', 'int8'):
+        if not builder.platform_has_fast_fp16:
+            log.warning('TensorRT: this GPU has no fast FP16; the %s engine may not be faster than FP32', precision)
+        config.set_flag(trt.BuilderFlag.FP16)
+        # Keep normalizations and softmax in FP32: LayerNorm over 512 channels overflows in FP16.
+        config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+        keep = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in keep:
+                layer.precision = trt.float32
+    if precision == 'int8':
+        if not calibration_batches:
+            raise BackendError('TensorRT int8 needs calibration images (calibration=FOLDER, --calibration)')
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = _calibrator(trt, calibration_batches, calibration_cache or
+                                             onnx_path.with_suffix('.calib'), device or torch.device('cuda'))
+        config.set_calibration_profile(profile)
+    log.info('TensorRT %s: building %s engine from %s for input %s (min/opt/max); this can take minutes',
+             trt.__version__, precision, onnx_path, shapes)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f'TensorRT failed to build an engine from {onnx_path} (see the TensorRT errors above)')
+    if timing_cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def load_engine(data: bytes, source: str, device: torch.device | None = None):
+    """Deserialize an engine; ExportError naming ``source`` when TensorRT refuses it."""
+    trt = import_tensorrt()
+    runtime = trt.Runtime(_make_logger(trt))
+    with torch.cuda.device(device or torch.device('cuda')):
+        engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise ExportError(f'{source}: TensorRT {trt.__version__} cannot load this engine (corrupt, or built by '
+                          'another TensorRT version or for another GPU); delete it or rebuild with force_rebuild')
+    return runtime, engine
+
+
+class TensorRTBackend:
+    """Inference with a TensorRT engine on one CUDA GPU."""
+
+    name = 'tensorrt'
+
+    def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
+                 precision: str = 'auto', onnx_path: str | Path | None = None, engine_path: str | Path | None = None,
+                 engine_cache_dir: str | Path | None = None, force_rebuild: bool = False,
+                 max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int = 1, calibration: str | Path | None = None,
+                 **_ignored) -> None:
+        trt = import_tensorrt()
+        if device == 'auto':
+            device = 'cuda'
+        if not device.startswith('cuda'):
+            raise BackendError(f'tensorrt backend runs on CUDA GPUs only, not {device!r}')
+        if not torch.cuda.is_available():
+            raise BackendError(f'tensorrt backend: CUDA is not available to torch {torch.__version__}; TensorRT '
+                               'buffers are allocated with PyTorch, install a CUDA build of torch')
+        if precision not in PRECISIONS:
+            raise BackendError(f'tensorrt: precision {precision!r} not supported; valid: {", ".join(PRECISIONS)}')
+        if max_batch < 1 or not 1 <= opt_batch <= max_batch:
+            raise BackendError(f'tensorrt: need 1 <= opt_batch ({opt_batch}) <= max_batch ({max_batch})')
+        self.device_obj = torch.device(device)
+        self.device = str(self.device_obj)
+        self.config = config
+        self.precision = 'fp16' if precision == 'auto' else precision
+        onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights)
+        _, spec = read_onnx(onnx)
+        check_spec_matches(spec, config, weights, str(onnx))
+        if spec.precision != 'fp32':
+            raise BackendError(f'{onnx} is {spec.precision}; TensorRT builds from the FP32 export and '
+                               'quantizes itself (precision int8 with calibration)')
+        h, w = config.image_size
+        shapes = ((1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
+        key = EngineKey(onnx_sha256=_sha(onnx), tensorrt=trt.__version__, gpu=gpu_name(self.device_obj),
+                        precision=self.precision, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2])
+        folder = Path(engine_cache_dir) if engine_cache_dir else cache_dir() / 'engines'
+        engine_file = Path(engine_path) if engine_path is not None else folder / key.file_name(onnx.stem)
+        self.engine_path = engine_file
+        data = self._load_or_build(engine_file, key, onnx, shapes, folder, force_rebuild, calibration)
+        self.runtime, self.engine = load_engine(data, str(engine_file), self.device_obj)
+        self.context = self.engine.create_execution_context()
+        self._bind(trt, max_batch)
+
+    def _load_or_build(self, engine_file: Path, key: EngineKey, onnx: Path, shapes, folder: Path,
+                       force_rebuild: bool, calibration) -> bytes:
+        reason = 'forced rebuild' if force_rebuild else None
+        if reason is None and engine_file.is_file():
+            found = read_engine_key(engine_file)
+            if found is None:
+                reason = f'{engine_file} has no readable key file {engine_file.name}.json (foreign engine)'
+            elif found != key:
+                reason = f'{engine_file} does not fit: ' + '; '.join(key.mismatches(found))
+            else:
+                log.info('TensorRT: loading cached engine %s', engine_file)
+                return engine_file.read_bytes()
+        elif reason is None:
+            reason = 'no cached engine'
+        log.warning('TensorRT: building engine %s (%s)', engine_file, reason)
+        batches = None
+        calib_cache = None
+        if key.precision == 'int8':
+            if calibration is None:
+                raise BackendError('tensorrt int8 needs calibration images of the deployment camera: '
+                                   'calibration=FOLDER (--calibration)')
+            batches = _calibration_batches(self.config, Path(calibration))
+            calib_cache = folder / f'{onnx.stem}-{folder_digest(Path(calibration))}.calib'
+        data = build_engine(onnx, key.precision, shapes, timing_cache=folder / 'timing.cache',
+                            calibration_batches=batches, calibration_cache=calib_cache, device=self.device_obj)
+        write_engine(engine_file, data, key)
+        log.info('TensorRT: saved engine %s (%.1f MiB) and its key', engine_file, len(data) / 2**20)
+        return data
+
+    def _bind(self, trt, max_batch: int) -> None:
+        """Find tensors by name, log them, allocate device buffers once and bind their addresses."""
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if inputs != [INPUT_NAME] or DESCRIPTOR_NAME not in outputs:
+            raise ExportError(f'{self.engine_path}: expected input {INPUT_NAME!r} and output {DESCRIPTOR_NAME!r}, '
+                              f'found inputs {inputs} and outputs {outputs}')
+        for n in names:
+            log.info('TensorRT tensor %-10s %-6s %s %s', n, 'input' if n in inputs else 'output',
+                     self.engine.get_tensor_dtype(n), tuple(self.engine.get_tensor_shape(n)))
+        profile = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        self.max_batch = int(profile[2][0])
+        self.image_size = (int(profile[2][2]), int(profile[2][3]))
+        self.stream = torch.cuda.Stream(self.device_obj)
+        self.input = torch.empty((self.max_batch, 3, *self.image_size), dtype=torch.float32, device=self.device_obj)
+        self.context.set_input_shape(INPUT_NAME, tuple(self.input.shape))
+        self.buffers = {INPUT_NAME: self.input}
+        for n in outputs:
+            shape = tuple(self.context.get_tensor_shape(n))
+            dtype = torch.float16 if self.engine.get_tensor_dtype(n) == trt.DataType.HALF else torch.float32
+            self.buffers[n] = torch.empty(shape, dtype=dtype, device=self.device_obj)
+        for n, buf in self.buffers.items():
+            self.context.set_tensor_address(n, buf.data_ptr())
+        self.descriptor_dim = int(self.buffers[DESCRIPTOR_NAME].shape[1])
+        self.host_out = torch.empty((self.max_batch, self.descriptor_dim), dtype=torch.float32).pin_memory()
+        self.host_in = torch.empty(tuple(self.input.shape), dtype=torch.float32).pin_memory()
+        log.info('TensorRT engine %s: batch 1..%d at %dx%d, %s, on %s', self.engine_path, self.max_batch,
+                 *self.image_size, self.precision, gpu_name(self.device_obj))
+
+    def infer(self, batch: torch.Tensor) -> np.ndarray:
+        check_input(batch, self.image_size, self.name)
+        out = []
+        for start in range(0, batch.shape[0], self.max_batch):
+            out.append(self._run(batch[start:start + self.max_batch]))
+        return np.concatenate(out, axis=0)
+
+    def _run(self, chunk: torch.Tensor) -> np.ndarray:
+        n = int(chunk.shape[0])
+        with torch.cuda.stream(self.stream):
+            if chunk.is_cuda:
+                self.input[:n].copy_(chunk, non_blocking=True)
+            else:
+                self.host_in[:n].copy_(chunk)
+                self.input[:n].copy_(self.host_in[:n], non_blocking=True)
+            self.context.set_input_shape(INPUT_NAME, (n, 3, *self.image_size))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise BackendError(f'TensorRT execution failed on {self.engine_path}')
+            self.host_out[:n].copy_(self.buffers[DESCRIPTOR_NAME][:n], non_blocking=True)
+        self.stream.synchronize()
+        return self.host_out[:n].numpy().copy()
+
+    def describe(self) -> dict:
+        import tensorrt as trt
+        return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'tensorrt': trt.__version__,
+                'gpu': gpu_name(self.device_obj), 'engine': str(self.engine_path), 'max_batch': self.max_batch,
+                'input': INPUT_NAME, 'output': DESCRIPTOR_NAME}
+
+
+def _sha(path: Path) -> str:
+    from ..export import onnx_sha256
+    return onnx_sha256(path)
+
+
+def _calibration_batches(config: ModelConfig, folder: Path, max_images: int = 256) -> list[np.ndarray]:
+    from ..export import calibration_batches
+    from ..images import list_images, load_image
+    from ..preprocessing import Preprocessor
+    files = list_images(folder, recursive=True)
+    files = files[::max(1, len(files) // max_images)][:max_images]
+    pre = Preprocessor(tuple(config.image_size), 'fixed', config.stride if config.is_vit else 1)
+    batches = calibration_batches([load_image(p) for p in files], pre, batch_size=8)
+    return [b for b in batches if b.shape[0] == batches[0].shape[0]]
