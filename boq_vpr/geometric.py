@@ -62,7 +62,7 @@ class GeometricVerifier:
     """
 
     def __init__(self, features: str = 'orb', max_features: int = 1000, ratio: float = 0.8,
-                 ransac_threshold_px: float = 3.0, min_inliers: int = 15, working_side: int = 320,
+                 ransac_threshold_px: float = 3.0, min_inliers: int = 25, working_side: int = 320,
                  camera_matrix: np.ndarray | None = None) -> None:
         if features not in FEATURES:
             raise ConfigError(f'unknown feature type {features!r}; valid: {", ".join(FEATURES)}')

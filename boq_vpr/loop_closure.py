@@ -106,7 +106,7 @@ class DetectorConfig:
     geometric_verification: bool = False
     geometric_features: str = 'orb'
     geometric_ratio: float = 0.8
-    geometric_min_inliers: int = 15
+    geometric_min_inliers: int = 25
     geometric_ransac_px: float = 3.0
     geometric_working_side: int = 320
     store_thumbnails: bool | None = None
