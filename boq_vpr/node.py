@@ -14,6 +14,7 @@ import bisect
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -272,11 +273,16 @@ class VprNode(Node):
             if not (v['model.image_height'] and v['model.image_width']):
                 raise ConfigError('set both model.image_height and model.image_width, or neither')
             size = (v['model.image_height'], v['model.image_width'])
-        options = {}
+        options: dict[str, Any] = {}
         if v['encoder.onnx_path']:
             options['onnx_path'] = v['encoder.onnx_path']
-        if v['encoder.engine_cache_dir']:
-            options['engine_cache_dir'] = v['encoder.engine_cache_dir']
+        if v['encoder.calibration']:
+            options['calibration'] = v['encoder.calibration']
+        if v['encoder.num_threads'] > 0:
+            options['threads'] = v['encoder.num_threads']
+        if v['encoder.cache_dir']:
+            from .backends.engine_cache import CACHE_ENV
+            os.environ[CACHE_ENV] = str(Path(v['encoder.cache_dir']).expanduser())
         weights = v['model.weights'] or None
         self._log.info(f'loading model {v["model.name"]} (weights: {weights or "none, random"}) on backend '
                        f'{v["encoder.backend"]}/{v["encoder.device"]}/{v["encoder.precision"]} '

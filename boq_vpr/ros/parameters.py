@@ -18,7 +18,7 @@ from ..models.config import MODEL_CONFIGS
 from ..preprocessing import RESIZE_MODES
 from .convert import CONVERTERS
 
-PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16', 'int8')
 KNOWN_BACKENDS = ('auto', 'torch', 'onnxruntime', 'tensorrt')
 DETECTOR_PREFIX = 'loop_closure.'
 MAP_OPTION_PREFIX = 'map.index_options.'
@@ -113,14 +113,15 @@ def _node_parameters() -> list[ParamSpec]:
         P('encoder.backend', 'auto', 'encoder backend; auto takes the fastest available and logs its choice',
           backends, read_only=True),
         P('encoder.device', 'auto', 'cpu, cuda, cuda:N or auto', read_only=True),
-        P('encoder.precision', 'fp32', 'inference precision, as the backend supports it', PRECISIONS,
-          read_only=True),
+        P('encoder.precision', 'auto', 'inference precision, as the backend supports it; auto: the backend\'s '
+          'fastest (fp16 on GPUs, bf16 on CPUs with native bf16, else fp32)', PRECISIONS, read_only=True),
         P('encoder.onnx_path', '', 'ONNX model for the onnxruntime/tensorrt backends; empty: export from the '
           'model and weights', read_only=True),
-        P('encoder.engine_cache_dir', '', 'folder of cached TensorRT engines; empty: the backend\'s default',
-          read_only=True),
-        P('encoder.num_threads', 0, 'CPU threads for PyTorch; 0: PyTorch\'s default', range=(0, 256),
-          read_only=True),
+        P('encoder.cache_dir', '', 'folder of exported ONNX models and built TensorRT engines (sets '
+          'BOQ_VPR_CACHE); empty: $BOQ_VPR_CACHE, else ~/.cache/boq_vpr', read_only=True),
+        P('encoder.calibration', '', 'folder of images for int8 calibration (precision int8 only)', read_only=True),
+        P('encoder.num_threads', 0, 'CPU threads of the encoder (PyTorch, ONNX Runtime, OpenVINO); 0: the '
+          'library\'s default', range=(0, 256), read_only=True),
         P('encoder.warmup', True, 'encode a blank image at start-up so that the first frame is not slow',
           read_only=True),
         # input
