@@ -273,3 +273,33 @@ def check_all(specs: Sequence[ParamSpec], values: dict[str, Any]) -> list[str]:
     """Reasons why ``values`` are not allowed (empty when all are)."""
     by_name = {s.name: s for s in specs}
     return [r for k, v in values.items() if k in by_name and (r := validate(by_name[k], v)) is not None]
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return "''" if value == '' else (repr(value) if any(c in value for c in ':#{}[],&*!|>\'"%@`') else value)
+    if isinstance(value, (list, tuple)):
+        return '[' + ', '.join(_yaml_value(v) for v in value) + ']'
+    return repr(value)
+
+
+def defaults_yaml(specs: Sequence[ParamSpec] | None = None) -> str:
+    """A ROS params file (``/**: ros__parameters:``) with every parameter at its default, described."""
+    import textwrap
+    specs = node_parameters() if specs is None else specs
+    lines = ['# Parameters of vpr_node (boq_vpr), each at its default. `ros2 param describe /vpr_node <name>`',
+             '# shows the allowed values; read-only ones are fixed at start-up. Generated from',
+             '# boq_vpr.ros.parameters.defaults_yaml(); edit values freely.',
+             '/**:', '  ros__parameters:']
+    group = None
+    for s in specs:
+        g = s.name.split('.')[0] if '.' in s.name else ''
+        if g != group:
+            lines.append('')
+            group = g
+        text = s.description + (f' ({s.constraints()})' if s.constraints() else '')
+        lines += ['    # ' + line for line in textwrap.wrap(text, 94, break_on_hyphens=False)]
+        lines.append(f'    {s.name}: {_yaml_value(s.default)}')
+    return '\n'.join(lines) + '\n'
