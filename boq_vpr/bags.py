@@ -127,6 +127,18 @@ class ReadReport:
                 'zero_header_stamps': self.zero_stamps}
 
 
+GROUND_TRUTH_SIDECAR = 'ground_truth.csv'
+
+
+def ground_truth_sidecar(path: str | Path) -> Path:
+    """Where ``make-bag`` puts a bag's ground-truth CSV: inside a rosbag2 directory, else next to
+    the bag file (``NAME.ground_truth.csv``)."""
+    path = Path(path)
+    if path.is_dir() or not path.suffix:
+        return path / GROUND_TRUTH_SIDECAR
+    return path.with_name(path.stem + '.' + GROUND_TRUTH_SIDECAR)
+
+
 def _is_ros1(path: Path) -> bool:
     return path.is_file() and path.suffix == '.bag'
 
@@ -259,6 +271,8 @@ def iter_images(path: str | Path, topic: str | None = None, *, stamp: str = 'hea
             if decode:
                 try:
                     rgb = image_from_message(msg, conn.msgtype, what)
+                    if not rgb.flags.writeable:  # a view of the message buffer
+                        rgb = rgb.copy()
                 except ImageError as err:
                     log.warning('%s skipped: %s', what, err)
                     report.skipped.append({'index': index, 'reason': str(err)})

@@ -288,28 +288,31 @@ def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
                             arr[:, 4:8] if arr.shape[1] == 8 else None, None)
 
 
-def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.05) -> GroundTruth:
+def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,
+               label_max_dt_s: float = 0.001) -> GroundTruth:
     """Ground truth at image stamps from a table matched by time: positions interpolated between
     rows at most ``max_dt_s`` apart (or the nearest row within it), frame indices from the nearest
-    row within ``max_dt_s``."""
+    row within ``label_max_dt_s`` (frame indices belong to one image: they are not interpolated)."""
     max_dt = int(max_dt_s * NS_PER_S)
+    label_dt = int(label_max_dt_s * NS_PER_S)
     pos = frames = None
     order = np.argsort(table.stamps_ns, kind='stable')
     if table.positions is not None:
         pos = interpolate_positions(stamps_ns, table.stamps_ns[order], table.positions[order], max_dt)
         _warn_unmatched(pos, str(table.path), max_dt_s)
     if table.frames is not None:
-        frames = nearest_labels(stamps_ns, table.stamps_ns, table.frames, max_dt)
+        frames = nearest_labels(stamps_ns, table.stamps_ns, table.frames, label_dt)
         missing = int((frames < 0).sum())
         if missing:
             log.warning('%s: %d of %d frames have no row within %.3f s; they are left out of the metrics',
-                        table.path, missing, len(frames), max_dt_s)
+                        table.path, missing, len(frames), label_max_dt_s)
     return GroundTruth(pos, frames, str(table.path))
 
 
-def from_csv(path: str | Path, stamps_ns: np.ndarray, max_dt_s: float = 0.05) -> GroundTruth:
+def from_csv(path: str | Path, stamps_ns: np.ndarray, max_dt_s: float = 0.5,
+             label_max_dt_s: float = 0.001) -> GroundTruth:
     """``from_table(load_table(path), ...)``."""
-    return from_table(load_table(path), stamps_ns, max_dt_s)
+    return from_table(load_table(path), stamps_ns, max_dt_s, label_max_dt_s)
 
 
 def from_frame_order(n: int, start: int = 0) -> GroundTruth:

@@ -1,0 +1,376 @@
+"""``boq-vpr evaluate``: score loop closures on bags against ground truth.
+
+Single session (slam mode, loops against the bag's own past)::
+
+    boq-vpr evaluate BAG --out DIR [--params config/vpr.yaml] [--gt auto|frames|csv:F|topic:/T]
+
+Map vs queries (localization mode)::
+
+    boq-vpr evaluate QUERY_BAG --map-bag MAP_BAG --out DIR
+    boq-vpr evaluate QUERY_BAG --map MAP_DIR --out DIR
+
+Writes ``metrics.json``, ``summary.md``, ``candidates.csv`` and the PNG plots into ``--out``.
+``--save-descriptors``/``--descriptors`` keep the encoding for later runs (threshold sweeps);
+``--live REC_BAG`` scores a recording of the running node's outputs (``boq-vpr replay --record``)
+against the same ground truth and compares it with the offline result.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import evaluation as ev
+from .. import metrics as mt
+from .. import plots
+from ..bags import STAMP_SOURCES
+from ..errors import BagError, ConfigError
+from ..ground_truth import CRITERIA, Criterion, from_poses
+from .common import add_encoder_args, encoder_from_args, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, got {text!r}') from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('bag', type=Path, nargs='?', default=None,
+                        help='the bag to evaluate (single session) or the query bag (with --map-bag/--map); '
+                             'optional with --descriptors')
+    parser.add_argument('--out', type=Path, required=True, help='output folder')
+    m = parser.add_argument_group('mode')
+    m.add_argument('--map-bag', type=Path, default=None, help='build the map from this bag (map vs queries)')
+    m.add_argument('--map', type=Path, default=None, help='load this saved map directory (map vs queries)')
+    d = parser.add_argument_group('input')
+    d.add_argument('--topic', default=None, help='image topic (default: the only image topic of the bag)')
+    d.add_argument('--map-topic', default=None, help='image topic of --map-bag (default: --topic, else the only one)')
+    d.add_argument('--stamp', default='header', choices=STAMP_SOURCES,
+                   help='frame time: header stamp (default) or bag receive time')
+    d.add_argument('--every', type=int, default=1, help='use one frame in N (default: 1)')
+    d.add_argument('--max-frames', type=int, default=None, help='use at most this many frames per bag')
+    d.add_argument('--odom-topic', default=None,
+                   help='odometry/pose topic whose positions are given to the detector (keyframe distance)')
+    d.add_argument('--save-descriptors', type=Path, default=None,
+                   help='save descriptors (+ stamps, ground truth) into this folder for later runs')
+    d.add_argument('--descriptors', type=Path, default=None,
+                   help='reuse descriptors saved with --save-descriptors (no encoding)')
+    g = parser.add_argument_group('ground truth')
+    g.add_argument('--gt', default=None,
+                   help=f'ground truth of the (query) bag: {ev.GT_FORMS} (default: auto, the make-bag CSV)')
+    g.add_argument('--map-gt', default=None, help='ground truth of --map-bag / --map (same forms; default: auto)')
+    g.add_argument('--distance', type=float, default=25.0, help='true match within this distance in m (default 25)')
+    g.add_argument('--frame-tolerance', type=int, default=2,
+                   help='true match within this many frames, for frame-index ground truth (default 2)')
+    g.add_argument('--gt-by', default='auto', choices=CRITERIA,
+                   help='compare positions or frame indices (default auto: positions when both sides have them)')
+    g.add_argument('--gt-max-dt', type=float, default=0.5,
+                   help='largest time gap (s) bridged when matching poses to image stamps (default 0.5)')
+    p = parser.add_argument_group('detector')
+    p.add_argument('--params', type=Path, default=None,
+                   help='node parameters file (config/vpr.yaml): loop_closure.* build the detector configuration')
+    p.add_argument('--node-name', default=None, help='section of the parameters file (default: /** and all)')
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a detector parameter (e.g. min_score=0.6), repeatable')
+    p.add_argument('--index-type', default='flat', help='index type of maps built here (default: flat)')
+    r = parser.add_argument_group('report')
+    r.add_argument('--ks', type=_ints, default=list(mt.DEFAULT_KS), help='k of recall@k (default 1,5,10,20)')
+    r.add_argument('--sweep', action='store_true', help='sweep thresholds and recommend detector settings')
+    r.add_argument('--target-precision', type=float, default=0.95, help='precision the sweep aims for (default 0.95)')
+    r.add_argument('--sweep-thresholds', type=_floats, default=None,
+                   help='thresholds to try (default: 15 quantiles of the decision scores)')
+    r.add_argument('--sweep-consistency', type=_ints, default=[1, 2, 3],
+                   help='temporal_consistency values to try (default 1,2,3)')
+    r.add_argument('--no-plots', action='store_true', help='skip the PNG plots')
+    r.add_argument('--title', default=None, help='title of the plots and summary')
+    lv = parser.add_argument_group('live run')
+    lv.add_argument('--live', type=Path, default=None,
+                    help='bag recorded from the running node (boq-vpr replay --record): score and compare it')
+    lv.add_argument('--live-topic', default=None, help='candidates topic in --live (default: the one named */candidates)')
+    add_encoder_args(parser)
+
+
+class _LazyEncoder:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.encoder = None
+
+    def get(self):
+        if self.encoder is None:
+            self.encoder = encoder_from_args(self.args)
+        return self.encoder
+
+
+def _frames(args, lazy: _LazyEncoder, bag: Path | None, topic: str | None, gt_spec: str | None, name: str,
+            keep_images: bool) -> ev.Frames:
+    cached = args.descriptors / f'{name}.npz' if args.descriptors else None
+    if cached is not None:
+        if not cached.is_file():
+            raise BagError(f'{cached}: no saved descriptors for the {name} (saved ones: '
+                           f'{", ".join(p.name for p in sorted(args.descriptors.glob("*.npz"))) or "none"})')
+        frames = ev.Frames.load(cached)
+        log.info('%s: %d descriptors from %s (%s)', name, len(frames), cached, frames.source)
+        if keep_images:
+            if bag is None:
+                raise ConfigError('geometric verification needs the images: give the bag along with --descriptors')
+            ev.load_images(frames, bag, args.stamp)
+        if gt_spec is not None or len(frames.gt) != len(frames):
+            frames.gt = ev.ground_truth_for(bag or Path(frames.source), frames.stamps_ns, gt_spec, args.gt_max_dt)
+    else:
+        if bag is None:
+            raise ConfigError(f'give the {name} bag (or --descriptors)')
+        frames = ev.read_frames(bag, lazy.get(), topic, stamp=args.stamp, every=args.every,
+                                max_frames=args.max_frames, keep_images=keep_images)
+        frames.gt = ev.ground_truth_for(bag, frames.stamps_ns, gt_spec, args.gt_max_dt)
+    if args.odom_topic:
+        from ..bags import read_poses
+        src = bag or Path(frames.source)
+        frames.odom = from_poses(read_poses(src, args.odom_topic), frames.stamps_ns, args.gt_max_dt,
+                                 source=f'{src}:{args.odom_topic}').positions
+    if frames.report.get('out_of_order_stamps'):
+        log.warning('%s: %d stamps out of order in the bag; frames were evaluated in stamp order',
+                    frames.source, frames.report['out_of_order_stamps'])
+    if args.save_descriptors is not None:
+        path = frames.save(args.save_descriptors / f'{name}.npz')
+        log.info('saved %d descriptors to %s', len(frames), path)
+    return frames
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return 'n/a'
+    if isinstance(v, float):
+        return f'{v:.{digits}f}'
+    return str(v)
+
+
+def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
+    """A short Markdown report of ``metrics.json``."""
+    lines = [f'# {title}', '']
+    setup = metrics['setup']
+    lines += [f'- mode: **{metrics["mode"]}**; queries: `{setup["query"]}`' +
+              (f'; map: `{setup["map"]}`' if setup.get('map') else ''),
+              f'- model: {setup.get("model", "?")} (fingerprint `{setup.get("fingerprint", "?")}`)']
+    if setup.get('random_weights'):
+        lines.append('- **weights are random**: these figures check the pipeline, they say nothing about accuracy')
+    gt = metrics.get('ground_truth')
+    lines.append(f'- ground truth: {gt["criterion"]} ({gt["source"]})' if gt else
+                 '- ground truth: none, so recall and precision are not computed')
+    c = metrics['counts']
+    lines += ['', '| counts | |', '|---|---|'] + [f'| {k.replace("_", " ")} | {v} |' for k, v in c.items()]
+    if 'recall_at_k' in metrics:
+        ks = metrics['recall_at_k']
+        lines += ['', '| ' + ' | '.join(f'R@{k}' for k in ks) + ' |', '|' + '---|' * len(ks),
+                  '| ' + ' | '.join(_fmt(v) for v in ks.values()) + ' |']
+    if 'precision_recall' in metrics:
+        pr, op = metrics['precision_recall'], metrics['operating_point']
+        lines += ['', '| AUC-PR | max recall @ 100% precision | F1 max (threshold) | configured: precision / recall / F1 |',
+                  '|---|---|---|---|',
+                  f'| {_fmt(pr["auc_pr"])} | {_fmt(pr["max_recall_at_100_precision"])} | '
+                  f'{_fmt(pr["f1_max"]["f1"])} ({_fmt(pr["f1_max"]["threshold"])}) | '
+                  f'{_fmt(op["precision"])} / {_fmt(op["recall"])} / {_fmt(op["f1"])} '
+                  f'(TP {op["tp"]}, FP {op["fp"]}, FN {op["fn"]}, TN {op["tn"]}) |']
+    lat = metrics.get('latency', {})
+    q = lat.get('query', {})
+    if q:
+        rd = q.get('read_decode_ms', {})
+        det = lat.get('detect_ms', {})
+        lines += ['', '| stage | ms |', '|---|---|',
+                  f'| bag read + decode (per frame, p50 / p95) | {_fmt(rd.get("p50"))} / {_fmt(rd.get("p95"))} |',
+                  f'| preprocess (per image, batch {q.get("encode_batch_size")}) | {_fmt(q.get("preprocess_ms_per_image"))} |',
+                  f'| inference (per image, batch {q.get("encode_batch_size")}) | {_fmt(q.get("infer_ms_per_image"))} |',
+                  f'| detector (per frame, p50 / p95) | {_fmt(det.get("p50"))} / {_fmt(det.get("p95"))} |']
+    sw = metrics.get('sweep')
+    if sw:
+        lines += ['', f'Threshold sweep (target precision {sw["target_precision"]}): ' +
+                  (', '.join(f'`{k}: {v}`' for k, v in sw['recommended'].items()) +
+                   f' gives precision {_fmt(sw["expected"]["precision"])}, recall {_fmt(sw["expected"]["recall"])}'
+                   if sw.get('recommended') else sw.get('note', 'no recommendation'))]
+    if 'live' in metrics:
+        lv = metrics['live']
+        cmp_ = lv['comparison']
+        op = lv.get('operating_point') or {}
+        lines += ['', f'Live run (`{lv["source"]}`): {cmp_["same"]} of {cmp_["queries"]} queries give the same first '
+                      f'candidate as offline, {cmp_["different_match"]} differ, {cmp_["offline_only"]} offline only, '
+                      f'{cmp_["live_only"]} live only; node: {lv["node"].get("frames_processed", "?")} frames processed, '
+                      f'{lv["node"].get("frames_dropped", "?")} dropped, {lv["node"].get("frames_rejected", "?")} rejected.'
+                      + (f' Live precision / recall: {_fmt(op.get("precision"))} / {_fmt(op.get("recall"))}.' if op else '')]
+    rep = metrics.get('input', {})
+    for name, r in rep.items():
+        if r.get('out_of_order_stamps') or r.get('skipped'):
+            lines.append(f'- {name}: {r.get("skipped", 0)} frames skipped, {r.get("out_of_order_stamps", 0)} stamps '
+                         'out of order (evaluated in stamp order)')
+    if figures:
+        lines += [''] + [f'![{Path(f).stem}]({Path(f).name})' for f in figures]
+    return '\n'.join(lines) + '\n'
+
+
+def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Frames, map_frames: ev.Frames,
+           metrics: dict) -> list[str]:
+    figs = []
+    if scored.curve is not None:
+        pr = metrics['precision_recall']
+        figs.append(str(plots.pr_curve(out / 'pr_curve.png', scored.curve, f'{title}: precision-recall',
+                                       pr['auc_pr'], metrics['operating_point'], pr['max_recall_at_100_precision'])))
+    acc = run.accepted
+    sel = np.flatnonzero(acc >= 0)
+    q_rows = run.query_index[sel]
+    m_rows = acc[sel]
+    if scored.query_index is not None:
+        ok_by_query = dict(zip(scored.query_index.tolist(), scored.accepted_correct.tolist()))
+        correct = np.array([ok_by_query.get(int(q), False) for q in q_rows], bool)
+        known = np.array([int(q) in ok_by_query for q in q_rows], bool)
+        if scored.by == 'position':
+            qpos, mpos = queries.gt.positions, map_frames.gt.positions
+            edges = np.stack([q_rows[known], m_rows[known]], axis=1) if known.any() else np.zeros((0, 2), int)
+            figs.append(str(plots.trajectory(out / 'loops.png', qpos[:, :2],
+                                             None if map_frames is queries else mpos[:, :2], edges,
+                                             correct[known], f'{title}: accepted loop closures')))
+        else:
+            qf, mf = queries.gt.frames, map_frames.gt.frames
+            positives = []
+            if scored.has_positive is not None:
+                from ..ground_truth import positive_matrix
+                crit = Criterion(frame_tolerance=metrics['ground_truth_frame_tolerance'], by='frame')
+                pm = positive_matrix(queries.gt.subset(scored.query_index), map_frames.gt, crit, 'frame')
+                pm &= ev.eligible_mask(run)[np.searchsorted(run.query_index, scored.query_index)]
+                qi, mi = np.nonzero(pm)
+                positives = (scored.query_index[qi], mi)
+            figs.append(str(plots.loops_by_index(
+                out / 'loops.png', q_rows[known], m_rows[known], correct[known], positives or None,
+                f'{title}: accepted loop closures', xlabel='query frame (sequence index)',
+                ylabel='matched frame (map sequence index)')))
+        marks = (q_rows[known], m_rows[known], correct[known])
+    else:
+        marks = (q_rows, m_rows, np.zeros(len(q_rows), bool))
+    figs.append(str(plots.similarity_matrix(out / 'similarity.png', queries.descriptors, map_frames.descriptors,
+                                            f'{title}: descriptor similarity', marks=marks if scored.query_index
+                                            is not None else None,
+                                            xlabel='map frame' if map_frames is not queries else 'frame',
+                                            ylabel='query frame' if map_frames is not queries else 'frame')))
+    return figs
+
+
+def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f)
+        cols = ['query_frame', 'query_stamp_ns', 'query_id', 'match_frame', 'match_id', 'match_stamp_ns', 'score',
+                'rank', 'verified', 'inliers']
+        w.writerow(cols)
+        for row in run.candidates:
+            w.writerow([row[c] for c in cols])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.map_bag is not None and args.map is not None:
+        raise ConfigError('--map-bag and --map exclude each other (build the map from a bag, or load a saved one)')
+    if args.bag is None and args.descriptors is None:
+        raise ConfigError('give a bag (or --descriptors)')
+    if args.every < 1 or (args.max_frames is not None and args.max_frames < 1):
+        raise ConfigError('--every and --max-frames must be >= 1')
+    ks = sorted(set(args.ks))
+    if not ks or ks[0] < 1:
+        raise ConfigError('--ks needs positive integers')
+    mode = 'localization' if (args.map_bag is not None or args.map is not None or
+                              (args.descriptors is not None and (args.descriptors / 'map.npz').is_file()
+                               and not (args.descriptors / 'session.npz').is_file())) else 'slam'
+    params = ev.load_params(args.params, args.node_name) if args.params else {}
+    if params.get('model.name') and params['model.name'] != args.model:
+        log.warning('the parameters file names model %s, this evaluation uses %s (--model)', params['model.name'],
+                    args.model)
+    config = ev.detector_config(params, ev.parse_overrides(args.set), mode)
+    criterion = Criterion(args.distance, args.frame_tolerance, args.gt_by)
+    lazy = _LazyEncoder(args)
+    keep_images = config.geometric_verification
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    title = args.title or (args.bag.name if args.bag else args.descriptors.name)
+
+    if mode == 'slam':
+        queries = _frames(args, lazy, args.bag, args.topic, args.gt, 'session', keep_images)
+        map_frames = queries
+        run_fn = lambda cfg, retrieval=True, progress=True: ev.run_slam(  # noqa: E731
+            queries, cfg, k=max(ks), retrieval=retrieval, index_type=args.index_type, progress=progress)
+        map_desc = f'{queries.source} (its own past)'
+    else:
+        queries = _frames(args, lazy, args.bag, args.topic, args.gt, 'query', keep_images)
+        if args.map is not None:
+            from ..map_db import MapDatabase
+            db = MapDatabase.load(args.map, fingerprint=queries.fingerprint,
+                                  descriptor_dim=queries.descriptors.shape[1])
+            map_frames = ev.map_frames_from_db(db, args.map_gt, args.gt_max_dt)
+            map_ids = map_frames.indices
+            map_desc = str(args.map)
+        else:
+            map_frames = _frames(args, lazy, args.map_bag, args.map_topic or args.topic, args.map_gt, 'map',
+                                 keep_images)
+            db = ev.build_map(map_frames, args.index_type, thumbnails=keep_images)
+            map_ids = db.ids()
+            map_desc = map_frames.source
+        run_fn = lambda cfg, retrieval=True, progress=True: ev.run_localization(  # noqa: E731
+            queries, db, cfg, map_ids, k=max(ks), retrieval=retrieval, progress=progress)
+
+    result = run_fn(config)
+    scored = ev.score_run(result, queries, map_frames, criterion, ks)
+    metrics = {'mode': mode, **{k: v for k, v in scored.metrics.items() if k != 'mode'}}
+    encoder_info = queries.encoder or {}
+    metrics['setup'] = {'query': f'{queries.source}:{queries.topic}', 'map': map_desc if mode != 'slam' else None,
+                        'model': encoder_info.get('model'), 'fingerprint': queries.fingerprint,
+                        'random_weights': encoder_info.get('weights', 'x') is None,
+                        'encoder': encoder_info, 'detector': config.to_dict(),
+                        'params_file': str(args.params) if args.params else None}
+    metrics['ground_truth_frame_tolerance'] = args.frame_tolerance
+    metrics['input'] = {'query' if mode != 'slam' else 'session': queries.report}
+    if mode != 'slam' and map_frames.report:
+        metrics['input']['map'] = map_frames.report
+    metrics['latency'] = ev.latency(queries, result, map_frames)
+    if args.sweep:
+        metrics['sweep'] = ev.sweep(lambda cfg: run_fn(cfg, retrieval=False, progress=False), config, queries,
+                                    map_frames, criterion, args.target_precision, args.sweep_thresholds,
+                                    args.sweep_consistency, decisions=result.decision)
+    if args.live is not None:
+        live = ev.read_live(args.live, args.live_topic)
+        live_run, matched = ev.live_as_run(live, result, queries, map_frames)
+        live_scored = ev.score_run(live_run, queries, map_frames, criterion, ks)
+        metrics['live'] = {'source': str(args.live), 'topic': live.topic, 'messages': live.messages,
+                           'matching': matched, 'node': live.diagnostics,
+                           'operating_point': live_scored.metrics.get('operating_point'),
+                           'comparison': ev.compare_live(result, live_run, queries)}
+    figures = [] if args.no_plots else _plots(out, title, scored, result, queries, map_frames, metrics)
+    metrics['figures'] = [Path(f).name for f in figures]
+    metrics = ev.as_jsonable(metrics)
+    write_json(out / 'metrics.json', metrics)
+    _write_candidates(out / 'candidates.csv', result, queries)
+    (out / 'summary.md').write_text(summary_markdown(metrics, f'Loop-closure evaluation: {title}', figures))
+    c = metrics['counts']
+    print(f'evaluated {c["queries"]} queries ({mode}) -> {out / "metrics.json"}')
+    if 'recall_at_k' in metrics:
+        print('  recall@k: ' + ', '.join(f'R@{k} {_fmt(v)}' for k, v in metrics['recall_at_k'].items()))
+    if 'precision_recall' in metrics:
+        pr, op = metrics['precision_recall'], metrics['operating_point']
+        print(f'  AUC-PR {_fmt(pr["auc_pr"])}, max recall @100% precision {_fmt(pr["max_recall_at_100_precision"])}, '
+              f'F1 max {_fmt(pr["f1_max"]["f1"])}; configured detector: precision {_fmt(op["precision"])}, '
+              f'recall {_fmt(op["recall"])}')
+    if metrics.get('sweep', {}).get('recommended'):
+        print('  recommended: ' + json.dumps(metrics['sweep']['recommended']))
+    if 'live' in metrics:
+        cmp_ = metrics['live']['comparison']
+        print(f'  live vs offline: {cmp_["same"]} same, {cmp_["different_match"]} different, '
+              f'{cmp_["offline_only"]} offline only, {cmp_["live_only"]} live only')
+    return 0
