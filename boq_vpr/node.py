@@ -57,6 +57,7 @@ except ImportError:  # pragma: no cover
 
 CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers')
 NODE_NAME = 'vpr_node'
+WARN_WINDOW_S = 10.0   # /diagnostics reports WARN while frames were rejected within this window
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,6 +165,8 @@ class VprNode(Node):
         self._processed = 0
         self._worker_error = ''
         self._attention_backend = None
+        self._problem_count = 0
+        self._problem_time: float | None = None
 
         self._build_pipeline()
 
@@ -627,6 +630,13 @@ class VprNode(Node):
             out['last_error'] = self._worker_error
         return out
 
+    def _recent_problems(self, total: int) -> bool:
+        """Whether the count of bad frames grew within the last WARN_WINDOW_S seconds."""
+        now = time.monotonic()
+        if total != self._problem_count:
+            self._problem_count, self._problem_time = total, now
+        return self._problem_time is not None and now - self._problem_time < WARN_WINDOW_S
+
     def _publish_diagnostics(self) -> None:
         values = self.diagnostics_values()
         status = DiagnosticStatus()
@@ -634,9 +644,10 @@ class VprNode(Node):
         status.hardware_id = values['backend'] + ':' + values['device']
         if not self._worker.is_alive():
             status.level, status.message = DiagnosticStatus.ERROR, 'worker thread stopped'
-        elif int(values['frames_rejected']) or int(values['frames_failed']):
+        elif self._recent_problems(int(values['frames_rejected']) + int(values['frames_failed'])):
             status.level = DiagnosticStatus.WARN
-            status.message = (f'{values["frames_rejected"]} frames rejected, {values["frames_failed"]} failed; '
+            status.message = (f'frames rejected or failed in the last {WARN_WINDOW_S:.0f} s '
+                              f'({values["frames_rejected"]} rejected, {values["frames_failed"]} failed in all); '
                               f'{values["processed_rate_hz"]} Hz processed')
         else:
             status.level = DiagnosticStatus.OK

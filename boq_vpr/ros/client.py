@@ -18,9 +18,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
@@ -142,6 +144,8 @@ class VprClient:
         self.srv_save = self.node.create_client(Trigger, f'{t}/save_map')
         self.srv_clear = self.node.create_client(Trigger, f'{t}/clear_map')
         self.srv_mapping = self.node.create_client(SetBool, f'{t}/set_mapping')
+        self.srv_get_params = self.node.create_client(GetParameters, f'{t}/get_parameters')
+        self.srv_set_params = self.node.create_client(SetParameters, f'{t}/set_parameters')
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -234,6 +238,21 @@ class VprClient:
 
     def set_mapping(self, enable: bool, timeout: float = 30.0):
         return self.call(self.srv_mapping, SetBool.Request(data=enable), timeout)
+
+    def get_parameters(self, names: Sequence[str], timeout: float = 30.0) -> dict[str, Any] | None:
+        """The node's values of ``names`` (None on timeout)."""
+        response = self.call(self.srv_get_params, GetParameters.Request(names=list(names)), timeout)
+        if response is None:
+            return None
+        return {n: parameter_value_to_python(v) for n, v in zip(names, response.values)}
+
+    def set_parameters(self, values: dict[str, Any], timeout: float = 30.0) -> dict[str, tuple[bool, str]] | None:
+        """Set parameters one by one; name -> (successful, reason) (None on timeout)."""
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        response = self.call(self.srv_set_params, request, timeout)
+        if response is None:
+            return None
+        return {k: (r.successful, r.reason) for k, r in zip(values, response.results)}
 
     def close(self) -> None:
         try:
