@@ -595,7 +595,7 @@ def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, cri
         d = d[np.isfinite(d)]
         if d.size == 0:
             raise ConfigError('threshold sweep: no decision scores to choose thresholds from')
-        thresholds = np.unique(np.round(np.quantile(d, np.linspace(0.0, 1.0, n_thresholds)), 4))
+        thresholds = np.unique(np.round(np.quantile(d, np.linspace(0.0, 1.0, n_thresholds)), 6))
     if param == 'min_score':
         thresholds = [float(min(max(t, -1.0), 1.0)) for t in thresholds]
     rows = []
