@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'encode': ('encode', 'encode an image folder into descriptors (.npy + CSV of file names)'),
     'bench': ('bench', 'benchmarks that print and save their figures as JSON'),
     'build-map': ('build_map', 'build a map database from an image folder (optionally with a poses CSV)'),
+    'export': ('export', 'export a model to ONNX (and INT8 ONNX or a TensorRT engine) for deployment'),
+    'verify': ('verify', 'compare backends on real images: descriptor cosine and top-1 retrieval agreement'),
 }
 
 

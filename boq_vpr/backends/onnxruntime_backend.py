@@ -2,7 +2,8 @@
 
 Steps as in Polygraphy: get the ONNX (a given file, or the cached export of the configuration),
 create the session (graph optimizations ORT_ENABLE_ALL, which includes the NCHWc layout on x86;
-intra-op threads = physical cores; sequential execution), find ``images`` and ``descriptor`` by
+intra-op threads = physical cores; sequential execution; worker threads do not spin between
+calls unless ``spin=True``), find ``images`` and ``descriptor`` by
 name and log them, then run with only the descriptor fetched.
 
 Precisions: CPU ``fp32`` and ``int8`` (a calibrated QDQ copy, see ``boq_vpr.export.quantize``);
@@ -83,7 +84,8 @@ class OnnxRuntimeBackend:
 
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'auto', onnx_path: str | Path | None = None, threads: int | None = None,
-                 calibration: str | Path | None = None, dynamic_size: bool = False, **_ignored) -> None:
+                 calibration: str | Path | None = None, dynamic_size: bool = False, spin: bool = False,
+                 **_ignored) -> None:
         ort = _ort()
         available = ort.get_available_providers()
         if device == 'auto':
@@ -142,6 +144,8 @@ class OnnxRuntimeBackend:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # Idle worker threads spinning between calls steal the CPU from the SLAM stack next to us.
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
         providers: list = ['CPUExecutionProvider']
         if device.startswith('cuda'):
             index = int(device.split(':')[1]) if ':' in device else 0

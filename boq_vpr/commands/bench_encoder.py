@@ -1,85 +1,134 @@
-"""``boq-vpr bench encoder``: ms/image (p50, p90) and images/s of the encoder, per model, backend,
-precision and batch size, all in one run so the figures compare directly (ratios to the first
-backend given, normally the eager PyTorch reference)."""
+"""``boq-vpr bench encoder``: ms/image (p50, p90) and images/s of encoder backends, per model,
+backend, precision, image size and batch size, beside the eager PyTorch FP32 reference in the same
+run: every variant is built first, then timed round-robin (one call each per round) so that load
+from other processes spreads over all of them; ratios are to the reference at the same batch and
+size, and each variant's descriptors are compared with the reference's (cosine).
+
+Example::
+
+    boq-vpr bench encoder --models resnet50_16384 --backends onnxruntime:fp32 openvino:bf16 torch:bf16 \\
+        --batch-sizes 1 8 --images data/summer --out bench/encoder.json
+"""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 
-from ..backends import backend_names
-from ..benchmark import machine_info, peak_rss_mib, percentiles_ms, time_calls
+from ..benchmark import machine_info, peak_rss_mib, percentiles_ms
 from ..images import list_images, load_image
 from ..models.config import MODEL_CONFIGS
 from .common import size_arg, write_json
+from .verify import parse_backend_spec
 
 log = logging.getLogger(__name__)
 
+REFERENCE = ('torch', 'fp32', 'eager')
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--models', nargs='+', default=['resnet50_16384', 'resnet18_1024'],
-                        choices=sorted(MODEL_CONFIGS), help='configurations to time')
-    parser.add_argument('--backends', nargs='+', default=['torch'], choices=backend_names()[1:],
-                        help='backends (the first is the reference for ratios)')
-    parser.add_argument('--precisions', nargs='+', default=['fp32'], help='precisions to try per backend')
-    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1], help='batch sizes (default: 1)')
-    parser.add_argument('--image-size', type=size_arg, default=None, help='override the input size (HxW)')
+    parser.add_argument('--models', nargs='+', default=['resnet50_16384'], choices=sorted(MODEL_CONFIGS),
+                        help='configurations to time (default: resnet50_16384)')
+    parser.add_argument('--backends', nargs='+', default=['torch:fp32', 'onnxruntime:fp32', 'openvino:auto',
+                                                          'torch:auto'],
+                        help='variants as name[:precision] (precision auto: the backend\'s choice); eager '
+                             'PyTorch FP32 is always timed first as the reference')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8], help='batch sizes (default: 1 8)')
+    parser.add_argument('--image-sizes', type=size_arg, nargs='+', default=None,
+                        help='input sizes HxW (default: each configuration\'s own)')
     parser.add_argument('--device', default='cpu', help='cpu (default) or cuda')
-    parser.add_argument('--iterations', type=int, default=10, help='timed calls per setting (default: 10)')
+    parser.add_argument('--rounds', type=int, default=10, help='timed calls per variant (default: 10)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed calls first (default: 2)')
     parser.add_argument('--images', type=Path, default=None,
                         help='folder of real images to encode (default: random 640x480 camera frames)')
     parser.add_argument('--weights', type=Path, default=None, help='weight file (only for the first model)')
+    parser.add_argument('--calibration', type=Path, default=None, help='calibration images for int8 variants')
     parser.add_argument('--out', type=Path, default=Path('bench/encoder.json'), help='JSON output')
 
 
 def _inputs(folder: Path | None, n: int) -> list[np.ndarray]:
     if folder is not None:
-        files = list_images(folder)[:n]
+        files = list_images(folder)
+        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(n, len(files)))]
         return [load_image(p) for p in files]
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def run(args: argparse.Namespace) -> int:
+def _build(model: str, spec: tuple[str, str, str], args, weights, size):
     from ..encoder import Encoder
-    results = []
+    name, precision, mode = spec
+    options = {'mode': mode}
+    if args.calibration is not None:
+        options['calibration'] = args.calibration
+    return Encoder(model, weights=weights, backend=name, device=args.device, precision=precision,
+                   image_size=size, batch_size=max(args.batch_sizes), **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = [(*parse_backend_spec(s), 'graph') for s in args.backends]
     images = _inputs(args.images, max(args.batch_sizes))
+    results: list[dict] = []
     for mi, model in enumerate(args.models):
-        reference: dict[int, float] = {}
-        for backend in args.backends:
-            for precision in args.precisions:
+        weights = args.weights if mi == 0 else None
+        for size in (args.image_sizes or [tuple(MODEL_CONFIGS[model].image_size)]):
+            variants = []
+            for spec in [REFERENCE, *specs]:
+                label = f'{spec[0]}:{spec[1]}' + (' (eager)' if spec == REFERENCE else '')
                 try:
-                    enc = Encoder(model, weights=args.weights if mi == 0 else None, backend=backend,
-                                  device=args.device, precision=precision, image_size=args.image_size,
-                                  batch_size=max(args.batch_sizes))
+                    variants.append((label, spec, _build(model, spec, args, weights, size)))
                 except Exception as err:  # report and go on: a missing backend must not hide the others
-                    log.warning('%s/%s/%s unavailable: %s', model, backend, precision, err)
-                    results.append({'model': model, 'backend': backend, 'precision': precision, 'error': str(err)})
-                    continue
-                for bs in args.batch_sizes:
-                    batch = images[:bs]
-                    pre = enc.preprocessor.batch(batch)
-                    infer = percentiles_ms(time_calls(lambda: enc.backend.infer(pre), args.iterations, args.warmup), bs)
-                    total = percentiles_ms(time_calls(lambda: enc.encode(batch), max(3, args.iterations // 3), 1), bs)
-                    row = {'model': model, 'backend': backend, 'precision': precision, 'batch': bs,
-                           'image_size': list(enc.config.image_size), 'device': enc.backend.device,
-                           'infer': infer, 'end_to_end': total,
-                           'images_per_s': 1e3 / infer['p50_ms'], 'peak_rss_mib': peak_rss_mib()}
-                    reference.setdefault(bs, infer['p50_ms'])
-                    row['speedup_vs_first'] = reference[bs] / infer['p50_ms']
+                    log.warning('%s %s unavailable: %s', model, label, err)
+                    results.append({'model': model, 'variant': label, 'image_size': list(size), 'error': str(err)})
+            if not variants or variants[0][1] != REFERENCE:
+                continue
+            for bs in args.batch_sizes:
+                batch = images[:bs]
+                pre = variants[0][2].preprocessor.batch(batch)
+                t0 = time.perf_counter()
+                variants[0][2].preprocessor.batch(batch)
+                pre_ms = 1e3 * (time.perf_counter() - t0) / bs
+                outputs = {label: enc.backend.infer(pre) for label, _, enc in variants}
+                for _ in range(args.warmup - 1):
+                    for _, _, enc in variants:
+                        enc.backend.infer(pre)
+                samples: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+                for _ in range(args.rounds):
+                    for label, _, enc in variants:
+                        t0 = time.perf_counter()
+                        enc.backend.infer(pre)
+                        samples[label].append(time.perf_counter() - t0)
+                ref_label = variants[0][0]
+                ref_out = _normalize(outputs[ref_label])
+                ref_p50 = percentiles_ms(samples[ref_label], bs)['p50_ms']
+                for label, spec, enc in variants:
+                    stats = percentiles_ms(samples[label], bs)
+                    cos = (_normalize(outputs[label]) * ref_out).sum(1)
+                    row = {'model': model, 'variant': label, 'backend': enc.backend.name,
+                           'precision': enc.backend.precision, 'device': enc.backend.device, 'batch': bs,
+                           'image_size': list(enc.config.image_size), 'infer': stats,
+                           'images_per_s': 1e3 / stats['p50_ms'], 'speedup_vs_eager_fp32': ref_p50 / stats['p50_ms'],
+                           'cosine_vs_eager_min': float(cos.min()), 'preprocess_ms_per_image': pre_ms,
+                           'describe': enc.backend.describe()}
                     results.append(row)
-                    print(f'{model:16s} {backend:12s} {precision:5s} b{bs:<3d} {row["image_size"][0]}x{row["image_size"][1]}  '
-                          f'p50 {infer["p50_ms"]:8.1f} ms/img  p90 {infer["p90_ms"]:8.1f}  '
-                          f'{row["images_per_s"]:7.1f} img/s  x{row["speedup_vs_first"]:.2f}  '
-                          f'(with preprocessing p50 {total["p50_ms"]:.1f} ms/img)', flush=True)
-                del enc
-    out = {'benchmark': 'encoder', 'machine': machine_info(), 'settings': {
-        'iterations': args.iterations, 'warmup': args.warmup, 'images': str(args.images) if args.images else 'random 640x480'},
-        'results': results}
+                    print(f'{model:15s} {label:22s} {row["precision"]:5s} b{bs:<2d} {size[0]}x{size[1]}  '
+                          f'p50 {stats["p50_ms"]:7.1f} ms/img  p90 {stats["p90_ms"]:7.1f}  '
+                          f'{row["images_per_s"]:6.2f} img/s  x{row["speedup_vs_eager_fp32"]:.2f} vs eager  '
+                          f'cos>={row["cosine_vs_eager_min"]:.6f}', flush=True)
+            del variants
+    out = {'benchmark': 'encoder', 'machine': machine_info(), 'peak_rss_mib': peak_rss_mib(),
+           'settings': {'rounds': args.rounds, 'warmup': args.warmup, 'device': args.device,
+                        'images': str(args.images) if args.images else 'random 640x480',
+                        'timing': 'round-robin over variants in one process; ms per image = call time / batch'},
+           'results': results}
     write_json(args.out, out)
     print(f'saved {args.out}')
     return 0 if any('infer' in r for r in results) else 1
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

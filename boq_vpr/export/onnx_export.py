@@ -86,6 +86,15 @@ def weights_id(weights: str | Path | None) -> str:
     return file_sha256(weights) if weights is not None else f'random-seed{RANDOM_SEED}'
 
 
+def state_fingerprint(model: torch.nn.Module) -> str:
+    """Identifies the weights of a model object given without its weight file."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return 'state-' + h.hexdigest()
+
+
 def export_onnx(model: VPRModel | ModelConfig, path: str | Path, *, weights: str | Path | None = None,
                 image_size: tuple[int, int] | None = None, dynamic_size: bool = False,
                 dynamic_batch: bool = True, attention: bool = False, opset: int = DEFAULT_OPSET,
@@ -101,6 +110,8 @@ def export_onnx(model: VPRModel | ModelConfig, path: str | Path, *, weights: str
         model = load_model(config, weights)
     else:
         config = model.config
+        if weights is None and weights_fingerprint is None:
+            weights_fingerprint = state_fingerprint(model)
     size = tuple(image_size or config.image_size)
     config = config.with_image_size(*size)
     config.validate()
