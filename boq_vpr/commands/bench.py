@@ -10,6 +10,8 @@ import importlib
 # benchmark -> (module in boq_vpr.commands, help)
 BENCHES: dict[str, tuple[str, str]] = {
     'encoder': ('bench_encoder', 'encoding speed per model, backend, precision and batch size'),
+    'node': ('bench_node', 'vpr_node over DDS: end-to-end latency, per-stage latency, drops and memory at given '
+                           'input rates'),
 }
 
 

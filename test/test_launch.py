@@ -1,0 +1,117 @@
+"""config/vpr.yaml and launch/vpr.launch.py: the defaults file parses (with PyYAML and with rcl's own
+parser) and holds exactly the node's declared parameters with valid values; the launch arguments
+are described and map onto declared parameters and remappings."""
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from boq_vpr.ros.launch_args import LAUNCH_ARGUMENTS, node_overrides
+from boq_vpr.ros.parameters import detector_values, node_parameters, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / 'config' / 'vpr.yaml'
+LAUNCH = ROOT / 'launch' / 'vpr.launch.py'
+
+
+def _config_params() -> dict:
+    data = yaml.safe_load(CONFIG.read_text())
+    assert list(data) == ['/**'] and list(data['/**']) == ['ros__parameters']
+    return data['/**']['ros__parameters']
+
+
+def test_config_holds_every_declared_parameter_with_a_valid_value():
+    from boq_vpr.loop_closure import DetectorConfig
+    params = _config_params()
+    specs = {s.name: s for s in node_parameters()}
+    undeclared = sorted(set(params) - set(specs))
+    assert not undeclared, f'config/vpr.yaml sets undeclared parameters: {undeclared}'
+    missing = sorted(set(specs) - set(params))
+    assert not missing, f'config/vpr.yaml lacks: {missing}'
+    for name, value in params.items():
+        assert validate(specs[name], value) is None, (name, value)
+    DetectorConfig.from_dict(detector_values(params))
+
+
+def test_rcl_parses_the_config_into_typed_parameters():
+    rclpy = pytest.importorskip('rclpy', reason='needs rclpy')
+    from rclpy.context import Context
+    from rclpy.node import Node
+    from boq_vpr.node import _descriptor
+    ctx = Context()
+    rclpy.init(context=ctx, args=['--ros-args', '--params-file', str(CONFIG)], domain_id=200 + os.getpid() % 30)
+    try:
+        node = Node('vpr_node', context=ctx)
+        params = _config_params()
+        for spec in node_parameters():
+            value = node.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+            assert value == params[spec.name] and type(value) is type(spec.default), spec.name
+        # ranges are enforced by ROS on set
+        from rclpy.parameter import Parameter
+        result = node.set_parameters([Parameter('qos.depth', value=0)])[0]
+        assert not result.successful
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def test_launch_arguments_are_described_and_map_onto_declared_parameters():
+    for name in ('params_file', 'image_topic', 'odom_topic', 'map_path', 'namespace', 'use_sim_time', 'log_level'):
+        assert name in LAUNCH_ARGUMENTS and len(LAUNCH_ARGUMENTS[name][1]) > 10, name
+    defaults = {k: v for k, (v, _) in LAUNCH_ARGUMENTS.items() if v is not None}
+    params, remaps = node_overrides(defaults)
+    assert params == {'use_sim_time': False}      # empty arguments leave the params file alone
+    assert remaps == [('image', '/camera/image_raw'), ('image/compressed', '/camera/image_raw/compressed'),
+                      ('odom', '/odom')]
+    params, remaps = node_overrides(defaults | {'map_path': '/maps/a', 'mode': 'localization', 'weights': '/w.pth',
+                                                'image_transport': 'compressed', 'use_odom': 'true',
+                                                'use_sim_time': 'True', 'image_topic': '/cam/'})
+    specs = {s.name: s for s in node_parameters()}
+    for name, value in params.items():
+        if name != 'use_sim_time':
+            assert validate(specs[name], value) is None, name
+    assert params['use_sim_time'] is True and params['loop_closure.mode'] == 'localization'
+    assert ('image/compressed', '/cam/compressed') in remaps
+    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'}):
+        with pytest.raises(ValueError):
+            node_overrides(defaults | bad)
+
+
+def test_launch_file_declares_every_argument_and_starts_vpr_node():
+    tree = ast.parse(LAUNCH.read_text())
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert 'generate_launch_description' in functions
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert {'LAUNCH_ARGUMENTS', 'node_overrides', 'DeclareLaunchArgument', 'Node',
+            'get_package_share_directory'} <= imported
+    keywords = {k.arg: k.value for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords}
+    assert ast.literal_eval(keywords['executable']) == 'vpr_node'
+    assert ast.literal_eval(keywords['package']) == 'boq_vpr'
+    assert 'description' in keywords and 'remappings' in keywords and 'parameters' in keywords
+
+
+def test_launch_description_builds_on_a_ros_install():
+    pytest.importorskip('launch_ros', reason='launch_ros comes with a ROS 2 install (not on PyPI)')
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    try:
+        get_package_share_directory('boq_vpr')
+    except PackageNotFoundError:
+        pytest.skip('boq_vpr is not installed in an ament index (colcon build first)')
+    import importlib.util
+    from launch.actions import DeclareLaunchArgument
+    spec = importlib.util.spec_from_file_location('vpr_launch', LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ld = module.generate_launch_description()
+    declared = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
+    assert declared == set(LAUNCH_ARGUMENTS)
+
+
+def test_setup_installs_the_node_the_launch_file_and_the_config():
+    text = (ROOT / 'setup.py').read_text()
+    assert "'vpr_node = boq_vpr.node:main'" in text
+    assert "glob('launch/*.launch.py')" in text and "glob('config/*.yaml')" in text
