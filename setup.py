@@ -57,7 +57,7 @@ setup(
         # Desktop GPU machines: TensorRT from PyPI (pulls NVIDIA's libraries). onnxruntime-gpu replaces
         # onnxruntime by hand (see README); on a Jetson, JetPack provides TensorRT.
         'gpu': [
-            'tensorrt>=10',
+            'tensorrt>=10,<11',  # the backend uses TensorRT 10's FP16/INT8 builder flags (removed in 11)
         ],
         'test': [
             'openvino>=2024.1',  # the openvino backend is tested in CI

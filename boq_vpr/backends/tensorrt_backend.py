@@ -37,7 +37,11 @@ WORKSPACE_BYTES = 2 << 30
 
 
 def import_tensorrt():
-    """The ``tensorrt`` module, or BackendError saying how to install it."""
+    """The ``tensorrt`` module, or BackendError saying how to install it.
+
+    Written for the TensorRT 10 API. TensorRT 11 loads too, for fp32 engines only: it removed the
+    FP16/INT8 builder flags and implicit INT8 calibration in favour of strongly typed networks.
+    """
     try:
         import tensorrt as trt
     except ImportError as err:
@@ -45,9 +49,18 @@ def import_tensorrt():
                            'libraries; see README), on a Jetson use JetPack\'s python3-libnvinfer') from err
     major = int(trt.__version__.split('.')[0])
     if major < 10:
-        raise BackendError(f'TensorRT {trt.__version__} found; this backend needs TensorRT 10 or newer '
-                           '(JetPack 6.1+, or pip install "tensorrt>=10")')
+        raise BackendError(f'TensorRT {trt.__version__} found; this backend needs TensorRT 10 '
+                           '(JetPack 6.1+, or pip install "tensorrt>=10,<11")')
     return trt
+
+
+def check_weak_typing(trt, precision: str) -> None:
+    """FP16/INT8 here use the TensorRT 10 builder flags; TensorRT 11 removed them (strong typing only)."""
+    if precision != 'fp32' and not (hasattr(trt.BuilderFlag, 'FP16') and hasattr(trt, 'IInt8EntropyCalibrator2')):
+        raise BackendError(f'TensorRT {trt.__version__} builds strongly typed networks only (the FP16/INT8 builder '
+                           f'flags are gone), so this backend can build only fp32 engines with it; for {precision} '
+                           'install TensorRT 10: pip install "tensorrt-cu13>=10.13,<11" (or tensorrt-cu12, to '
+                           'match the CUDA of torch), or use JetPack 6\'s TensorRT 10')
 
 
 def gpu_name(device: torch.device) -> str:
@@ -126,8 +139,7 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
     profile.set_shape(INPUT_NAME, *shapes)
     config.add_optimization_profile(profile)
     if precision in ('fp16', 'int8'):
-        if not builder.platform_has_fast_fp16:
-            log.warning('TensorRT: this GPU has no fast FP16; the %s engine may not be faster than FP32', precision)
+        check_weak_typing(trt, precision)
         config.set_flag(trt.BuilderFlag.FP16)
         # Keep normalizations and softmax in FP32: LayerNorm over 512 channels overflows in FP16.
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
@@ -192,6 +204,7 @@ class TensorRTBackend:
         self.device = str(self.device_obj)
         self.config = config
         self.precision = 'fp16' if precision == 'auto' else precision
+        check_weak_typing(trt, self.precision)
         onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights)
         _, spec = read_onnx(onnx)
         check_spec_matches(spec, config, weights, str(onnx))
