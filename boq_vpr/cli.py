@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'build-map': ('build_map', 'build a map database from an image folder (optionally with a poses CSV)'),
     'export': ('export', 'export a model to ONNX (and INT8 ONNX or a TensorRT engine) for deployment'),
     'verify': ('verify', 'compare backends on real images: descriptor cosine and top-1 retrieval agreement'),
+    'make-bag': ('make_bag', 'turn image sequences (+ poses or frame indices) into a bag with ground truth'),
+    'evaluate': ('evaluate', 'score loop closures on bags (or a recorded live run) against ground truth'),
+    'replay': ('replay', 'publish a bag over DDS at its recorded rate (x factor), optionally recording topics'),
 }
 
 

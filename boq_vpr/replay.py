@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -75,17 +76,25 @@ class ReplayReport:
 
 
 class _Recorder:
-    """Raw subscriptions whose messages are written, as received, into a new bag."""
+    """Raw subscriptions whose messages are written, as received, into a new bag. The bag is
+    written by one thread of its own (SQLite objects stay in the thread that made them)."""
 
     def __init__(self, node: Node, path: Path, topics: Sequence[str], storage: str, type_timeout_s: float,
                  types: dict[str, str]) -> None:
         self.node = node
-        self.writer = bags.BagWriter(path, storage=storage)
-        self.writer.open()
-        self.lock = threading.Lock()
+        self.path = path
         self.counts: dict[str, int] = {t: 0 for t in topics}
         self.subs = []
         self.last_ns = time.monotonic_ns()
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._opened = threading.Event()
+        self._thread = threading.Thread(target=self._write_loop, args=(path, storage), name='bag_recorder',
+                                        daemon=True)
+        self._thread.start()
+        self._opened.wait(30.0)
+        if self.error is not None:
+            raise self.error
         deadline = time.monotonic() + type_timeout_s
         pending = [t for t in topics if t not in types]
         while pending and time.monotonic() < deadline:
@@ -108,24 +117,42 @@ class _Recorder:
             self.subs.append(node.create_subscription(cls, topic, self._callback(topic, msgtype), qos, raw=True))
             log.info('recording %s (%s)', topic, msgtype)
 
+    def _write_loop(self, path: Path, storage: str) -> None:
+        try:
+            writer = bags.BagWriter(path, storage=storage)
+            writer.open()
+        except BaseException as err:  # reported to the constructor
+            self.error = err
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                topic, msgtype, stamp, data = item
+                try:
+                    writer.write_raw(topic, msgtype, stamp, data)
+                    self.counts[topic] += 1
+                except Exception as err:  # keep recording the other messages
+                    self.error = err
+                    log.error('recording %s failed: %s', topic, err)
+        finally:
+            writer.close()
+
     def _callback(self, topic: str, msgtype: str):
         def cb(data: bytes) -> None:
-            with self.lock:
-                if self.writer is None:
-                    return
-                self.writer.write_raw(topic, msgtype, time.time_ns(), bytes(data))
-                self.counts[topic] += 1
-                self.last_ns = time.monotonic_ns()
+            self._queue.put((topic, msgtype, time.time_ns(), bytes(data)))
+            self.last_ns = time.monotonic_ns()
         return cb
 
     def close(self) -> None:
-        with self.lock:
-            for sub in self.subs:
-                self.node.destroy_subscription(sub)
-            self.subs = []
-            if self.writer is not None:
-                self.writer.close()
-                self.writer = None
+        for sub in self.subs:
+            self.node.destroy_subscription(sub)
+        self.subs = []
+        self._queue.put(None)
+        self._thread.join(timeout=60.0)
 
 
 class BagPlayer:
@@ -240,11 +267,15 @@ class BagPlayer:
             if self.record_topics:
                 recorder = _Recorder(node, self.record_path, self.record_topics, self.record_storage,
                                      max(self.wait_subscribers_s, 2.0), self.record_types)
+            def others(topic: str) -> int:   # subscribers other than our own recorder
+                infos = node.get_subscriptions_info_by_topic(node.resolve_topic_name(self.remap.get(topic, topic)))
+                return sum(1 for i in infos if not (i.node_name == node.get_name()
+                                                    and i.node_namespace == node.get_namespace()))
             if self.wait_subscribers_s > 0:
                 end = time.monotonic() + self.wait_subscribers_s
-                while time.monotonic() < end and not all(p.get_subscription_count() > 0 for p in publishers.values()):
+                while time.monotonic() < end and not all(others(t) > 0 for t in publishers):
                     time.sleep(0.1)
-            report.subscribers = {self.remap.get(t, t): p.get_subscription_count() for t, p in publishers.items()}
+            report.subscribers = {self.remap.get(t, t): others(t) for t in publishers}
             lonely = [t for t, n in report.subscribers.items() if n == 0]
             if lonely:
                 log.warning('no subscriber on %s; those messages go nowhere', ', '.join(lonely))
@@ -294,5 +325,6 @@ class BagPlayer:
     def _spin(executor: SingleThreadedExecutor) -> None:
         try:
             executor.spin()
-        except Exception:  # the context was shut down while spinning
-            pass
+        except Exception as err:  # the context shut down while spinning, or a callback failed
+            if rclpy.ok(context=executor.context):
+                log.error('replay executor stopped: %s: %s', type(err).__name__, err)
