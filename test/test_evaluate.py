@@ -14,6 +14,7 @@ import pytest
 from boq_vpr import bags
 from boq_vpr.cli import main as cli_main
 from boq_vpr.evaluation import Frames, build_map
+from boq_vpr.images import list_images
 
 MODEL = ['--model', 'resnet18_1024', '--backend', 'torch', '--device', 'cpu', '--batch-size', '8']
 FIRST, COUNT, TOL = 200, 40, 2
@@ -24,12 +25,20 @@ WINDOW = ['--set', 'exclusion_frames=10', '--set', 'exclusion_time_s=0']
 def nordland_bags(nordland_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp('nordland_bags')
     subset = ['--first', str(FIRST), '--count', str(COUNT)]
+    # poses of the session bag: 10 m between frames along x, the winter run on a lane 3 m aside
+    pose_args = []
+    for season, lane in (('summer', 0.0), ('winter', 3.0)):
+        csv_path = root / f'{season}_poses.csv'
+        files = list_images(nordland_dir / season)[FIRST:FIRST + COUNT]
+        csv_path.write_text('file,x,y,z\n' + ''.join(f'{f.name},{10.0 * (FIRST + i)},{lane},0\n'
+                                                     for i, f in enumerate(files)))
+        pose_args += ['--poses', str(csv_path)]
     made = {}
-    for name, folders, storage in (('session', ['summer', 'winter'], 'sqlite3'), ('summer', ['summer'], 'mcap'),
-                                   ('winter', ['winter'], 'sqlite3')):
+    for name, folders, storage, extra in (('session', ['summer', 'winter'], 'sqlite3', pose_args),
+                                          ('summer', ['summer'], 'mcap', []), ('winter', ['winter'], 'sqlite3', [])):
         out = root / name
         assert cli_main(['make-bag', *[str(nordland_dir / f) for f in folders], '--out', str(out),
-                         '--storage', storage, *subset]) == 0
+                         '--storage', storage, *subset, *extra]) == 0
         made[name] = out
     return made
 
@@ -90,7 +99,8 @@ def _reference(desc_q, frames_q, desc_m, frames_m, eligible, min_score=0.0, ks=(
 
 def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
     out, desc = tmp_path / 'eval', tmp_path / 'desc'
-    m = _evaluate([str(nordland_bags['session']), '--out', str(out), '--save-descriptors', str(desc), *WINDOW])
+    m = _evaluate([str(nordland_bags['session']), '--out', str(out), '--save-descriptors', str(desc), *WINDOW,
+                   '--gt-by', 'frame'])
     frames = Frames.load(desc / 'session.npz')
     assert len(frames) == 2 * COUNT and frames.descriptors.shape[1] == 1024
     np.testing.assert_array_equal(frames.gt.frames, list(range(FIRST, FIRST + COUNT)) * 2)
@@ -112,16 +122,26 @@ def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
     summary = (out / 'summary.md').read_text()
     assert 'weights are random' in summary and '![pr_curve](pr_curve.png)' in summary
 
+    # ground truth from the pose topic instead: 25 m at 10 m per frame is the same as 2 frames
+    out_pose = tmp_path / 'eval_pose'
+    m_pose = _evaluate([str(nordland_bags['session']), '--descriptors', str(desc), '--out', str(out_pose), *WINDOW,
+                        '--gt', 'topic:/ground_truth/pose', '--distance', '25'])
+    assert m_pose['ground_truth']['by'] == 'position' and m_pose['ground_truth']['criterion'] == 'within 25 m'
+    for key in ('counts', 'recall_at_k', 'precision_recall', 'operating_point'):
+        assert m_pose[key] == m[key], key
+    assert (out_pose / 'loops.png').stat().st_size > 0      # the trajectory plot with loop edges
+
     # descriptors reused: same metrics without a bag, plus a threshold sweep whose recommendation holds
     out2 = tmp_path / 'eval2'
     m2 = _evaluate(['--descriptors', str(desc), '--out', str(out2), *WINDOW, '--sweep', '--target-precision', '0.5',
-                    '--sweep-consistency', '1,2', '--no-plots'])
+                    '--sweep-consistency', '1,2', '--no-plots', '--gt-by', 'frame'])
     assert m2['recall_at_k'] == m['recall_at_k'] and m2['operating_point'] == m['operating_point']
     sweep = m2['sweep']
     assert sweep['parameter'] == 'min_score' and len(sweep['grid']) >= 4
     if sweep['recommended'] is not None:
         rec = sweep['recommended']
         m3 = _evaluate(['--descriptors', str(desc), '--out', str(tmp_path / 'eval3'), *WINDOW, '--no-plots',
+                        '--gt-by', 'frame',
                         '--set', f'min_score={rec["loop_closure.min_score"]}',
                         '--set', f'temporal_consistency={rec["loop_closure.temporal_consistency"]}'])
         assert m3['operating_point']['precision'] >= 0.5
