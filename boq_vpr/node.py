@@ -228,8 +228,8 @@ class VprNode(Node):
         new = dict(self._values)
         for p in params:
             spec = self._specs.get(p.name)
-            if spec is None:
-                return SetParametersResult(successful=False, reason=f'unknown parameter {p.name}')
+            if spec is None:   # rclpy's own parameters (use_sim_time, QoS overrides)
+                continue
             if spec.read_only and p.value != self._values.get(p.name):
                 return SetParametersResult(successful=False, reason=f'{p.name} is read-only after start-up')
             reason = validate(spec, p.value)
@@ -269,6 +269,16 @@ class VprNode(Node):
         from .map_db import MANIFEST, MapDatabase
 
         v = self._values
+        # map path first: fail before a long model load or engine build
+        path = Path(v['map.path']).expanduser() if v['map.path'] else None
+        mode = self.detector_config.mode
+        if path is not None and path.exists() and not (path / MANIFEST).is_file() and \
+                (not path.is_dir() or any(path.iterdir())):
+            raise ConfigError(f'map.path {path} exists but is not a map directory (no {MANIFEST}); '
+                              'choose a new or empty directory')
+        if mode == 'localization' and (path is None or not (path / MANIFEST).is_file()):
+            raise ConfigError(f'loop_closure.mode is localization but map.path {str(path or "")!r} holds no map; '
+                              'build one first (slam mode, or `boq-vpr build-map`) and point map.path at it')
         if v['encoder.num_threads'] > 0:
             torch.set_num_threads(v['encoder.num_threads'])
         size = None
@@ -306,8 +316,6 @@ class VprNode(Node):
             self.encoder.encode(np.zeros((h, w, 3), np.uint8))
         self._log.info(f'encoder ready in {time.monotonic() - t0:.1f} s: {self.encoder.describe()}')
 
-        path = Path(v['map.path']).expanduser() if v['map.path'] else None
-        mode = self.detector_config.mode
         if path is not None and (path / MANIFEST).is_file():
             self._log.info(f'loading map {path}...')
             self.db = MapDatabase.load(path, fingerprint=self.encoder.fingerprint,
@@ -315,9 +323,6 @@ class VprNode(Node):
             self._log.info(f'map {path}: {len(self.db)} keyframes, {self.db.index_type} index, '
                            f'sessions {self.db.sessions()}')
         else:
-            if mode == 'localization':
-                raise ConfigError(f'loop_closure.mode is localization but map.path {str(path or "")!r} holds no map; '
-                                  'build one first (slam mode, or `boq-vpr build-map`) and point map.path at it')
             self.db = MapDatabase(self.encoder.descriptor_dim, self.encoder.fingerprint, v['map.index_type'],
                                   **map_index_options(v, v['map.index_type']))
             self._log.info(f'new empty map ({self.db.index_type} index)' +

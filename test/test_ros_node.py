@@ -493,18 +493,22 @@ def test_shutdown_saves_the_map(slam: Session):
     assert len(MapDatabase.load(slam.folder / 'map')) == size
 
 
-@pytest.mark.parametrize('params, message', [
-    ({'model.name': 'resnet_bogus'}, 'model.name'),
-    ({'loop_closure.mode': 'localization'}, 'holds no map'),
-])
-def test_bad_configuration_stops_with_a_clear_message(world: World, tmp_path: Path, params, message):
-    all_params = _base_params(world, tmp_path) | params
-    proc = NodeProcess(_domain(2), params_file=_write_params(tmp_path / 'params.yaml', all_params),
-                       log_path=tmp_path / 'node.log')
-    try:
-        code = proc.proc.wait(STARTUP_S)
-    finally:
-        proc.stop()
-    assert code == 1
-    log = proc.log()
-    assert 'cannot start' in log and message in log, log[-2000:]
+def test_bad_configuration_stops_with_a_clear_message(world: World, tmp_path: Path):
+    cases = [({'model.name': 'resnet_bogus'}, 'model.name'),
+             ({'loop_closure.mode': 'localization'}, 'holds no map'),
+             ({'map.path': __file__}, 'not a map directory')]
+    procs = []
+    for i, (params, _) in enumerate(cases):   # in parallel: each only starts and stops
+        folder = tmp_path / f'case{i}'
+        folder.mkdir()
+        all_params = _base_params(world, folder) | params
+        procs.append(NodeProcess(_domain(2), params_file=_write_params(folder / 'params.yaml', all_params),
+                                 log_path=folder / 'node.log'))
+    for proc, (params, message) in zip(procs, cases):
+        try:
+            code = proc.proc.wait(STARTUP_S)
+        finally:
+            proc.stop()
+        log = proc.log()
+        assert code == 1, (params, log[-2000:])
+        assert 'cannot start' in log and message in log, (params, log[-2000:])
