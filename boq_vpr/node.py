@@ -643,6 +643,13 @@ class VprNode(Node):
         return self._problem_time is not None and now - self._problem_time < WARN_WINDOW_S
 
     def _publish_diagnostics(self) -> None:
+        try:
+            self._publish_diagnostics_now()
+        except Exception as err:  # diagnostics must never stop the executor
+            if self._throttle.check('diagnostics') is not None:
+                self._log.error(f'diagnostics failed: {type(err).__name__}: {err}')
+
+    def _publish_diagnostics_now(self) -> None:
         values = self.diagnostics_values()
         status = DiagnosticStatus()
         status.name = f'{self.get_fully_qualified_name()}: pipeline'
@@ -670,8 +677,8 @@ class VprNode(Node):
             return response
         try:
             self.db.save(self.map_path)
-        except (BoqVprError, OSError) as err:
-            response.success, response.message = False, f'saving the map failed: {err}'
+        except Exception as err:  # report to the caller; the node keeps running
+            response.success, response.message = False, f'saving the map failed: {type(err).__name__}: {err}'
             self._log.error(response.message)
             return response
         response.success, response.message = True, f'saved {len(self.db)} keyframes to {self.map_path}'
@@ -693,12 +700,17 @@ class VprNode(Node):
         return response
 
     def _srv_clear_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._lock:
-            n = len(self.db)
-            self.db.clear()
-            self.detector.reset()
-            self._edges.clear()
-            self._last_stamp_ns = None
+        try:
+            with self._lock:
+                n = len(self.db)
+                self.db.clear()
+                self.detector.reset()
+                self._edges.clear()
+                self._last_stamp_ns = None
+        except Exception as err:
+            response.success, response.message = False, f'clearing the map failed: {type(err).__name__}: {err}'
+            self._log.error(response.message)
+            return response
         response.success, response.message = True, f'cleared the map ({n} keyframes removed)'
         self._log.info(response.message)
         return response
@@ -714,7 +726,7 @@ class VprNode(Node):
             try:
                 self.db.save(self.map_path)
                 self._log.info(f'saved the map on shutdown: {len(self.db)} keyframes to {self.map_path}')
-            except (BoqVprError, OSError) as err:
+            except Exception as err:
                 self._log.error(f'saving the map on shutdown failed: {err}')
         logging.getLogger('boq_vpr').removeHandler(self._lib_handler)
 
