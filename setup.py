@@ -23,6 +23,7 @@ setup(
         'torchvision>=0.16',
         'opencv-python-headless>=4.8',
         'faiss-cpu>=1.7.4',
+        'threadpoolctl>=3.1',
         'onnx>=1.15',
         'onnxruntime>=1.16',
         'rosbags>=0.9.20',

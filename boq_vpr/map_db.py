@@ -12,6 +12,7 @@ cosine in the reduced space; for compressed indexes, its approximation).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -43,6 +44,21 @@ _IDS_FILE = 'ids.npy'
 _PENDING_FILE = 'pending.npy'
 # Queries x map vectors scored at once by the exact path (bounds the temporary score matrix).
 _SCORE_BLOCK = 1 << 25
+# Below this many multiply-adds the exact path runs BLAS on one thread: waking BLAS threads costs
+# more than they save there, and much more on a loaded machine (measured with bench map).
+_THREADED_BLAS_MIN = 1 << 22
+_blas_controller = None
+
+
+def _blas_threads(threads: int):
+    """Context limiting numpy's BLAS to ``threads`` threads (0 = leave it alone)."""
+    global _blas_controller
+    if threads <= 0:
+        return contextlib.nullcontext()
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=threads, user_api='blas')
 
 
 @dataclass
@@ -155,9 +171,37 @@ def min_train_size(index_type: str, opts: dict) -> int:
 
 def _default_train_size(index_type: str, opts: dict) -> int:
     need = min_train_size(index_type, opts)
+    if opts['pca_dim']:  # twice the components for a stable estimate of them
+        need = max(need, 2 * opts['pca_dim'])
     if index_type == 'ivfpq':  # FAISS's k-means wants ~39 points per centroid
         need = max(need, 39 * opts['nlist'], 39 * (1 << opts['pq_nbits']))
     return need
+
+
+def _index_bytes(index: faiss.Index) -> int:
+    """Bytes of the arrays that make up a FAISS index (vectors, codes, graph, lists, transforms)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        total = _index_bytes(index.index)
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(vt, faiss.LinearTransform):
+                total += 4 * (vt.A.size() + vt.b.size())
+            if isinstance(vt, faiss.PCAMatrix):
+                total += 4 * (vt.PCAMat.size() + vt.mean.size() + vt.eigenvalues.size())
+        return total
+    if isinstance(index, faiss.IndexHNSW):
+        h = index.hnsw
+        graph = 4 * h.neighbors.size() + 4 * h.levels.size() + 8 * h.offsets.size() + 8 * h.assign_probas.size()
+        return graph + _index_bytes(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        invlists = faiss.extract_index_ivf(index).invlists
+        codes = sum(invlists.list_size(i) for i in range(invlists.nlist)) * (invlists.code_size + 8)
+        extra = 4 * index.pq.centroids.size() if isinstance(index, faiss.IndexIVFPQ) else 0
+        return codes + extra + _index_bytes(index.quantizer)
+    if isinstance(index, faiss.IndexFlatCodes):   # flat, scalar quantizer, ...
+        return index.codes.size()
+    return index.ntotal * index.d * 4              # an estimate for other types
 
 
 def _file_digest(path: Path) -> str:
@@ -276,6 +320,8 @@ class MapDatabase:
         self._conn.executescript(_SCHEMA)
         self._warned_norm = False
         self.path: Path | None = None
+        # BLAS threads of the exact search: 0 = one thread for small maps, the BLAS default above.
+        self.search_threads = 0
 
     # ---------------------------------------------------------------- construction helpers
     def _new_index(self) -> faiss.Index:
@@ -406,7 +452,12 @@ class MapDatabase:
                            f'pq_nbits, or use index type flat or fp16 (no training)')
         log.info('training %s index on %d vectors', self.index_type, x.shape[0])
         self._index.train(x)
-        ids = self._ids[-x.shape[0]:] if x.shape[0] else self._ids[:0]
+        if isinstance(self._index, faiss.IndexPreTransform):
+            for i in range(self._index.chain.size()):
+                vt = faiss.downcast_VectorTransform(self._index.chain.at(i))
+                if isinstance(vt, faiss.PCAMatrix):
+                    vt.PCAMat.clear()  # the full eigenvector matrix is only used during training
+        ids = self._ids
         if self._labels_are_ids:
             self._index.add_with_ids(x, ids)
         else:
@@ -436,16 +487,24 @@ class MapDatabase:
                 return self._exact(self._pending, q, k, limit, self._ids)
             core = self._core()
             if isinstance(core, faiss.IndexFlat):
-                # Exact search in numpy over FAISS's own storage: one sgemv/sgemm through the
-                # multithreaded BLAS, several times faster than IndexFlatIP.search for a single
-                # query (that path scans the vectors one by one in a single thread).
+                # Exact search in numpy over FAISS's own storage (no copy). For one query FAISS
+                # scans the vectors one by one on one thread (it parallelizes over queries, and
+                # below distance_compute_blas_threshold or with an id selector it never uses
+                # BLAS); a BLAS matrix-vector product is several times faster (see bench map).
                 xq = self._transform(q)
                 xb = faiss.rev_swig_ptr(core.get_xb(), core.ntotal * core.d).reshape(core.ntotal, core.d)
-                return self._exact(xb, xq, k, limit, self._ids)
+                return self._exact(xb, xq, k, limit, self._ids, self.search_threads)
             return self._faiss_search(q, k, limit, id_below)
 
     @staticmethod
-    def _exact(xb: np.ndarray, q: np.ndarray, k: int, limit: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _exact(xb: np.ndarray, q: np.ndarray, k: int, limit: int, ids: np.ndarray,
+               threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        with _blas_threads(threads or (1 if limit * xb.shape[1] * q.shape[0] < _THREADED_BLAS_MIN else 0)):
+            return MapDatabase._exact_unlimited(xb, q, k, limit, ids)
+
+    @staticmethod
+    def _exact_unlimited(xb: np.ndarray, q: np.ndarray, k: int, limit: int,
+                         ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = q.shape[0]
         kk = min(k, limit)
         scores = np.full((n, k), -np.inf, np.float32)
@@ -683,19 +742,10 @@ class MapDatabase:
                 self._conn.execute('DELETE FROM thumbnails')
 
     def memory_bytes(self) -> int:
-        """Approximate bytes held by the index and the pending vectors (not the metadata)."""
+        """Bytes held by the index structures, the pending vectors and the id table (not the
+        keyframe metadata or thumbnails)."""
         with self._lock:
-            core = self._core()
-        n = core.ntotal
-        if isinstance(core, faiss.IndexHNSW):
-            per = core.d * 4 + core.hnsw.nb_neighbors(0) * 4 * 1.1 + 16
-        elif isinstance(core, faiss.IndexIVFPQ):
-            per = core.code_size + 8
-        elif isinstance(core, faiss.IndexScalarQuantizer):
-            per = core.code_size
-        else:
-            per = core.d * 4
-        return int(n * per + self._ids.nbytes + self._pending.nbytes)
+            return int(_index_bytes(self._index) + self._ids.nbytes + self._pending.nbytes)
 
     # ---------------------------------------------------------------- save / load
     def manifest(self) -> dict:

@@ -10,6 +10,7 @@ import importlib
 # benchmark -> (module in boq_vpr.commands, help)
 BENCHES: dict[str, tuple[str, str]] = {
     'encoder': ('bench_encoder', 'encoding speed per model, backend, precision and batch size'),
+    'map': ('bench_map', 'map database per index type and size: build time, memory, query latency, recall'),
     'node': ('bench_node', 'vpr_node over DDS: end-to-end latency, per-stage latency, drops and memory at given '
                            'input rates'),
 }

@@ -1,0 +1,313 @@
+"""``boq-vpr bench map``: the map database per index type and size: build time, index memory,
+single-query latency (p50/p99) through ``MapDatabase.search``, and recall@1 against exact search
+over the full-dimensional descriptors. Also times the exact single-query paths (numpy matrix-vector
+product vs ``IndexFlatIP.search``) to show which is faster and why.
+
+Descriptors are synthetic unless ``--descriptors`` gives real ones (a ``.npy`` from ``boq-vpr
+encode``): unit vectors with a low intrinsic dimension (``--latent``, decaying spectrum) plus
+isotropic noise, generated chunk by chunk from seeds so that maps larger than RAM in float32 can
+be built. Recall of PCA-based indexes depends on how low-dimensional the descriptors are; check it
+on your own descriptors with ``--descriptors``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import faiss
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from ..benchmark import machine_info, peak_rss_mib, percentiles_ms
+from ..errors import ConfigError
+from ..map_db import Keyframe, MapDatabase
+from .common import write_json
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4096
+
+
+def _variant_options(pca_dim: int, n: int, d: int) -> dict[str, tuple[str, dict]]:
+    """Benchmark variant name -> (index type, options) for a map of n vectors of d dims."""
+    p = min(pca_dim, d // 2)
+    nlist = int(2 ** round(math.log2(max(16, 4 * math.sqrt(n)))))
+    return {
+        'flat': ('flat', {}),
+        'fp16': ('fp16', {}),
+        'hnsw': ('hnsw', {}),
+        f'pca{p}': ('pca', {'pca_dim': p}),
+        f'pca{p}+hnsw': ('hnsw', {'pca_dim': p}),
+        f'pca{p}+ivfpq': ('ivfpq', {'pca_dim': p, 'nlist': nlist, 'pq_m': p // 4, 'pq_nbits': 8, 'nprobe': 32,
+                                    'train_size': min(n, max(40 * nlist, 20000))}),
+    }
+
+
+def _estimate_bytes(index_type: str, opts: dict, n: int, d: int) -> int:
+    """Rough memory of a map before building it (to skip what cannot fit)."""
+    dd = opts.get('pca_dim') or d
+    per = {'flat': 4 * dd, 'pca': 4 * dd, 'fp16': 2 * dd, 'hnsw': 4 * dd + 2 * 32 * 4 * 1.05,
+           'ivfpq': opts.get('pq_m', 64) + 8}[index_type]
+    train = opts.get('train_size') or (2 * dd if opts.get('pca_dim') else 0)
+    return int(n * per + 4 * train * d + (4 * d * dd if opts.get('pca_dim') else 0))
+
+
+class Synthetic:
+    """Reproducible structured descriptors: row i of chunk c always has the same value."""
+
+    def __init__(self, n: int, d: int, latent: int, noise: float, seed: int) -> None:
+        self.n, self.d, self.seed, self.noise = n, d, seed, noise
+        rng = np.random.default_rng(seed)
+        spectrum = (1.0 / np.sqrt(np.arange(1, latent + 1))).astype(np.float32)
+        self.spectrum = spectrum
+        self.basis = rng.standard_normal((latent, d), dtype=np.float32) / math.sqrt(d)
+        self.latent = rng.standard_normal((n, latent), dtype=np.float32) * spectrum
+        self._noise_std = noise * float(np.sqrt((spectrum ** 2).sum() / d))
+
+    def _rows(self, z: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = z @ self.basis
+        x += self._noise_std * rng.standard_normal(x.shape, dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for c, start in enumerate(range(0, self.n, CHUNK)):
+            rng = np.random.default_rng([self.seed, 1, c])
+            yield start, self._rows(self.latent[start:start + CHUNK], rng)
+
+    def queries(self, count: int) -> np.ndarray:
+        """Revisits: the latent code of a random map row, moved a little, with fresh noise."""
+        rng = np.random.default_rng([self.seed, 2])
+        rows = rng.choice(self.n, size=count, replace=False)
+        z = self.latent[rows] + 0.2 * self.spectrum * rng.standard_normal((count, self.latent.shape[1]),
+                                                                           dtype=np.float32)
+        return self._rows(z, rng)
+
+
+class RealDescriptors:
+    """Descriptors from a file; queries are held-out rows, the map is the rest (memory-mapped)."""
+
+    def __init__(self, path: Path, n: int, queries: int, seed: int) -> None:
+        data = np.load(path, mmap_mode='r', allow_pickle=False)
+        if data.ndim != 2:
+            raise ConfigError(f'{path}: expected an [N, D] array, got shape {data.shape}')
+        if data.shape[0] < queries + 2:
+            raise ConfigError(f'{path} has {data.shape[0]} descriptors; need more than --queries {queries}')
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(data.shape[0])
+        self.query_rows = np.sort(order[:queries])
+        self.map_rows = np.sort(order[queries:queries + n])
+        self.data, self.n, self.d = data, len(self.map_rows), data.shape[1]
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.n, CHUNK):
+            x = np.asarray(self.data[self.map_rows[start:start + CHUNK]], np.float32)
+            yield start, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def queries(self, count: int) -> np.ndarray:
+        x = np.asarray(self.data[self.query_rows[:count]], np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def exact_top1(source, queries: np.ndarray) -> np.ndarray:
+    """Exact nearest map row of each query over the full-dimensional descriptors."""
+    best = np.full(len(queries), -np.inf, np.float32)
+    arg = np.zeros(len(queries), np.int64)
+    for start, x in source.chunks():
+        s = queries @ x.T
+        j = s.argmax(1)
+        v = s[np.arange(len(queries)), j]
+        better = v > best
+        best[better], arg[better] = v[better], start + j[better]
+    return arg
+
+
+def time_single_queries(search: Callable[[np.ndarray], object], queries: np.ndarray,
+                        budget_s: float) -> list[float]:
+    """Latency of one query at a time (two untimed warm-up calls), stopping after ``budget_s``."""
+    search(queries[0])
+    search(queries[1 % len(queries)])
+    out = []
+    t_end = time.perf_counter() + budget_s
+    for q in queries:
+        t0 = time.perf_counter()
+        search(q)
+        out.append(time.perf_counter() - t0)
+        if time.perf_counter() > t_end and len(out) >= 5:
+            break
+    return out
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float('nan')
+
+
+def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: str, opts: dict, k: int,
+                  budget_s: float) -> dict:
+    gc.collect()
+    rss0 = _current_rss_mib()
+    db = MapDatabase(source.d, 'bench', index_type, **opts)
+    t0 = time.perf_counter()
+    gen = 0.0
+    it = source.chunks()
+    while True:
+        g0 = time.perf_counter()
+        try:
+            start, x = next(it)
+        except StopIteration:
+            break
+        gen += time.perf_counter() - g0
+        db.add(x, [Keyframe(-1, start + i) for i in range(len(x))])
+    if not db.is_trained:
+        db.train()
+    build = time.perf_counter() - t0 - gen
+    index_bytes = db.memory_bytes() - db.ids().nbytes
+    rss1 = _current_rss_mib()
+    lat = time_single_queries(lambda q: db.search(q, k), queries, budget_s)
+    _, ids = db.search(queries, 1)
+    recall = float(np.mean(ids[:, 0] == truth))
+    result = {'build_s': round(build, 3), 'index_mib': round(index_bytes / 2**20, 1),
+              'rss_delta_mib': round(rss1 - rss0, 1), 'recall@1_vs_exact': round(recall, 4),
+              **{key: round(v, 3) for key, v in percentiles_ms(lat).items() if key != 'n'},
+              'timed_queries': len(lat)}
+    del db
+    gc.collect()
+    return result
+
+
+def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
+    """Why one query on IndexFlatIP is slower than numpy: time each exact path on the same data."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:1] + 0.01
+    q /= np.linalg.norm(q)
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    threads = faiss.omp_get_max_threads()
+    threshold = faiss.cvar.distance_compute_blas_threshold
+
+    def timed(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return round(float(np.median(ts)) * 1e3, 2)
+
+    out = {'n': n, 'd': d, 'faiss_threads': threads, 'blas_threshold': threshold}
+    out['numpy_matvec_ms'] = timed(lambda: x @ q[0])
+    with ThreadpoolController().limit(limits=1, user_api='blas'):
+        out['numpy_matvec_1thread_ms'] = timed(lambda: x @ q[0])
+    out['faiss_search_ms'] = timed(lambda: index.search(q, 10))
+    faiss.omp_set_num_threads(1)
+    out['faiss_search_1thread_ms'] = timed(lambda: index.search(q, 10))
+    faiss.omp_set_num_threads(threads)
+    faiss.cvar.distance_compute_blas_threshold = 0
+    try:
+        out['faiss_search_blas_path_ms'] = timed(lambda: index.search(q, 10))
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = threshold
+    batch = np.repeat(q, 2 * threads, axis=0)
+    out[f'faiss_search_{2 * threads}_queries_per_query_ms'] = round(timed(lambda: index.search(batch, 10)) / len(batch), 2)
+    db = MapDatabase(d, 'bench')
+    db.add(x, [Keyframe(-1, i) for i in range(n)])
+    out['map_db_search_ms'] = timed(lambda: db.search(q[0], 10))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000],
+                        help='map sizes (keyframes)')
+    parser.add_argument('--dims', type=int, nargs='+', default=[16384, 1024], help='descriptor sizes')
+    parser.add_argument('--variants', nargs='+', default=None,
+                        help='subset of: flat fp16 hnsw pcaP pcaP+hnsw pcaP+ivfpq (default: all)')
+    parser.add_argument('--pca-dim', type=int, default=256, help='PCA output size of the pca variants (default 256)')
+    parser.add_argument('--latent', type=int, default=128, help='intrinsic dimension of synthetic descriptors')
+    parser.add_argument('--noise', type=float, default=0.5,
+                        help='isotropic noise of synthetic descriptors relative to the signal (default 0.5)')
+    parser.add_argument('--descriptors', type=Path, default=None,
+                        help='real descriptors (.npy [N, D]) instead of synthetic ones')
+    parser.add_argument('--queries', type=int, default=200, help='queries for latency and recall (default 200)')
+    parser.add_argument('--k', type=int, default=10, help='neighbours per query (default 10)')
+    parser.add_argument('--query-budget-s', type=float, default=20.0,
+                        help='stop timing single queries of one variant after this long (default 20)')
+    parser.add_argument('--max-memory-gib', type=float, default=8.0,
+                        help='skip variants whose map would need more memory than this (default 8)')
+    parser.add_argument('--threads', type=int, default=0, help='FAISS OpenMP threads (default: all cores)')
+    parser.add_argument('--skip-path-check', action='store_true', help='skip the exact single-query path timing')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', type=Path, default=Path('bench/map.json'), help='JSON output')
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    report: dict = {'machine': machine_info(), 'faiss': faiss.__version__, 'faiss_threads': faiss.omp_get_max_threads(),
+                    'load_average_at_start': list(os.getloadavg()),
+                    'settings': {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                 if not k.startswith('_') and k not in ('command', 'bench')},
+                    'results': []}
+    if not args.skip_path_check:
+        d = 16384 if 16384 in args.dims else max(args.dims)
+        paths = flat_single_query_paths(d, 10_000)
+        report['flat_single_query'] = paths
+        print(f'exact single query, 10k x {d}: ' + ', '.join(f'{k} {v}' for k, v in paths.items()
+                                                            if k.endswith('_ms')))
+    dims = [None] if args.descriptors else args.dims
+    for d in dims:
+        for n in args.sizes:
+            if args.descriptors:
+                source = RealDescriptors(args.descriptors, n, args.queries, args.seed)
+                n, d = source.n, source.d
+            else:
+                source = Synthetic(n, d, args.latent, args.noise, args.seed)
+            queries = source.queries(args.queries)
+            t0 = time.perf_counter()
+            truth = exact_top1(source, queries)
+            gt_s = time.perf_counter() - t0
+            variants = _variant_options(args.pca_dim, n, d)
+            names = args.variants or list(variants)
+            for name in names:
+                key = name if name in variants else None
+                if key is None:
+                    raise ConfigError(f'unknown variant {name!r}; valid: {", ".join(variants)}')
+                index_type, opts = variants[key]
+                row = {'n': n, 'd': d, 'variant': name, 'index_type': index_type, 'options': opts}
+                need = _estimate_bytes(index_type, opts, n, d)
+                if need > args.max_memory_gib * 2**30:
+                    row['skipped'] = f'needs about {need / 2**30:.1f} GiB > --max-memory-gib {args.max_memory_gib}'
+                    print(f'n={n:>8} d={d:>5} {name:<16} skipped: {row["skipped"]}')
+                    report['results'].append(row)
+                    continue
+                try:
+                    row.update(bench_variant(source, queries, truth, index_type, opts, args.k, args.query_budget_s))
+                except (MemoryError, RuntimeError) as err:
+                    row['failed'] = str(err)
+                    log.warning('%s n=%d d=%d failed: %s', name, n, d, err)
+                row['exact_groundtruth_s'] = round(gt_s, 2)
+                report['results'].append(row)
+                if 'failed' not in row:
+                    print(f'n={n:>8} d={d:>5} {name:<16} build {row["build_s"]:>8.1f} s  index {row["index_mib"]:>8.1f} '
+                          f'MiB  p50 {row["p50_ms"]:>8.2f} ms  p99 {row["p99_ms"]:>8.2f} ms  '
+                          f'recall@1 {row["recall@1_vs_exact"]:.4f}', flush=True)
+                write_json(args.out, {**report, 'peak_rss_mib': round(peak_rss_mib(), 1)})
+    report['peak_rss_mib'] = round(peak_rss_mib(), 1)
+    report['load_average_at_end'] = list(os.getloadavg())
+    write_json(args.out, report)
+    print(f'figures saved to {args.out}')
+    return 0
