@@ -22,6 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 D = 64
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_faiss_thread():
+    """FAISS's OpenMP threads only slow these small indexes down on a shared CI machine."""
+    import faiss
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 def structured(n: int, d: int = D, latent: int = 16, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """Unit vectors with a low intrinsic dimension plus noise (as real descriptors have)."""
     rng = np.random.default_rng(seed)
