@@ -50,6 +50,20 @@ _THREADED_BLAS_MIN = 1 << 22
 _blas_controller = None
 
 
+@contextlib.contextmanager
+def _omp_threads(threads: int):
+    """FAISS's OpenMP threads for the calling thread (0 = leave them alone)."""
+    if threads <= 0:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def _blas_threads(threads: int):
     """Context limiting numpy's BLAS to ``threads`` threads (0 = leave it alone)."""
     global _blas_controller
@@ -320,7 +334,8 @@ class MapDatabase:
         self._conn.executescript(_SCHEMA)
         self._warned_norm = False
         self.path: Path | None = None
-        # BLAS threads of the exact search: 0 = one thread for small maps, the BLAS default above.
+        # Threads of a search (BLAS for exact flat search, OpenMP for FAISS): 0 = automatic (one
+        # thread for a few queries through FAISS and for small exact searches).
         self.search_threads = 0
 
     # ---------------------------------------------------------------- construction helpers
@@ -494,7 +509,11 @@ class MapDatabase:
                 xq = self._transform(q)
                 xb = faiss.rev_swig_ptr(core.get_xb(), core.ntotal * core.d).reshape(core.ntotal, core.d)
                 return self._exact(xb, xq, k, limit, self._ids, self.search_threads)
-            return self._faiss_search(q, k, limit, id_below)
+            # FAISS parallelizes a search over its queries: for a few queries its OpenMP threads
+            # only add wake-up and spin costs (2-30x slower on a busy machine, see bench map).
+            threads = self.search_threads or (1 if n <= 4 else 0)
+            with _omp_threads(threads):
+                return self._faiss_search(q, k, limit, id_below)
 
     @staticmethod
     def _exact(xb: np.ndarray, q: np.ndarray, k: int, limit: int, ids: np.ndarray,

@@ -50,10 +50,11 @@ def _variant_options(pca_dim: int, n: int, d: int) -> dict[str, tuple[str, dict]
 
 
 def _estimate_bytes(index_type: str, opts: dict, n: int, d: int) -> int:
-    """Rough memory of a map before building it (to skip what cannot fit)."""
+    """Rough peak memory of building a map (to skip what cannot fit): FAISS grows its vector
+    storage by doubling, so flat storages briefly need about twice their size."""
     dd = opts.get('pca_dim') or d
-    per = {'flat': 4 * dd, 'pca': 4 * dd, 'fp16': 2 * dd, 'hnsw': 4 * dd + 2 * 32 * 4 * 1.05,
-           'ivfpq': opts.get('pq_m', 64) + 8}[index_type]
+    per = {'flat': 8 * dd, 'pca': 8 * dd, 'fp16': 4 * dd, 'hnsw': 8 * dd + 2 * 32 * 4 * 1.05,
+           'ivfpq': 2 * (opts.get('pq_m', 64) + 8)}[index_type]
     train = opts.get('train_size') or (2 * dd if opts.get('pca_dim') else 0)
     return int(n * per + 4 * train * d + (4 * d * dd if opts.get('pca_dim') else 0))
 
