@@ -196,7 +196,9 @@ class FrameResult:
 
     keyframe_id: int | None      # id if the frame joined the map as a keyframe (slam mode), else None
     candidates: list[LoopCandidate] = field(default_factory=list)  # accepted loop closures, best first
-    decision_score: float = math.nan  # score the accept/reject decision was made on (for PR curves)
+    # score the accept/reject decision was made on (for PR curves): the best match's cosine score,
+    # divided by the reference score when relative_score > 0; nan if no match
+    decision_score: float = math.nan
     best: LoopCandidate | None = None  # best raw match outside the exclusion window before thresholds
     reason: str = ''             # short reason when nothing was accepted
 

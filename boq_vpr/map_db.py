@@ -255,7 +255,7 @@ CREATE TABLE IF NOT EXISTS keyframes (
     session TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS keyframes_stamp ON keyframes(stamp_ns);
-CREATE INDEX IF NOT EXISTS keyframes_session ON keyframes(session);
+CREATE INDEX IF NOT EXISTS keyframes_session_stamp ON keyframes(session, stamp_ns);
 CREATE TABLE IF NOT EXISTS thumbnails (
     id INTEGER PRIMARY KEY,
     png BLOB NOT NULL
@@ -653,12 +653,12 @@ class MapDatabase:
                 raise KeyError(f'no keyframe(s) with id {ids[bad][:10].tolist()} in the map')
             if self._pending.shape[0]:
                 return self._pending[pos].copy()
+            if not ids.size:
+                return np.zeros((0, self.descriptor_dim), np.float32)
             if self._labels_are_ids:
                 self._ensure_direct_map()
-                return np.stack([self._index.reconstruct(int(i)) for i in ids]) if ids.size else \
-                    np.zeros((0, self.descriptor_dim), np.float32)
-            return np.stack([self._index.reconstruct(int(p)) for p in pos]) if ids.size else \
-                np.zeros((0, self.descriptor_dim), np.float32)
+                return self._index.reconstruct_batch(ids)
+            return self._index.reconstruct_batch(pos.astype(np.int64))
 
     def _ensure_direct_map(self) -> None:
         core = self._core()
