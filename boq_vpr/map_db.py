@@ -44,9 +44,6 @@ _IDS_FILE = 'ids.npy'
 _PENDING_FILE = 'pending.npy'
 # Queries x map vectors scored at once by the exact path (bounds the temporary score matrix).
 _SCORE_BLOCK = 1 << 25
-# Below this many multiply-adds the exact path runs BLAS on one thread: waking BLAS threads costs
-# more than they save there, and much more on a loaded machine (measured with bench map).
-_THREADED_BLAS_MIN = 1 << 22
 _blas_controller = None
 
 
@@ -334,8 +331,8 @@ class MapDatabase:
         self._conn.executescript(_SCHEMA)
         self._warned_norm = False
         self.path: Path | None = None
-        # Threads of a search (BLAS for exact flat search, OpenMP for FAISS): 0 = automatic (one
-        # thread for a few queries through FAISS and for small exact searches).
+        # Threads of a search (BLAS for exact flat search, OpenMP for FAISS): 0 = one thread for
+        # up to 4 queries, the libraries' defaults for larger batches.
         self.search_threads = 0
 
     # ---------------------------------------------------------------- construction helpers
@@ -498,31 +495,30 @@ class MapDatabase:
             limit = self._ids.size if id_below is None else int(np.searchsorted(self._ids, id_below))
             if limit == 0:
                 return scores, labels
+            # A few queries run on one thread unless search_threads says otherwise: FAISS splits a
+            # search over its queries, so extra threads cannot help one query, and waking idle
+            # BLAS/OpenMP threads costs more than they save on a machine shared with a SLAM
+            # stack (measured 2-30x slower on a busy machine, see bench map).
+            threads = self.search_threads or (1 if n <= 4 else 0)
             if self._pending.shape[0]:
-                return self._exact(self._pending, q, k, limit, self._ids)
+                with _blas_threads(threads):
+                    return self._exact_scores(self._pending, q, k, limit, self._ids)
             core = self._core()
             if isinstance(core, faiss.IndexFlat):
-                # Exact search in numpy over FAISS's own storage (no copy). For one query FAISS
-                # scans the vectors one by one on one thread (it parallelizes over queries, and
-                # below distance_compute_blas_threshold or with an id selector it never uses
-                # BLAS); a BLAS matrix-vector product is several times faster (see bench map).
+                # Exact search in numpy over FAISS's own storage (no copy). For a few queries
+                # IndexFlatIP.search takes FAISS's vector-by-vector scan (it uses BLAS only from
+                # distance_compute_blas_threshold queries on, never with an id selector) plus
+                # its OpenMP overhead; a BLAS matrix-vector product is faster (bench map:
+                # flat_single_query).
                 xq = self._transform(q)
                 xb = faiss.rev_swig_ptr(core.get_xb(), core.ntotal * core.d).reshape(core.ntotal, core.d)
-                return self._exact(xb, xq, k, limit, self._ids, self.search_threads)
-            # FAISS parallelizes a search over its queries: for a few queries its OpenMP threads
-            # only add wake-up and spin costs (2-30x slower on a busy machine, see bench map).
-            threads = self.search_threads or (1 if n <= 4 else 0)
+                with _blas_threads(threads):
+                    return self._exact_scores(xb, xq, k, limit, self._ids)
             with _omp_threads(threads):
                 return self._faiss_search(q, k, limit, id_below)
 
     @staticmethod
-    def _exact(xb: np.ndarray, q: np.ndarray, k: int, limit: int, ids: np.ndarray,
-               threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        with _blas_threads(threads or (1 if limit * xb.shape[1] * q.shape[0] < _THREADED_BLAS_MIN else 0)):
-            return MapDatabase._exact_unlimited(xb, q, k, limit, ids)
-
-    @staticmethod
-    def _exact_unlimited(xb: np.ndarray, q: np.ndarray, k: int, limit: int,
+    def _exact_scores(xb: np.ndarray, q: np.ndarray, k: int, limit: int,
                          ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = q.shape[0]
         kk = min(k, limit)
