@@ -80,7 +80,7 @@ def world(nordland_dir: Path, tmp_path_factory) -> World:
             continue
         if not taken or float((desc[taken] @ desc[i]).max()) <= DISTINCT_MAX_SIM:
             taken.append(i)
-    sizes = {'revisit': 10, 'map': 6, 'anchor': 3, 'load': 8}
+    sizes = {'revisit': 10, 'map': 6, 'anchor': 4, 'load': 8}   # anchors: one per test that needs one
     assert len(taken) >= sum(sizes.values()), f'only {len(taken)} distinct places found'
     frames, k = {}, 0
     for name, n in sizes.items():
@@ -289,6 +289,26 @@ def test_revisit_gives_loop_closures_to_the_right_frames_and_none_inside_the_exc
     assert lines.points[-2].y == 3.0 and lines.points[-1].y == 0.0
 
 
+def test_filters_change_at_run_time_and_the_exclusion_window_still_holds(slam: Session, world: World):
+    a, b, c = world.frames['load'][:3]
+    t_a = slam.clock.advance(1.0)
+    slam.send(image_msg(a, t_a))
+    results = slam.client.set_parameters({'loop_closure.min_score': -1.0})   # accept any match
+    assert results == {'loop_closure.min_score': (True, '')}
+    try:
+        t_b = slam.clock.advance(EXCLUSION_S + 2.0)
+        slam.send(image_msg(b, t_b))
+        t_c = slam.clock.advance(1.0)
+        slam.send(image_msg(c, t_c))
+        loops = slam.loops_for(t_c)
+        assert len(loops) == 1, 'with min_score -1 every frame with a keyframe outside the window closes a loop'
+        query, match = loops[0].msg.data
+        assert query - match > EXCLUSION_S, f'matched {match}, inside the exclusion window of {query}'
+    finally:
+        assert slam.client.set_parameters({'loop_closure.min_score': MIN_SCORE}) == {
+            'loop_closure.min_score': (True, '')}
+
+
 def test_bad_input_is_logged_and_counted_and_good_frames_keep_working(slam: Session, world: World):
     anchor = world.frames['anchor'][0]
     t_anchor = slam.clock.advance(1.0)
@@ -375,7 +395,7 @@ def test_services_save_set_mapping_and_clear(slam: Session, world: World, saved_
 
 def test_flooding_counts_drops_keeps_memory_bounded_and_still_publishes(slam: Session, world: World):
     proc = psutil.Process(slam.proc.pid)
-    anchor = world.frames['anchor'][0]
+    anchor = world.frames['anchor'][3]
     t_anchor = slam.clock.advance(1.0)
     slam.send(image_msg(anchor, t_anchor))
     before = slam.diag()
