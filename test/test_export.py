@@ -149,3 +149,30 @@ def test_export_cli(tmp_path, capsys):
     assert (tmp_path / 'r18.json').is_file()
     assert 'exported resnet18_1024' in capsys.readouterr().out
     assert main(['export', '--model', 'resnet18_1024', '--out', str(out), '--precision', 'int8']) == 2
+
+
+def test_mixed_fp16_export(reference_dir, tmp_path):
+    """FP16 weights and math, LayerNorm/softmax/output in FP32; float32 input and output."""
+    from boq_vpr.export.graph import to_mixed_precision
+    model, ref = reference_model(reference_dir, 'resnet18')
+    with torch.no_grad():
+        torch_fp16 = to_mixed_precision(InferenceGraph(model, None))(ref['input'])
+    assert torch.nn.functional.cosine_similarity(torch_fp16, ref['descriptor']).min() >= 0.999
+    path = tmp_path / 'fp16.onnx'
+    spec = export_onnx(model, path, precision='fp16')
+    proto, read = read_onnx(path)
+    assert spec.precision == read.precision == 'fp16'
+    float_type = onnx.TensorProto.FLOAT
+    assert proto.graph.input[0].type.tensor_type.elem_type == float_type
+    assert proto.graph.output[0].type.tensor_type.elem_type == float_type
+    types = collections.Counter(t.data_type for t in proto.graph.initializer if len(t.dims) >= 2)
+    assert set(types) == {onnx.TensorProto.FLOAT16}, 'conv and matmul weights must be FP16'
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == 'LayerNormalization':
+            assert all(inits.get(i, float_type) == float_type for i in node.input[1:])
+    out = session(path).run(['descriptor'], {'images': ref['input'].numpy()})[0]
+    cos = (out * ref['descriptor'].numpy()).sum(1) / np.linalg.norm(out, axis=1)
+    assert cos.min() >= 0.999
+    with pytest.raises(ExportError, match='valid: fp32, fp16'):
+        export_onnx(model, tmp_path / 'x.onnx', precision='int8')

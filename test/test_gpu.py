@@ -66,22 +66,23 @@ def test_torch_cuda(images, reference, precision, threshold, mode):
 
 
 @needs_ort_cuda
-def test_onnxruntime_cuda(images, reference):
-    enc = Encoder(MODEL, backend='onnxruntime', device='cuda', precision='fp32')
-    assert 'CUDAExecutionProvider' in enc.backend.providers
-    assert _cos(enc.encode(images), reference) >= 0.9999
+@pytest.mark.parametrize('precision,threshold', [('fp32', 0.9999), ('fp16', 0.999)])
+def test_onnxruntime_cuda(images, reference, precision, threshold):
+    enc = Encoder(MODEL, backend='onnxruntime', device='cuda', precision=precision)
+    assert 'CUDAExecutionProvider' in enc.backend.providers and enc.backend.spec.precision == precision
+    assert _cos(enc.encode(images), reference) >= threshold
 
 
 @needs_trt
 def test_tensorrt_parser_accepts_every_exported_graph(tmp_path):
     """The real parser agrees with boq_vpr.backends.trt_supported_ops for the graphs of test_trt_ops."""
     import tensorrt as trt
-    from test_trt_ops import CASES
+    from test_trt_ops import CASES, export_options
     from boq_vpr.export import export_onnx
     logger = trt.Logger(trt.Logger.WARNING)
     for i, (config, dynamic_size, attention) in enumerate(CASES):
         path = tmp_path / f'{i}.onnx'
-        export_onnx(config, path, dynamic_size=dynamic_size, attention=attention)
+        export_onnx(config, path, **export_options(dynamic_size, attention))
         network = trt.Builder(logger).create_network(0)
         parser = trt.OnnxParser(network, logger)
         ok = parser.parse_from_file(str(path))

@@ -21,11 +21,19 @@ TINY_DINO = ModelConfig('dinov2_tiny', 'dinov2_tiny', (56, 70), 96, 64, 8, 2, 4,
                          'mlp_ratio': 4.0, 'init_values': 1.0, 'interpolate_offset': 0.1})
 CASES = [
     (get_config('resnet18_1024').with_image_size(64, 64), False, False),
+    (get_config('resnet18_1024').with_image_size(64, 64), 'fp16', False),
     (get_config('resnet18_1024').with_image_size(64, 64), True, True),
     (TINY_DINO, False, True),
     (TINY_DINO, True, False),
     (get_config('resnet50_16384'), False, False),
 ]
+
+
+def export_options(dynamic_size, attention) -> dict:
+    """CASES hold dynamic_size=True/False, or 'fp16' for the fixed-size mixed FP16 graph."""
+    if dynamic_size == 'fp16':
+        return {'dynamic_size': False, 'attention': attention, 'precision': 'fp16'}
+    return {'dynamic_size': dynamic_size, 'attention': attention}
 
 
 def test_list_is_named_and_plausible():
@@ -44,10 +52,11 @@ def test_every_named_configuration_is_covered():
 
 
 @pytest.mark.parametrize('config,dynamic_size,attention', CASES,
-                         ids=[f'{c.name}-{"dyn" if d else "fixed"}{"-attn" if a else ""}' for c, d, a in CASES])
+                         ids=[f'{c.name}-{"fp16" if d == "fp16" else "dyn" if d else "fixed"}{"-attn" if a else ""}'
+                              for c, d, a in CASES])
 def test_exported_graph_uses_only_tensorrt_operators(tmp_path, config, dynamic_size, attention):
     path = tmp_path / 'model.onnx'
-    export_onnx(config, path, dynamic_size=dynamic_size, attention=attention)
+    export_onnx(config, path, **export_options(dynamic_size, attention))
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     report = graph_report(proto)
     assert report['ops'], 'graph has no operators'

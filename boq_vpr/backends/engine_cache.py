@@ -33,12 +33,13 @@ def cache_dir() -> Path:
 
 
 def cached_onnx(config: ModelConfig, weights: str | Path | None, *, dynamic_size: bool = False,
-                attention: bool = False, model=None, directory: str | Path | None = None) -> Path:
-    """The FP32 ONNX export of ``config`` + ``weights``, exported on first use and reused after."""
+                attention: bool = False, model=None, directory: str | Path | None = None,
+                precision: str = 'fp32') -> Path:
+    """The ONNX export (FP32, or mixed FP16) of ``config`` + ``weights``, exported on first use."""
     from ..export import ExportSpec, export_onnx, read_onnx, weights_id
     wid = weights_id(weights)
     spec = ExportSpec(config=config, weights=wid, image_size=None if dynamic_size else tuple(config.image_size),
-                      attention=attention)
+                      attention=attention, precision=precision)
     path = Path(directory or cache_dir() / 'onnx') / f'{config.name}-{spec.key()}.onnx'
     if path.is_file():
         try:
@@ -51,7 +52,7 @@ def cached_onnx(config: ModelConfig, weights: str | Path | None, *, dynamic_size
             log.warning('cached ONNX unusable (%s); exporting again', err)
     log.info('exporting %s to %s (first use; cached for later runs)', config.name, path)
     export_onnx(model if model is not None else config, path, weights=weights, dynamic_size=dynamic_size,
-                attention=attention, weights_fingerprint=wid)
+                attention=attention, weights_fingerprint=wid, precision=precision)
     return path
 
 

@@ -7,7 +7,8 @@ calls unless ``spin=True``), find ``images`` and ``descriptor`` by
 name and log them, then run with only the descriptor fetched.
 
 Precisions: CPU ``fp32`` and ``int8`` (a calibrated QDQ copy, see ``boq_vpr.export.quantize``);
-CUDA ``fp32``; ``fp16`` through the TensorRT execution provider.
+CUDA ``fp32`` and ``fp16`` (the mixed FP16 export: FP16 weights and math, LayerNorm and softmax in
+FP32); ``use_trt_ep=True`` puts ONNX Runtime's TensorRT execution provider first where installed.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ class OnnxRuntimeBackend:
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'auto', onnx_path: str | Path | None = None, threads: int | None = None,
                  calibration: str | Path | None = None, dynamic_size: bool = False, spin: bool = False,
-                 **_ignored) -> None:
+                 use_trt_ep: bool = False, **_ignored) -> None:
         ort = _ort()
         available = ort.get_available_providers()
         if device == 'auto':
@@ -101,10 +102,7 @@ class OnnxRuntimeBackend:
                 raise BackendError(f'onnxruntime on CUDA: precision {precision!r} not supported; valid: '
                                    f'{", ".join(CUDA_PRECISIONS)}')
             if precision == 'auto':
-                precision = 'fp16' if 'TensorrtExecutionProvider' in available else 'fp32'
-            if precision == 'fp16' and 'TensorrtExecutionProvider' not in available:
-                raise BackendError('onnxruntime fp16 on CUDA runs through the TensorRT execution provider, which is '
-                                   'not available; use precision fp32, or the tensorrt or torch backend for fp16')
+                precision = 'fp16'
         elif device == 'cpu':
             if precision not in CPU_PRECISIONS:
                 raise BackendError(f'onnxruntime on CPU: precision {precision!r} not supported; valid: '
@@ -124,10 +122,12 @@ class OnnxRuntimeBackend:
                     raise BackendError(f'{path} is FP32; int8 needs calibration images (calibration=FOLDER) '
                                        'or an INT8 file from `boq-vpr export --precision int8`')
                 path = int8_onnx(config, weights, path, calibration)
-            elif spec.precision == 'int8' and precision != 'int8':
-                raise BackendError(f'{path} is an INT8 model; use precision int8 or the FP32 export')
+            elif spec.precision != precision:
+                raise BackendError(f'{path} is a {spec.precision} export but precision {precision} was asked for; '
+                                   f'use precision {spec.precision} or `boq-vpr export --precision {precision}`')
         else:
-            path = cached_onnx(config, weights, dynamic_size=dynamic_size)
+            path = cached_onnx(config, weights, dynamic_size=dynamic_size,
+                               precision='fp16' if precision == 'fp16' else 'fp32')
             if precision == 'int8':
                 if calibration is None:
                     raise BackendError('onnxruntime int8 needs calibration images of the deployment camera: pass '
@@ -150,11 +150,11 @@ class OnnxRuntimeBackend:
         if device.startswith('cuda'):
             index = int(device.split(':')[1]) if ':' in device else 0
             providers = [('CUDAExecutionProvider', {'device_id': index}), 'CPUExecutionProvider']
-            if precision == 'fp16':
+            if use_trt_ep and 'TensorrtExecutionProvider' in available:
                 trt_cache = cache_dir() / 'ort_trt'
                 trt_cache.mkdir(parents=True, exist_ok=True)
                 providers.insert(0, ('TensorrtExecutionProvider', {
-                    'device_id': index, 'trt_fp16_enable': True, 'trt_engine_cache_enable': True,
+                    'device_id': index, 'trt_fp16_enable': precision == 'fp16', 'trt_engine_cache_enable': True,
                     'trt_engine_cache_path': str(trt_cache), 'trt_timing_cache_enable': True}))
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)

@@ -39,8 +39,9 @@ WORKSPACE_BYTES = 2 << 30
 def import_tensorrt():
     """The ``tensorrt`` module, or BackendError saying how to install it.
 
-    Written for the TensorRT 10 API. TensorRT 11 loads too, for fp32 engines only: it removed the
-    FP16/INT8 builder flags and implicit INT8 calibration in favour of strongly typed networks.
+    Written for the TensorRT 10 API. With TensorRT 11, which removed the FP16/INT8 builder flags
+    and implicit INT8 calibration, fp32 and fp16 engines are built as strongly typed networks from
+    the FP32 or mixed-FP16 export; int8 needs TensorRT 10.
     """
     try:
         import tensorrt as trt
@@ -54,13 +55,10 @@ def import_tensorrt():
     return trt
 
 
-def check_weak_typing(trt, precision: str) -> None:
-    """FP16/INT8 here use the TensorRT 10 builder flags; TensorRT 11 removed them (strong typing only)."""
-    if precision != 'fp32' and not (hasattr(trt.BuilderFlag, 'FP16') and hasattr(trt, 'IInt8EntropyCalibrator2')):
-        raise BackendError(f'TensorRT {trt.__version__} builds strongly typed networks only (the FP16/INT8 builder '
-                           f'flags are gone), so this backend can build only fp32 engines with it; for {precision} '
-                           'install TensorRT 10: pip install "tensorrt-cu13>=10.13,<11" (or tensorrt-cu12, to '
-                           'match the CUDA of torch), or use JetPack 6\'s TensorRT 10')
+def weak_typing(trt) -> bool:
+    """Whether this TensorRT has the FP16/INT8 builder flags and implicit INT8 calibration (TensorRT 10)
+    or builds strongly typed networks only, taking precisions from the graph (TensorRT 11)."""
+    return hasattr(trt.BuilderFlag, 'FP16') and hasattr(trt, 'IInt8EntropyCalibrator2')
 
 
 def gpu_name(device: torch.device) -> str:
@@ -119,13 +117,18 @@ def _calibrator(trt, batches: Sequence[np.ndarray], cache_file: Path, device: to
 def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...], ...], *,
                  timing_cache: Path | None = None, calibration_batches: Sequence[np.ndarray] | None = None,
                  calibration_cache: Path | None = None, device: torch.device | None = None,
-                 workspace: int = WORKSPACE_BYTES) -> bytes:
+                 workspace: int = WORKSPACE_BYTES, strongly_typed: bool = False) -> bytes:
     """Parse ``onnx_path`` and build a serialized engine for ``precision`` and the (min, opt, max)
-    input ``shapes``. Raises ExportError with the parser's messages if the graph is refused."""
+    input ``shapes``. Raises ExportError with the parser's messages if the graph is refused.
+
+    ``strongly_typed``: precisions come from the graph (the mixed FP16 export for fp16) instead of
+    builder flags; required by TensorRT 11.
+    """
     trt = import_tensorrt()
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch always
+    flag = getattr(trt.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
+    network = builder.create_network(1 << int(flag) if strongly_typed and flag is not None else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -138,8 +141,7 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, *shapes)
     config.add_optimization_profile(profile)
-    if precision in ('fp16', 'int8'):
-        check_weak_typing(trt, precision)
+    if precision in ('fp16', 'int8') and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
         # Keep normalizations and softmax in FP32: LayerNorm over 512 channels overflows in FP16.
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
@@ -149,6 +151,8 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
             if layer.type in keep:
                 layer.precision = trt.float32
     if precision == 'int8':
+        if strongly_typed:
+            raise BackendError('int8 engines need TensorRT 10 (implicit INT8 calibration was removed in TensorRT 11)')
         if not calibration_batches:
             raise BackendError('TensorRT int8 needs calibration images (calibration=FOLDER, --calibration)')
         config.set_flag(trt.BuilderFlag.INT8)
@@ -204,13 +208,20 @@ class TensorRTBackend:
         self.device = str(self.device_obj)
         self.config = config
         self.precision = 'fp16' if precision == 'auto' else precision
-        check_weak_typing(trt, self.precision)
-        onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights)
+        self.strongly_typed = not weak_typing(trt)
+        if self.strongly_typed and self.precision == 'int8':
+            raise BackendError(f'TensorRT {trt.__version__} builds strongly typed networks only and has no implicit '
+                               'INT8 calibration; for int8 install TensorRT 10 (pip install "tensorrt-cu13>=10.13,<11", '
+                               'or tensorrt-cu12 to match the CUDA of torch; JetPack 6.1+ ships TensorRT 10)')
+        # TensorRT 10: build from the FP32 graph with precision flags. Strongly typed: the graph's own types.
+        graph_precision = 'fp16' if self.strongly_typed and self.precision == 'fp16' else 'fp32'
+        onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights, precision=graph_precision)
         _, spec = read_onnx(onnx)
         check_spec_matches(spec, config, weights, str(onnx))
-        if spec.precision != 'fp32':
-            raise BackendError(f'{onnx} is {spec.precision}; TensorRT builds from the FP32 export and '
-                               'quantizes itself (precision int8 with calibration)')
+        if spec.precision != graph_precision:
+            raise BackendError(f'{onnx} is a {spec.precision} export; TensorRT {trt.__version__} builds {self.precision} '
+                               f'engines from the {graph_precision} export (`boq-vpr export --precision '
+                               f'{graph_precision}`)')
         h, w = config.image_size
         shapes = ((1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
         key = EngineKey(onnx_sha256=_sha(onnx), tensorrt=trt.__version__, gpu=gpu_name(self.device_obj),
@@ -247,7 +258,8 @@ class TensorRTBackend:
             batches = _calibration_batches(self.config, Path(calibration))
             calib_cache = folder / f'{onnx.stem}-{folder_digest(Path(calibration))}.calib'
         data = build_engine(onnx, key.precision, shapes, timing_cache=folder / 'timing.cache',
-                            calibration_batches=batches, calibration_cache=calib_cache, device=self.device_obj)
+                            calibration_batches=batches, calibration_cache=calib_cache, device=self.device_obj,
+                            strongly_typed=self.strongly_typed)
         write_engine(engine_file, data, key)
         log.info('TensorRT: saved engine %s (%.1f MiB) and its key', engine_file, len(data) / 2**20)
         return data

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..backends.capabilities import cpu_supports_bf16, physical_cores
 from ..benchmark import machine_info, peak_rss_mib, percentiles_ms
 from ..images import list_images, load_image
 from ..models.config import MODEL_CONFIGS
@@ -70,6 +72,10 @@ def _build(model: str, spec: tuple[str, str, str], args, weights, size):
 
 def run(args: argparse.Namespace) -> int:
     specs = [(*parse_backend_spec(s), 'graph') for s in args.backends]
+    load_before = _loadavg()
+    if load_before and load_before[0] > physical_cores():
+        log.warning('load average %.1f on %d cores: other processes compete for the CPU, figures will be noisy '
+                    '(ratios less so: all variants are timed round-robin)', load_before[0], physical_cores())
     images = _inputs(args.images, max(args.batch_sizes))
     results: list[dict] = []
     for mi, model in enumerate(args.models):
@@ -119,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
                           f'{row["images_per_s"]:6.2f} img/s  x{row["speedup_vs_eager_fp32"]:.2f} vs eager  '
                           f'cos>={row["cosine_vs_eager_min"]:.6f}', flush=True)
             del variants
-    out = {'benchmark': 'encoder', 'machine': machine_info(), 'peak_rss_mib': peak_rss_mib(),
+    out = {'benchmark': 'encoder', 'machine': {**machine_info(), 'physical_cores': physical_cores(),
+                                               'cpu_bf16': cpu_supports_bf16(),
+                                               'loadavg_before': load_before, 'loadavg_after': _loadavg()},
+           'peak_rss_mib': peak_rss_mib(),
            'settings': {'rounds': args.rounds, 'warmup': args.warmup, 'device': args.device,
                         'images': str(args.images) if args.images else 'random 640x480',
                         'timing': 'round-robin over variants in one process; ms per image = call time / batch'},
@@ -127,6 +136,13 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out, out)
     print(f'saved {args.out}')
     return 0 if any('infer' in r for r in results) else 1
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -29,8 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='second output "attention" [N, blocks, queries, h*w] (cross-attention maps)')
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default: 18)')
     parser.add_argument('--precision', default='fp32', choices=('fp32', 'fp16', 'int8'),
-                        help='with --engine: engine precision; without: int8 also writes a calibrated INT8 ONNX '
-                             '(<out>-int8.onnx) for onnxruntime/openvino (default: fp32)')
+                        help='with --engine: engine precision (built from the FP32 ONNX). Without: fp16 writes '
+                             'the mixed FP16 graph (FP16 math, LayerNorm/softmax FP32) for GPU runtimes; int8 '
+                             'also writes a calibrated INT8 ONNX (<out>-int8.onnx) for onnxruntime/openvino '
+                             '(default: fp32)')
     parser.add_argument('--calibration', type=Path, default=None,
                         help='folder of images from the deployment camera for INT8 calibration')
     parser.add_argument('--engine', type=Path, default=None,
@@ -46,14 +48,14 @@ def run(args: argparse.Namespace) -> int:
     config = get_config(args.model)
     if args.image_size:
         config = config.with_image_size(*args.image_size)
-    if args.precision == 'fp16' and args.engine is None:
-        raise ConfigError('--precision fp16 needs --engine (ONNX files are exported in FP32; TensorRT builds FP16)')
     if args.precision == 'int8' and args.calibration is None:
         raise ConfigError('--precision int8 needs --calibration FOLDER with images from the deployment camera')
     if args.engine is not None and (args.dynamic_size or args.attention):
         log.warning('the engine is built for %dx%d and returns only the descriptor', *config.image_size)
+    fp16_graph = args.precision == 'fp16' and args.engine is None
     spec = export_onnx(config, args.out, weights=args.weights, dynamic_size=args.dynamic_size,
-                       dynamic_batch=not args.static_batch, attention=args.attention, opset=args.opset)
+                       dynamic_batch=not args.static_batch, attention=args.attention, opset=args.opset,
+                       precision='fp16' if fp16_graph else 'fp32')
     proto, _ = read_onnx(args.out)
     summary = {'onnx': str(args.out), 'spec': spec.to_metadata(), 'nodes': len(proto.graph.node),
                'inputs': [i.name for i in proto.graph.input], 'outputs': [o.name for o in proto.graph.output],

@@ -44,6 +44,11 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.reshape(b, n, heads, c // heads).transpose(1, 2)
 
 
+def softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis, computed in float32 whatever the scores' dtype."""
+    return torch.softmax(scores.float(), dim=-1).to(scores.dtype)
+
+
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """``[B, heads, N, d]`` -> ``[B, N, heads * d]``."""
     b, h, n, d = x.shape
@@ -69,7 +74,7 @@ class PlainSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        attn = softmax(q @ k.transpose(-2, -1))
         return self.out(_merge_heads(attn @ v))
 
 
@@ -114,7 +119,7 @@ class PlainBoQBlock(nn.Module):
         x = self.encoder(x)
         k, v = self.kv(x).chunk(2, dim=-1)
         k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)
-        attn = torch.softmax(self.q_heads @ k.transpose(-2, -1), dim=-1)   # [B, H, Q, N]
+        attn = softmax(self.q_heads @ k.transpose(-2, -1))   # [B, H, Q, N]
         out = self.norm_out(self.out(_merge_heads(attn @ v)))
         return x, out, attn
 
@@ -178,7 +183,7 @@ class PlainViTAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))
-        a = torch.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)
+        a = softmax((q * self.scale) @ k.transpose(-2, -1))
         return self.proj(_merge_heads(a @ v))
 
 
@@ -213,10 +218,11 @@ class DinoTrunk(nn.Module):
 
     def _patch_positions(self, h0: int, w0: int, like: torch.Tensor) -> torch.Tensor:
         m = self.grid
-        wh = _bicubic_weights(h0, m, (h0 + self.offset) / m, like)   # [h0, m]
-        ww = _bicubic_weights(w0, m, (w0 + self.offset) / m, like)   # [w0, m]
-        grid = wh @ self.pos_grid @ ww.transpose(0, 1)                # [C, h0, w0]
-        return grid.flatten(1).transpose(0, 1).unsqueeze(0)           # [1, h0*w0, C]
+        grid = self.pos_grid.float()
+        wh = _bicubic_weights(h0, m, (h0 + self.offset) / m, grid)   # [h0, m]
+        ww = _bicubic_weights(w0, m, (w0 + self.offset) / m, grid)   # [w0, m]
+        grid = wh @ grid @ ww.transpose(0, 1)                         # [C, h0, w0]
+        return grid.flatten(1).transpose(0, 1).unsqueeze(0).to(like.dtype)  # [1, h0*w0, C]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -262,7 +268,7 @@ class InferenceGraph(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, images: torch.Tensor):
-        x = self.proj_c(self.backbone(images))
+        x = self.proj_c(self.backbone(images.to(self.proj_c.weight.dtype)))
         x = self.norm_input(x.flatten(2).transpose(1, 2))
         outs, attns = [], []
         for blk in self.blocks:
@@ -270,8 +276,36 @@ class InferenceGraph(nn.Module):
             outs.append(out)
             if self.return_attention:
                 attns.append(attn.mean(dim=1))
-        out = self.fc(torch.cat(outs, dim=1).transpose(1, 2)).flatten(1)
+        out = self.fc(torch.cat(outs, dim=1).transpose(1, 2)).flatten(1).float()
         desc = out / out.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
         if self.return_attention:
-            return desc, torch.stack(attns, dim=1)
+            return desc, torch.stack(attns, dim=1).float()
         return desc
+
+
+class Float32LayerNorm(nn.Module):
+    """A LayerNorm computed in float32 inside a reduced-precision graph (FP16 overflows over 512 channels)."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.norm = copy.deepcopy(norm).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+def to_mixed_precision(graph: InferenceGraph, dtype: torch.dtype = torch.float16) -> InferenceGraph:
+    """A copy of ``graph`` with weights and activations in ``dtype`` and LayerNorm, softmax and the
+    final normalization in float32; input and outputs stay float32."""
+    graph = copy.deepcopy(graph)
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.LayerNorm):
+                setattr(module, name, Float32LayerNorm(child))
+            else:
+                swap(child)
+
+    graph = graph.to(dtype)
+    swap(graph)
+    return graph

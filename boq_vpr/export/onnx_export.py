@@ -24,7 +24,7 @@ from ..models import load_model
 from ..models.checkpoint import file_sha256
 from ..models.config import ModelConfig
 from ..models.vpr import RANDOM_SEED, VPRModel
-from .graph import InferenceGraph
+from .graph import InferenceGraph, to_mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ DESCRIPTOR_NAME = 'descriptor'
 ATTENTION_NAME = 'attention'
 DEFAULT_OPSET = 18          # LayerNormalization is native from 17; the torch exporter emits 18 natively
 EXPORT_FORMAT = 1           # bump when the graph's arithmetic or naming changes (invalidates caches)
+EXPORT_PRECISIONS = ('fp32', 'fp16')  # fp16: weights and activations FP16; LayerNorm, softmax, output FP32
 MAX_BATCH = 256             # upper bound of the dynamic batch axis
 META_PREFIX = 'boq_vpr.'
 
@@ -47,7 +48,7 @@ class ExportSpec:
     dynamic_batch: bool = True
     attention: bool = False
     opset: int = DEFAULT_OPSET
-    precision: str = 'fp32'              # 'fp32', or 'int8' for a quantized copy
+    precision: str = 'fp32'              # 'fp32', 'fp16' (mixed, FP32 input/output) or 'int8' (QDQ copy)
     format: int = EXPORT_FORMAT
 
     @property
@@ -98,13 +99,18 @@ def state_fingerprint(model: torch.nn.Module) -> str:
 def export_onnx(model: VPRModel | ModelConfig, path: str | Path, *, weights: str | Path | None = None,
                 image_size: tuple[int, int] | None = None, dynamic_size: bool = False,
                 dynamic_batch: bool = True, attention: bool = False, opset: int = DEFAULT_OPSET,
-                weights_fingerprint: str | None = None) -> ExportSpec:
+                weights_fingerprint: str | None = None, precision: str = 'fp32') -> ExportSpec:
     """Export a model (or a configuration + weight file) to ONNX at ``path`` and return its spec.
 
     ``image_size`` defaults to the configuration's; ``dynamic_size`` leaves height and width free
-    (DINOv2: multiples of 14). The written file is checked with the ONNX checker and replaced
-    atomically.
+    (DINOv2: multiples of 14). ``precision='fp16'`` stores weights and computes in FP16 with
+    LayerNorm, softmax and the output normalization in FP32 (for GPU runtimes that take the
+    precision from the graph: ONNX Runtime CUDA, strongly typed TensorRT); input and output stay
+    FP32. The written file is checked with the ONNX checker and replaced atomically.
     """
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f'export precision {precision!r} not supported; valid: {", ".join(EXPORT_PRECISIONS)} '
+                          '(int8: export fp32, then boq_vpr.export.quantize_int8)')
     if isinstance(model, ModelConfig):
         config = model
         model = load_model(config, weights)
@@ -117,8 +123,10 @@ def export_onnx(model: VPRModel | ModelConfig, path: str | Path, *, weights: str
     config.validate()
     spec = ExportSpec(config=config, weights=weights_fingerprint or weights_id(weights),
                       image_size=None if dynamic_size else size, dynamic_batch=dynamic_batch,
-                      attention=attention, opset=opset)
+                      attention=attention, opset=opset, precision=precision)
     graph = InferenceGraph(model.eval(), spec.image_size, return_attention=attention)
+    if precision == 'fp16':
+        graph = to_mixed_precision(graph, torch.float16)
     example = torch.zeros(2 if dynamic_batch else 1, 3, *size)
     dims: dict[int, object] = {}
     if dynamic_batch:
