@@ -101,6 +101,11 @@ def make_backend(name: str, config: ModelConfig, weights: str | Path | None = No
     if name == 'auto':
         device = options.pop('device', 'auto') or 'auto'
         options.setdefault('precision', 'auto')
+        if options['precision'] == 'auto' and not device.startswith('cuda'):
+            from .capabilities import cpu_supports_bf16
+            log.info('backend auto: %s', 'this CPU computes bf16 natively (AVX512_BF16/AMX-BF16): CPU backends '
+                     'run bf16' if cpu_supports_bf16() else 'this CPU has no native bf16 (AVX512_BF16/AMX-BF16): '
+                     'CPU backends run FP32 (int8 on request, with calibration images)')
         reasons = []
         for candidate, dev in auto_candidates(device, options['precision']):
             if dev == 'cuda' and not _cuda_present():
