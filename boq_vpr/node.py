@@ -167,6 +167,7 @@ class VprNode(Node):
         self._attention_backend = None
         self._problem_count = 0
         self._problem_time: float | None = None
+        self.converter = ImageConverter(v['converter'])
 
         self._build_pipeline()
 
@@ -178,7 +179,6 @@ class VprNode(Node):
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
-        self.converter = ImageConverter(v['converter'])
         if v['image_transport'] == 'compressed':
             self._image_sub = self.create_subscription(CompressedImage, 'image/compressed', self._on_compressed, qos,
                                                        callback_group=self._input_group)
@@ -206,7 +206,7 @@ class VprNode(Node):
         topic = self._image_sub.topic_name
         self._log.info(f'ready: {self.encoder.name} ({self.encoder.descriptor_dim}-D, '
                        f'{self.encoder.backend.describe().get("device", "?")}), map {len(self.db)} keyframes, '
-                       f'mode {self.detector.config.mode}, mapping {self._mapping}, converter {self.converter.name}; '
+                       f'mode {self.detector_config.mode}, mapping {self._mapping}, converter {self.converter.name}; '
                        f'listening on {topic}' + (f' and {self._odom_sub.topic_name}' if self._odom_sub else ''))
 
     # ------------------------------------------------------------------ parameters
