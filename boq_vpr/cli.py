@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'info': ('info', 'show a model configuration and a weight file summary'),
     'encode': ('encode', 'encode an image folder into descriptors (.npy + CSV of file names)'),
     'bench': ('bench', 'benchmarks that print and save their figures as JSON'),
+    'train': ('train', 'train or fine-tune a BoQ model (GSV-Cities layout; needs the training extra)'),
+    'make-train-set': ('make_train_set', 'build a GSV-Cities-layout training set from images with poses'),
     'build-map': ('build_map', 'build a map database from an image folder (optionally with a poses CSV)'),
     'export': ('export', 'export a model to ONNX (and INT8 ONNX or a TensorRT engine) for deployment'),
     'verify': ('verify', 'compare backends on real images: descriptor cosine and top-1 retrieval agreement'),
