@@ -86,7 +86,7 @@ class OnnxRuntimeBackend:
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'auto', onnx_path: str | Path | None = None, threads: int | None = None,
                  calibration: str | Path | None = None, dynamic_size: bool = False, spin: bool = False,
-                 use_trt_ep: bool = False, **_ignored) -> None:
+                 use_trt_ep: bool = False, optimization: str = 'all', **_ignored) -> None:
         ort = _ort()
         available = ort.get_available_providers()
         if device == 'auto':
@@ -137,8 +137,15 @@ class OnnxRuntimeBackend:
         self.onnx_path = path
         _, self.spec = read_onnx(path)
 
+        levels = {'all': ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                  'extended': ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  'basic': ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  'disabled': ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+        if optimization not in levels:
+            raise BackendError(f'onnxruntime: optimization {optimization!r} unknown; valid: {", ".join(levels)}')
+        self.optimization = optimization
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = levels[optimization]
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.threads = threads or physical_cores()
         opts.intra_op_num_threads = self.threads
@@ -146,6 +153,7 @@ class OnnxRuntimeBackend:
         opts.log_severity_level = 3
         # Idle worker threads spinning between calls steal the CPU from the SLAM stack next to us.
         opts.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin else '0')
+        self.spin = spin
         providers: list = ['CPUExecutionProvider']
         if device.startswith('cuda'):
             index = int(device.split(':')[1]) if ':' in device else 0
@@ -182,4 +190,5 @@ class OnnxRuntimeBackend:
         import onnxruntime
         return {'backend': self.name, 'device': self.device, 'precision': self.precision,
                 'onnxruntime': onnxruntime.__version__, 'providers': self.providers, 'threads': self.threads,
+                'optimization': self.optimization, 'spin': self.spin,
                 'onnx': str(self.onnx_path), 'input': [INPUT_NAME, self.input_shape], 'output': DESCRIPTOR_NAME}
