@@ -8,6 +8,7 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
+    package_data={'training': ['configs/*.yaml']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -50,6 +51,7 @@ setup(
             'lightning>=2.1',
             'pytorch-metric-learning>=2.3',
             'pandas>=1.5',
+            'scipy>=1.8',
         ],
         # Fastest CPU path measured (bf16 on AVX512_BF16/AMX CPUs): the openvino backend.
         'openvino': [
