@@ -2,8 +2,8 @@
 
 ONNX exports are cached by what they hold (configuration, weights hash, input size, outputs).
 TensorRT engines are cached by (ONNX sha256, TensorRT version, GPU name, precision, input shape
-profile): the key is written beside the engine as JSON, and an engine whose key does not match the
-current machine is rebuilt (or refused when rebuilding is not allowed) with the reason logged.
+profile): the key is written beside the engine as JSON; an engine whose key does not match the
+current machine and request, or that has no key (built elsewhere), is rebuilt with the reason logged.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Steps kept apart as in TensorRT's samples and Polygraphy:
   input size), a persistent timing cache; returns the serialized engine;
 - ``load_or_build``: the engine cache (``engine_cache.EngineKey``: ONNX sha256, TensorRT version,
   GPU name, precision, input shapes); a stale or foreign engine is rebuilt with the reason logged,
-  or refused when its ONNX is unknown; ``force_rebuild`` rebuilds regardless;
+  one that TensorRT cannot deserialize is refused naming the file; ``force_rebuild`` rebuilds;
 - ``TensorRTBackend``: deserializes, finds the input and output tensors by name and logs them,
   allocates device buffers once, runs on one CUDA stream and copies back only the descriptor.
 
