@@ -19,7 +19,7 @@ from boq_vpr.preprocessing import Preprocessor  # noqa: E402
 from training.config import ValSetConfig  # noqa: E402
 from training.gsv import GSVCitiesDataset, image_name, read_city  # noqa: E402
 from training.make_train_set import Traversal, build_train_set  # noqa: E402
-from training.metrics import recall_at_k, retrieve  # noqa: E402
+from training.metrics import recalls, retrieve  # noqa: E402
 from training.valsets import ImageListDataset, load_valset, parse_valset_spec  # noqa: E402
 
 GSV_HEADER = ['place_id', 'year', 'month', 'northdeg', 'city_id', 'lat', 'lon', 'panoid']
@@ -53,14 +53,14 @@ HAND_RECALL = {1: 1 / 3, 2: 2 / 3, 3: 2 / 3, 4: 1.0}
 def test_recall_at_k_hand_computed():
     pred = retrieve(DB_DESC, Q_DESC, 4)
     assert pred[0, 0] == 0 and pred[1, :2].tolist() == [1, 2] and pred[2].tolist() == [0, 1, 2, 3]
-    got = recall_at_k(pred, [np.array([0]), np.array([2]), np.array([3])], (1, 2, 3, 4))
+    got = recalls(pred, [np.array([0]), np.array([2]), np.array([3])], (1, 2, 3, 4))
     assert got == pytest.approx(HAND_RECALL)
-    # k beyond the predictions uses all of them; a query without positives is a miss
-    assert recall_at_k(pred[:, :2], [np.array([0]), np.array([2]), np.array([])], (1, 5)) == pytest.approx({1: 1 / 3, 5: 2 / 3})
+    # k beyond the predictions uses all of them; a query without positives is left out
+    assert recalls(pred[:, :2], [np.array([0]), np.array([2]), np.array([])], (1, 5)) == pytest.approx({1: 1 / 2, 5: 1.0})
     with pytest.raises(AssertionError):
-        recall_at_k(pred, [np.array([0])], (1,))     # one ground-truth row for three queries
+        recalls(pred, [np.array([0])], (1,))     # one ground-truth row for three queries
     with pytest.raises(AssertionError):
-        recall_at_k(pred[0], [np.array([0])], (1,))  # not [Q, M]
+        recalls(pred[0], [np.array([0])], (1,))  # not [Q, M]
 
 
 # ---------------------------------------------------------------- validation layouts
@@ -389,3 +389,34 @@ def test_make_train_set_bad_poses(tmp_path):
         build_train_set([a], tmp_path / 'gsv', radius=5.0)
     with pytest.raises(ConfigError, match='letters and digits'):
         build_train_set([a], tmp_path / 'gsv', city='my_city')
+
+
+def test_make_train_set_from_bags(tmp_path):
+    """Two drives recorded as bags (images + odometry), the second with a zero pose stamp gap."""
+    from boq_vpr import bags
+    from training.make_train_set import Traversal as T
+    paths = []
+    for d, storage in enumerate(('sqlite3', 'mcap')):
+        path = tmp_path / f'drive{d}'
+        with bags.BagWriter(path, storage) as w:
+            for i in range(30):                      # 1 m per frame along x, 10 Hz, facing +x
+                t = 1_000_000_000 + i * 100_000_000
+                w.add_pose('/odom', t - 20_000_000, (i + 0.25 * d, 0.5 * d, 0.0), msgtype=bags.ODOMETRY)
+                w.add_pose('/odom', t + 80_000_000, (i + 0.25 * d + 0.9, 0.5 * d, 0.0), msgtype=bags.ODOMETRY)
+                rng = np.random.default_rng(100 * d + i)
+                w.add_image('/camera/image_raw/compressed', rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), t,
+                            fmt='jpeg')
+        paths.append(path)
+    s = build_train_set([T(bag=p) for p in paths], tmp_path / 'gsv', city='Bags', radius=1.6,
+                        min_spacing=6.0, images_per_place=4, max_images_per_place=4)
+    assert s.frames == 60 and s.places >= 4
+    assert set(s.per_traversal_images) == {'drive0', 'drive1'}
+    ds = GSVCitiesDataset(tmp_path / 'gsv', images_per_place=4)
+    assert len(ds) == s.places
+    images, _ = ds[0]
+    assert images.shape == (4, 3, 24, 32)
+    rows = read_city(tmp_path / 'gsv', 'Bags')
+    assert {r['panoid'].split('-')[0] for r in rows} == {'drive0', 'drive1'}
+    assert all(r['northdeg'] == 0 for r in rows)            # identity orientation: heading 0
+    with pytest.raises(ConfigError, match='image folder with a poses CSV, or a bag'):
+        T(images=tmp_path, bag=paths[0])

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from boq_vpr.errors import BoqVprError
+from boq_vpr.errors import BoqVprError, ConfigError
 
 from .config import PRESETS, load_config, model_names
 
@@ -133,9 +133,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_make_train_set_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--traversal', nargs=2, action='append', required=True, metavar=('IMAGES_DIR', 'POSES_CSV'),
+    parser.add_argument('--traversal', nargs=2, action='append', default=[], metavar=('IMAGES_DIR', 'POSES_CSV'),
                         help='an image folder and its poses CSV (image,x,y or image,lat,lon; optional yaw, stamp); '
                              'repeat for each traversal')
+    parser.add_argument('--bag', action='append', default=[], type=Path,
+                        help='a bag (rosbag2 directory/.db3/.mcap or ROS 1 .bag) with images and poses; repeatable')
+    parser.add_argument('--image-topic', default=None, help='image topic of the bags (default: the only one)')
+    parser.add_argument('--pose-topic', default=None,
+                        help='pose topic of the bags: Odometry, PoseStamped, PoseWithCovarianceStamped (default: the only one)')
+    parser.add_argument('--every', type=int, default=1, help='bags: keep one image message in N (default 1)')
     parser.add_argument('--out', type=Path, required=True, help='output folder (GSV-Cities layout)')
     parser.add_argument('--city', default='Recording', help='city name of this set (letters and digits)')
     parser.add_argument('--radius', type=float, default=5.0, help='place radius in metres (default 5)')
@@ -155,6 +161,10 @@ def add_make_train_set_arguments(parser: argparse.ArgumentParser) -> None:
 def run_make_train_set(args: argparse.Namespace) -> int:
     from .make_train_set import Traversal, build_train_set
     traversals = [Traversal(Path(images), Path(poses)) for images, poses in args.traversal]
+    traversals += [Traversal(bag=b, image_topic=args.image_topic, pose_topic=args.pose_topic, every=args.every)
+                   for b in args.bag]
+    if not traversals:
+        raise ConfigError('give at least one --traversal IMAGES_DIR POSES_CSV or --bag BAG')
     s = build_train_set(traversals, args.out, city=args.city, radius=args.radius, min_spacing=args.min_spacing,
                         images_per_place=args.images_per_place, min_traversals=args.min_traversals,
                         max_images_per_place=args.max_images_per_place, max_yaw_diff=args.max_yaw_diff,
@@ -169,7 +179,7 @@ def run_make_train_set(args: argparse.Namespace) -> int:
 COMMANDS = {
     'train': (add_train_arguments, run_train, 'train or fine-tune a BoQ model (GSV-Cities layout)'),
     'make-train-set': (add_make_train_set_arguments, run_make_train_set,
-                       'build a GSV-Cities-layout training set from image folders with poses'),
+                       'build a GSV-Cities-layout training set from bags or image folders with poses'),
 }
 
 

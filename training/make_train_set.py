@@ -1,8 +1,13 @@
 """Build a GSV-Cities-layout training set from recordings with poses.
 
-Input: one or more traversals, each an image folder and a poses CSV with a header and the columns
-``image`` (file name relative to the folder) and either ``x,y`` (metres, any fixed frame) or
-``lat,lon`` (WGS84 degrees), optionally ``yaw`` / ``heading`` (degrees) and ``stamp`` (seconds).
+Input: one or more traversals, each either
+
+- an image folder and a poses CSV with a header and the columns ``image`` (file name relative to
+  the folder) and either ``x,y`` (metres, any fixed frame) or ``lat,lon`` (WGS84 degrees),
+  optionally ``yaw`` / ``heading`` (degrees) and ``stamp`` (seconds); or
+- a bag (rosbag2 or ROS 1, read with ``boq_vpr.bags``): an image topic and a pose topic
+  (Odometry / PoseStamped / PoseWithCovarianceStamped, metres), the pose interpolated to each
+  image stamp, the yaw taken from the orientation.
 
 Places: clusters of frames within ``radius`` metres of a centre (and within ``max_yaw_diff``
 degrees of its heading when headings are given), each seen in at least ``images_per_place``
@@ -42,18 +47,37 @@ EARTH_RADIUS_M = 6378137.0
 
 @dataclass
 class Traversal:
-    """One recording: an image folder and its poses CSV (see the module docstring)."""
+    """One recording: an image folder and its poses CSV, or a bag (see the module docstring)."""
 
-    images: Path
-    poses: Path
+    images: Path | None = None
+    poses: Path | None = None
     name: str | None = None
+    bag: Path | None = None
+    image_topic: str | None = None     # bag: the only image topic when None
+    pose_topic: str | None = None      # bag: the only pose topic when None
+    every: int = 1                     # bag: keep one image message in ``every``
+    max_pose_gap_s: float = 0.5        # bag: largest gap between pose samples to interpolate over
+
+    def __post_init__(self) -> None:
+        folder = self.images is not None or self.poses is not None
+        if (self.bag is not None) == folder or (folder and (self.images is None or self.poses is None)):
+            raise ConfigError('a traversal is an image folder with a poses CSV, or a bag')
+
+    @property
+    def source(self) -> Path:
+        return self.bag if self.bag is not None else self.poses
+
+    def default_name(self) -> str:
+        if self.name:
+            return self.name
+        return self.bag.stem if self.bag is not None else self.images.name
 
 
 @dataclass
 class Frame:
     traversal: int
-    row: int
-    path: Path
+    row: int                           # CSV data row, or the bag's message index on the image topic
+    path: Path | None                  # image file (folder traversals)
     x: float
     y: float
     yaw: float | None
@@ -86,8 +110,45 @@ def _float(value: str, col: str, csv_path: Path, row: int) -> float:
     return v
 
 
-def read_poses(t: Traversal, index: int) -> tuple[list[Frame], str]:
+def yaw_degrees(q: Sequence[float]) -> float:
+    """Heading (rotation about z, degrees) of a quaternion (x, y, z, w)."""
+    x, y, z, w = q
+    return math.degrees(math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z)))
+
+
+def read_bag_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
+    """Frames of a bag traversal: image stamps with interpolated positions (metres, 'xy').
+    Images without a pose within ``max_pose_gap_s`` are left out with a warning."""
+    from boq_vpr import bags
+    from boq_vpr.ground_truth import from_poses, nearest_labels
+    poses = bags.read_poses(t.bag, t.pose_topic)
+    if not poses:
+        raise DatasetError(f'{t.bag}: the pose topic has no messages')
+    images = list(bags.iter_images(t.bag, t.image_topic, decode=False, every=t.every))
+    if not images:
+        raise DatasetError(f'{t.bag}: the image topic has no messages')
+    stamps = np.array([im.stamp_ns for im in images], np.int64)
+    gt = from_poses(poses, stamps, max_gap_s=t.max_pose_gap_s, source=f'{t.bag} poses')
+    pose_ns = np.array([p.stamp_ns for p in poses], np.int64)
+    nearest = nearest_labels(stamps, pose_ns, np.arange(len(poses)), int(t.max_pose_gap_s * 1e9))
+    frames = []
+    for im, pos, near in zip(images, gt.positions, nearest):
+        if not np.isfinite(pos).all() or near < 0:
+            continue
+        frames.append(Frame(index, im.index, None, float(pos[0]), float(pos[1]),
+                            yaw_degrees(poses[near].orientation), im.stamp_ns / 1e9))
+    if len(frames) < len(images):
+        log.warning('%s: %d of %d images have no pose within %.2f s and are left out',
+                    t.bag, len(images) - len(frames), len(images), t.max_pose_gap_s)
+    if not frames:
+        raise DatasetError(f'{t.bag}: no image has a pose within {t.max_pose_gap_s} s')
+    return frames, 'xy'
+
+
+def read_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
     """Frames of one traversal with metric positions ('xy') or geographic ones ('latlon')."""
+    if t.bag is not None:
+        return read_bag_frames(t, index)
     if not t.poses.is_file():
         raise DatasetError(f'{t.poses}: poses CSV not found')
     if not t.images.is_dir():
@@ -208,6 +269,36 @@ def cluster_places(xy: np.ndarray, traversal: np.ndarray, yaw: np.ndarray | None
 _SAFE = re.compile(r'[^A-Za-z0-9-]+')
 
 
+def _write_jpeg(path: Path, rgb: np.ndarray, quality: int) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+        raise DatasetError(f'{path}: cannot be written')
+
+
+def _write_images(traversals: Sequence[Traversal], frames: list[Frame], targets: dict[int, Path], quality: int) -> None:
+    """Write the chosen frames as JPEG: folder images by path, bag images in one pass per bag."""
+    by_traversal: dict[int, dict[int, Path]] = {}
+    for j, out in targets.items():
+        by_traversal.setdefault(frames[j].traversal, {})[frames[j].row] = out
+        if frames[j].path is not None:
+            try:
+                image = load_image(frames[j].path)
+            except ImageError as err:
+                raise DatasetError(f'{traversals[frames[j].traversal].poses} row {frames[j].row}: {err}') from err
+            _write_jpeg(out, image, quality)
+    for ti, wanted in by_traversal.items():
+        t = traversals[ti]
+        if t.bag is None:
+            continue
+        from boq_vpr import bags
+        for im in bags.iter_images(t.bag, t.image_topic, decode=True, every=t.every):
+            out = wanted.pop(im.index, None)
+            if out is not None:
+                _write_jpeg(out, im.rgb, quality)
+        if wanted:
+            raise DatasetError(f'{t.bag}: {len(wanted)} image messages could not be read the second time '
+                               f'(first: message {min(wanted)})')
+
+
 def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str = 'Recording',
                     radius: float = 5.0, min_spacing: float | None = None, images_per_place: int = 4,
                     min_traversals: int | None = None, max_images_per_place: int = 8,
@@ -237,10 +328,10 @@ def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str 
     kinds = set()
     names = []
     for i, t in enumerate(traversals):
-        f, kind = read_poses(t, i)
+        f, kind = read_frames(t, i)
         frames += f
         kinds.add(kind)
-        names.append(_SAFE.sub('-', t.name or t.images.name) or f't{i}')
+        names.append(_SAFE.sub('-', t.default_name()) or f't{i}')
     if len(kinds) > 1:
         raise DatasetError('all poses CSVs must use the same coordinates (all x,y or all lat,lon)')
     kind = kinds.pop()
@@ -266,6 +357,7 @@ def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str 
     summary = BuildSummary(out, city, frames=len(frames), traversals=len(traversals), places=len(places),
                            candidate_clusters_too_small=too_small)
     rows = []
+    targets: dict[int, Path] = {}      # frame index -> output file
     for pid, members in enumerate(places):
         for j in members:
             fr = frames[j]
@@ -274,16 +366,10 @@ def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str 
             panoid = f'{names[fr.traversal]}-{fr.row:06d}'
             la, lo = round(float(lat[j]), 7), round(float(lon[j]), 7)
             name = image_name(city, pid, year, month, north, la, lo, panoid)
-            try:
-                image = load_image(fr.path)
-            except ImageError as err:
-                raise DatasetError(f'{traversals[fr.traversal].poses} row {fr.row}: {err}') from err
-            ok = cv2.imwrite(str(img_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                             [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-            if not ok:
-                raise DatasetError(f'{img_dir / name}: cannot be written')
+            targets[j] = img_dir / name
             rows.append([pid, year, month, north, city, la, lo, panoid, f'{xy[j, 0]:.3f}', f'{xy[j, 1]:.3f}'])
             summary.per_traversal_images[names[fr.traversal]] = summary.per_traversal_images.get(names[fr.traversal], 0) + 1
+    _write_images(traversals, frames, targets, jpeg_quality)
     with open(csv_out, 'w', newline='') as f:
         w = csv.writer(f)
         w.writerow(list(COLUMNS) + ['x', 'y'])

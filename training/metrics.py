@@ -1,10 +1,13 @@
-"""Retrieval metrics: top-k search and recall@k (pure functions, shapes asserted)."""
+"""Validation retrieval: top-k search and recall@k through the project's one recall function
+(``boq_vpr.metrics.recall_at_k``: queries without a true match are left out)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import faiss
 import numpy as np
+
+from boq_vpr.metrics import recall_at_k
 
 DEFAULT_K = (1, 5, 10)
 
@@ -21,25 +24,21 @@ def retrieve(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return idx
 
 
-def recall_at_k(predictions: np.ndarray, positives: Sequence[np.ndarray],
-                k_values: Sequence[int] = DEFAULT_K) -> dict[int, float]:
-    """Fraction of queries with at least one true positive among their first k predictions.
-
-    ``predictions``: ``[Q, M]`` database indices, best first. ``positives``: per query, the
-    database indices that count as correct (a query without positives counts as a miss).
-    For k > M the first M predictions are used.
-    """
+def hits_from_positives(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``hits [Q, M]`` (prediction j of query q is one of its positives) and ``has_positive [Q]``
+    from per-query lists of positive database indices (no dense ``[Q, N]`` matrix)."""
     predictions = np.asarray(predictions)
     assert predictions.ndim == 2, predictions.shape
     assert len(positives) == predictions.shape[0], (len(positives), predictions.shape)
-    assert len(k_values) > 0 and all(k >= 1 for k in k_values), k_values
-    q = predictions.shape[0]
-    if q == 0:
-        return {int(k): 0.0 for k in k_values}
-    # rank of the first correct prediction per query (a rank no k reaches when none)
-    first = np.full(q, np.iinfo(np.int64).max, dtype=np.int64)
-    for i, (pred, pos) in enumerate(zip(predictions, positives)):
-        hit = np.flatnonzero(np.isin(pred, np.asarray(pos)))
-        if hit.size:
-            first[i] = hit[0]
-    return {int(k): float(np.mean(first < k)) for k in k_values}
+    hits = np.zeros(predictions.shape, bool)
+    for i, pos in enumerate(positives):
+        hits[i] = np.isin(predictions[i], np.asarray(pos, dtype=np.int64))
+    has_positive = np.array([len(p) > 0 for p in positives], bool)
+    return hits, has_positive
+
+
+def recalls(predictions: np.ndarray, positives: Sequence[np.ndarray], k_values: Sequence[int] = DEFAULT_K
+            ) -> dict[int, float]:
+    """Recall@k of ranked database indices ``[Q, M]`` against per-query positive indices."""
+    hits, has_positive = hits_from_positives(predictions, positives)
+    return recall_at_k(hits, has_positive, tuple(k_values))

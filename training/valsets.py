@@ -15,7 +15,7 @@
   ``images/<key>.jpg``; cities ``cph`` and ``sf`` (MSLS-val); positives within 25 m, queries
   without a positive are left out, as in the official MSLS evaluation.
 
-Recall@k of every layout goes through ``training.metrics.recall_at_k``.
+Recall@k of every layout goes through ``boq_vpr.metrics.recall_at_k`` (``training.metrics.recalls``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from boq_vpr.images import list_images, load_image
 from boq_vpr.preprocessing import Preprocessor
 
 from .config import ValSetConfig
-from .metrics import DEFAULT_K, recall_at_k, retrieve
+from .metrics import DEFAULT_K, recalls as recalls_of_predictions, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ValSet:
         n_db = len(self.database)
         assert descriptors.ndim == 2 and descriptors.shape[0] == n_db + len(self.queries), descriptors.shape
         pred = retrieve(descriptors[:n_db], descriptors[n_db:], max(k_values))
-        return recall_at_k(pred, self.positives, k_values)
+        return recalls_of_predictions(pred, self.positives, k_values)
 
     def describe(self) -> str:
         with_pos = sum(1 for p in self.positives if len(p))
@@ -210,7 +210,7 @@ def load_npy(cfg: ValSetConfig) -> ValSet:
     qs = _resolve(root, q_names, q_file)
     empty = sum(1 for p in positives if not len(p))
     if empty:
-        log.warning('%s: %d of %d queries have no positive in %s; they count as misses',
+        log.warning('%s: %d of %d queries have no positive in %s; recall@k leaves them out',
                     prefix, empty, len(positives), gt_file.name)
     return ValSet(cfg.name or prefix, 'npy', db, qs, positives)
 
