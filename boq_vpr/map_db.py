@@ -44,7 +44,9 @@ _IDS_FILE = 'ids.npy'
 _PENDING_FILE = 'pending.npy'
 # Queries x map vectors scored at once by the exact path (bounds the temporary score matrix).
 _SCORE_BLOCK = 1 << 25
-_blas_controller = None
+# From this many multiply-adds on, a few queries on a flat index go through numpy's BLAS (its
+# threads pay off on long scans); below, through FAISS on one thread (bench map: flat_single_query).
+_BLAS_MIN_WORK = 1 << 26
 
 
 @contextlib.contextmanager
@@ -59,17 +61,6 @@ def _omp_threads(threads: int):
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def _blas_threads(threads: int):
-    """Context limiting numpy's BLAS to ``threads`` threads (0 = leave it alone)."""
-    global _blas_controller
-    if threads <= 0:
-        return contextlib.nullcontext()
-    if _blas_controller is None:
-        from threadpoolctl import ThreadpoolController
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=threads, user_api='blas')
 
 
 @dataclass
@@ -331,8 +322,9 @@ class MapDatabase:
         self._conn.executescript(_SCHEMA)
         self._warned_norm = False
         self.path: Path | None = None
-        # Threads of a search (BLAS for exact flat search, OpenMP for FAISS): 0 = one thread for
-        # up to 4 queries, the libraries' defaults for larger batches.
+        # Threads of a search: 0 = automatic (one FAISS thread for up to 4 queries, or numpy's
+        # BLAS for long exact scans; the libraries' defaults for batches); 1 = FAISS on one
+        # thread; N > 1 = FAISS with N OpenMP threads, numpy's BLAS for flat indexes.
         self.search_threads = 0
 
     # ---------------------------------------------------------------- construction helpers
@@ -496,23 +488,23 @@ class MapDatabase:
             if limit == 0:
                 return scores, labels
             # A few queries run on one thread unless search_threads says otherwise: FAISS splits a
-            # search over its queries, so extra threads cannot help one query, and waking idle
-            # BLAS/OpenMP threads costs more than they save on a machine shared with a SLAM
-            # stack (measured 2-30x slower on a busy machine, see bench map).
-            threads = self.search_threads or (1 if n <= 4 else 0)
+            # search over its queries, so more threads cannot help one query, and waking idle
+            # OpenMP threads costs more than they save on a machine shared with a SLAM stack
+            # (2-30x slower measured on a busy machine, see bench map).
+            few = n <= 4
+            threads = self.search_threads or (1 if few else 0)
             if self._pending.shape[0]:
-                with _blas_threads(threads):
-                    return self._exact_scores(self._pending, q, k, limit, self._ids)
+                return self._exact_scores(self._pending, q, k, limit, self._ids)
             core = self._core()
             if isinstance(core, faiss.IndexFlat):
-                # Exact search in numpy over FAISS's own storage (no copy). For a few queries
-                # IndexFlatIP.search takes FAISS's vector-by-vector scan (it uses BLAS only from
-                # distance_compute_blas_threshold queries on, never with an id selector) plus
-                # its OpenMP overhead; a BLAS matrix-vector product is faster (bench map:
-                # flat_single_query).
-                xq = self._transform(q)
-                xb = faiss.rev_swig_ptr(core.get_xb(), core.ntotal * core.d).reshape(core.ntotal, core.d)
-                with _blas_threads(threads):
+                work = n * limit * core.d
+                if not few or threads > 1 or (self.search_threads == 0 and work >= _BLAS_MIN_WORK):
+                    # numpy over FAISS's own storage (no copy): one BLAS sgemv/sgemm. FAISS scans
+                    # the vectors one by one for a few queries (BLAS only from
+                    # distance_compute_blas_threshold queries on, never with an id selector),
+                    # which is slower on long scans than a threaded BLAS product.
+                    xq = self._transform(q)
+                    xb = faiss.rev_swig_ptr(core.get_xb(), core.ntotal * core.d).reshape(core.ntotal, core.d)
                     return self._exact_scores(xb, xq, k, limit, self._ids)
             with _omp_threads(threads):
                 return self._faiss_search(q, k, limit, id_below)

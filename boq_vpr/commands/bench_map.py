@@ -198,7 +198,9 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
     q /= np.linalg.norm(q)
     index = faiss.IndexFlatIP(d)
     index.add(x)
-    threads = faiss.omp_get_max_threads()
+    before = faiss.omp_get_max_threads()
+    threads = os.cpu_count() or 1
+    faiss.omp_set_num_threads(threads)
     threshold = faiss.cvar.distance_compute_blas_threshold
 
     def timed(fn) -> float:
@@ -228,6 +230,7 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
     db = MapDatabase(d, 'bench')
     db.add(x, [Keyframe(-1, i) for i in range(n)])
     out['map_db_search_ms'] = timed(lambda: db.search(q[0], 10))
+    faiss.omp_set_num_threads(before)
     return out
 
 
@@ -251,6 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='skip variants whose map would need more memory than this (default 8)')
     parser.add_argument('--threads', type=int, default=0, help='FAISS OpenMP threads (default: all cores)')
     parser.add_argument('--skip-path-check', action='store_true', help='skip the exact single-query path timing')
+    parser.add_argument('--path-check-only', action='store_true', help='only time the exact single-query paths')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', type=Path, default=Path('bench/map.json'), help='JSON output')
 
@@ -269,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         report['flat_single_query'] = paths
         print(f'exact single query, 10k x {d}: ' + ', '.join(f'{k} {v}' for k, v in paths.items()
                                                             if k.endswith('_ms')))
-    dims = [None] if args.descriptors else args.dims
+    dims = [] if args.path_check_only else [None] if args.descriptors else args.dims
     for d in dims:
         for n in args.sizes:
             if args.descriptors:
