@@ -1,0 +1,77 @@
+"""``boq-vpr build-map``: poses CSV, append with the same model, refusals that say what to do."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from boq_vpr.cli import main
+from boq_vpr.commands.build_map import parse_index_options, read_poses
+from boq_vpr.errors import ConfigError
+from boq_vpr.map_db import MapDatabase
+
+ARGS = ['--model', 'resnet18_1024', '--image-size', '32x64', '--backend', 'torch', '--device', 'cpu']
+
+
+@pytest.fixture()
+def folder(nordland_dir, tmp_path) -> Path:
+    out = tmp_path / 'images'
+    out.mkdir()
+    for p in sorted((nordland_dir / 'summer').glob('images-*.png'))[:12]:
+        shutil.copy(p, out / p.name)
+    (out / 'broken.png').write_bytes(b'not a png')
+    return out
+
+
+def test_build_append_and_refusals(folder, tmp_path, capsys):
+    names = sorted(p.name for p in folder.glob('images-*.png'))
+    poses = tmp_path / 'poses.csv'
+    poses.write_text('file,stamp_ns,x,y,z,qx,qy,qz,qw,frame_id\n' +
+                     ''.join(f'{n},{1000 + i},{i},0,0,0,0,0,1,map\n' for i, n in enumerate(names[:10])) +
+                     'gone.png,5,0,0,0,0,0,0,1,map\n')
+    out = tmp_path / 'map'
+    summary = tmp_path / 'summary.json'
+    assert main(['build-map', str(folder), '--out', str(out), '--poses', str(poses), '--thumbnails',
+                 '--session', 'day1', '--summary', str(summary), *ARGS]) == 0
+    s = json.loads(summary.read_text())
+    assert (s['added'], s['skipped'], s['without_pose'], s['unused_pose_rows']) == (12, 1, 2, 1)
+    assert 'broken.png' in s['skipped_files'][0]['file']
+    assert 'skipped' in capsys.readouterr().out
+    db = MapDatabase.load(out)
+    kf = db.keyframe(3)
+    assert (kf.stamp_ns, kf.position, kf.orientation, kf.frame_id, kf.source, kf.session) == \
+        (1003, (3.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), 'map', names[3], 'day1')
+    assert db.keyframe(11).position is None and db.thumbnail(0) is not None
+
+    # an existing map is neither overwritten nor extended without being asked
+    assert main(['build-map', str(folder), '--out', str(out), *ARGS]) == 2
+    assert 'pass --append' in capsys.readouterr().err
+    assert main(['build-map', str(folder), '--out', str(out), '--append', '--session', 'day2', *ARGS]) == 0
+    db = MapDatabase.load(out)
+    assert len(db) == 24 and db.sessions() == {'day1': 12, 'day2': 12}
+    # another model is refused, naming both fingerprints
+    assert main(['build-map', str(folder), '--out', str(out), '--append', '--model', 'resnet18_1024',
+                 '--image-size', '64x64', '--backend', 'torch', '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert 'model fingerprint' in err and err.count('resnet18_1024-') == 2
+    assert main(['build-map', str(folder), '--out', str(out), '--overwrite', '--index-type', 'fp16', *ARGS]) == 0
+    assert MapDatabase.load(out).index_type == 'fp16' and len(MapDatabase.load(out)) == 12
+
+
+def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
+    bad = tmp_path / 'p.csv'
+    bad.write_text('name,x\na.png,1\n')
+    with pytest.raises(ConfigError, match='needs a "file" column'):
+        read_poses(bad)
+    bad.write_text('file,x,y,z\na.png,1,two,3\n')
+    with pytest.raises(ConfigError, match=r'p\.csv:2: x, y, z must be numbers'):
+        read_poses(bad)
+    bad.write_text('file,stamp\na.png,1.5\nb.png,\n')
+    assert read_poses(bad)['a.png']['stamp_ns'] == 1_500_000_000 and read_poses(bad)['b.png']['stamp_ns'] is None
+    assert parse_index_options(['nlist=64', ' pq_m = 8']) == {'nlist': 64, 'pq_m': 8}
+    with pytest.raises(ConfigError, match='KEY=VALUE'):
+        parse_index_options(['nlist'])
+    with pytest.raises(ConfigError, match='must be an integer'):
+        parse_index_options(['nlist=many'])
