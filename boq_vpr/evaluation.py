@@ -156,7 +156,7 @@ def read_frames(bag: str | Path, encoder: Any, topic: str | None = None, *, stam
     t_pre0, t_inf0, n0 = encoder.times.preprocess, encoder.times.infer, encoder.times.images
     topics = bags.list_topics(bag)
     chosen = bags.select_topic(bag, topics, topic, bags.IMAGE_TYPES, 'image')
-    total = chosen.count // every
+    total = -(-chosen.count // every)
     if max_frames is not None:
         total = min(total, max_frames)
     it = bags.iter_images(bag, chosen.name, stamp=stamp, report=report, max_frames=max_frames, every=every)

@@ -53,9 +53,11 @@ def test_live_node_matches_offline_evaluation(nordland_dir, tmp_path):
     assert rc == 0, log[-3000:]
 
     out = tmp_path / 'eval'
-    assert cli_main(['evaluate', str(bag), '--live', str(rec), '--params', str(params), '--out', str(out),
-                     '--model', 'resnet18_1024', '--backend', 'torch', '--device', 'cpu', '--batch-size', '1']) == 0
+    assert cli_main(['evaluate', str(bag), '--live', str(rec), '--params', str(params), '--encoder-from-params',
+                     '--out', str(out), '--batch-size', '1']) == 0
     m = json.loads((out / 'metrics.json').read_text())
+    enc = m['setup']['encoder']
+    assert (enc['model'], enc['backend'], enc['device'], enc['precision']) == ('resnet18_1024', 'torch', 'cpu', 'fp32')
     live = m['live']
     node_counts = live['node']
     processed, dropped = int(node_counts['frames_processed']), int(node_counts['frames_dropped'])

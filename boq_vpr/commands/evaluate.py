@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--params', type=Path, default=None,
                    help='node parameters file (config/vpr.yaml): loop_closure.* build the detector configuration')
     p.add_argument('--node-name', default=None, help='section of the parameters file (default: /** and all)')
+    p.add_argument('--encoder-from-params', action='store_true',
+                   help='take the model and encoder settings (model.*, encoder.backend/device/precision) from '
+                        '--params too, as the node does, instead of --model/--weights/...')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override a detector parameter (e.g. min_score=0.6), repeatable')
     p.add_argument('--index-type', default='flat', help='index type of maps built here (default: flat)')
@@ -277,6 +280,22 @@ def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
             w.writerow([row[c] for c in cols])
 
 
+def _encoder_from_params(args: argparse.Namespace, params: dict) -> None:
+    """Model and encoder arguments from node parameters (those present in the file)."""
+    args.model = params.get('model.name', args.model)
+    if 'model.weights' in params:
+        args.weights = Path(params['model.weights']) if params['model.weights'] else None
+    h, w = int(params.get('model.image_height', 0) or 0), int(params.get('model.image_width', 0) or 0)
+    if h > 0 and w > 0:
+        args.image_size = (h, w)
+    elif h or w:
+        raise ConfigError('model.image_height and model.image_width must both be set (or both 0)')
+    args.resize_mode = params.get('model.resize_mode', args.resize_mode)
+    args.backend = params.get('encoder.backend', args.backend)
+    args.device = params.get('encoder.device', args.device)
+    args.precision = params.get('encoder.precision', args.precision)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.map_bag is not None and args.map is not None:
         raise ConfigError('--map-bag and --map exclude each other (build the map from a bag, or load a saved one)')
@@ -291,7 +310,11 @@ def run(args: argparse.Namespace) -> int:
                               (args.descriptors is not None and (args.descriptors / 'map.npz').is_file()
                                and not (args.descriptors / 'session.npz').is_file())) else 'slam'
     params = ev.load_params(args.params, args.node_name) if args.params else {}
-    if params.get('model.name') and params['model.name'] != args.model:
+    if args.encoder_from_params:
+        if not args.params:
+            raise ConfigError('--encoder-from-params needs --params')
+        _encoder_from_params(args, params)
+    elif params.get('model.name') and params['model.name'] != args.model:
         log.warning('the parameters file names model %s, this evaluation uses %s (--model)', params['model.name'],
                     args.model)
     config = ev.detector_config(params, ev.parse_overrides(args.set), mode)
