@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('--precision int8 needs --calibration FOLDER with images from the deployment camera')
     if args.engine is not None and (args.dynamic_size or args.attention):
         log.warning('the engine is built for %dx%d and returns only the descriptor', *config.image_size)
-    fp16_graph = args.precision == 'fp16' and args.engine is None
+    fp16_graph = args.precision == 'fp16' and (args.engine is None or _strongly_typed_tensorrt())
     spec = export_onnx(config, args.out, weights=args.weights, dynamic_size=args.dynamic_size,
                        dynamic_batch=not args.static_batch, attention=args.attention, opset=args.opset,
                        precision='fp16' if fp16_graph else 'fp32')
@@ -79,3 +79,9 @@ def run(args: argparse.Namespace) -> int:
               f'{backend.describe()["gpu"]})')
     args.out.with_suffix('.json').write_text(json.dumps(summary, indent=2) + '\n')
     return 0
+
+
+def _strongly_typed_tensorrt() -> bool:
+    """TensorRT 11 takes precisions from the graph: its fp16 engines are built from the FP16 export."""
+    from ..backends.tensorrt_backend import import_tensorrt, weak_typing
+    return not weak_typing(import_tensorrt())
