@@ -131,6 +131,15 @@ def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
         assert m_pose[key] == m[key], key
     assert (out_pose / 'loops.png').stat().st_size > 0      # the trajectory plot with loop edges
 
+    # geometric verification needs the images: they are read again from the bag for the saved descriptors
+    out_geo = tmp_path / 'eval_geo'
+    m_geo = _evaluate([str(nordland_bags['session']), '--descriptors', str(desc), '--out', str(out_geo), *WINDOW,
+                       '--set', 'geometric_verification=true', '--set', 'geometric_min_inliers=8', '--no-plots'])
+    rows = (out_geo / 'candidates.csv').read_text().splitlines()
+    assert rows[0].endswith('rank,verified,inliers') and len(rows) - 1 == m_geo['counts']['accepted']
+    assert all(r.split(',')[-2] == 'True' and int(r.split(',')[-1]) >= 8 for r in rows[1:])
+    assert m_geo['counts']['accepted'] <= m['counts']['accepted']
+
     # descriptors reused: same metrics without a bag, plus a threshold sweep whose recommendation holds
     out2 = tmp_path / 'eval2'
     m2 = _evaluate(['--descriptors', str(desc), '--out', str(out2), *WINDOW, '--sweep', '--target-precision', '0.5',
