@@ -15,6 +15,7 @@ import argparse
 import gc
 import logging
 import math
+import tempfile
 import os
 import time
 from pathlib import Path
@@ -157,7 +158,7 @@ def _current_rss_mib() -> float:
 
 
 def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: str, opts: dict, k: int,
-                  budget_s: float) -> dict:
+                  budget_s: float, save_load: bool = True) -> dict:
     gc.collect()
     rss0 = _current_rss_mib()
     db = MapDatabase(source.d, 'bench', index_type, **opts)
@@ -184,6 +185,18 @@ def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: st
               'rss_delta_mib': round(rss1 - rss0, 1), 'recall@1_vs_exact': round(recall, 4),
               **{key: round(v, 3) for key, v in percentiles_ms(lat).items() if key != 'n'},
               'timed_queries': len(lat)}
+    if save_load:
+        with tempfile.TemporaryDirectory(prefix='bench-map-') as tmp:
+            t1 = time.perf_counter()
+            db.save(tmp)
+            t2 = time.perf_counter()
+            disk = sum(p.stat().st_size for p in Path(tmp).rglob('*') if p.is_file())
+            del db
+            gc.collect()
+            t3 = time.perf_counter()
+            db = MapDatabase.load(tmp, fingerprint='bench', descriptor_dim=source.d)
+            t4 = time.perf_counter()
+        result.update({'save_s': round(t2 - t1, 3), 'load_s': round(t4 - t3, 3), 'disk_mib': round(disk / 2**20, 1)})
     del db
     gc.collect()
     return result
@@ -255,6 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=0, help='FAISS OpenMP threads (default: all cores)')
     parser.add_argument('--skip-path-check', action='store_true', help='skip the exact single-query path timing')
     parser.add_argument('--path-check-only', action='store_true', help='only time the exact single-query paths')
+    parser.add_argument('--no-save-load', action='store_true', help='skip timing save and load of each map')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', type=Path, default=Path('bench/map.json'), help='JSON output')
 
@@ -300,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
                     report['results'].append(row)
                     continue
                 try:
-                    row.update(bench_variant(source, queries, truth, index_type, opts, args.k, args.query_budget_s))
+                    row.update(bench_variant(source, queries, truth, index_type, opts, args.k, args.query_budget_s,
+                                             not args.no_save_load))
                 except (MemoryError, RuntimeError) as err:
                     row['failed'] = str(err)
                     log.warning('%s n=%d d=%d failed: %s', name, n, d, err)
@@ -309,7 +324,9 @@ def run(args: argparse.Namespace) -> int:
                 if 'failed' not in row:
                     print(f'n={n:>8} d={d:>5} {name:<16} build {row["build_s"]:>8.1f} s  index {row["index_mib"]:>8.1f} '
                           f'MiB  p50 {row["p50_ms"]:>8.2f} ms  p99 {row["p99_ms"]:>8.2f} ms  '
-                          f'recall@1 {row["recall@1_vs_exact"]:.4f}', flush=True)
+                          f'recall@1 {row["recall@1_vs_exact"]:.4f}' +
+                          (f'  save {row["save_s"]:.2f} s  load {row["load_s"]:.2f} s' if 'save_s' in row else ''),
+                          flush=True)
                 write_json(args.out, {**report, 'peak_rss_mib': round(peak_rss_mib(), 1)})
     report['peak_rss_mib'] = round(peak_rss_mib(), 1)
     report['load_average_at_end'] = list(os.getloadavg())
