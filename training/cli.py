@@ -119,7 +119,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(dump_yaml(config), end='')
         return 0
     result = run.fit()
-    print(f'trained in {result.out_dir}: {len(result.history)} epochs, {result.images_per_s:.1f} images/s'
+    print(f'trained in {result.out_dir}: {len(result.history)} epochs, {result.train_images_per_s:.1f} images/s '
+          f'in training steps ({result.fit_images_per_s:.1f} over the whole fit)'
           + (f', peak GPU memory {result.peak_gpu_memory_mib:.0f} MiB' if result.peak_gpu_memory_mib else ''))
     for h in result.history:
         val = ' '.join(f'{n}: R@1 {v["R1"]:.3f}' for n, v in h.get('val', {}).items())

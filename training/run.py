@@ -46,6 +46,40 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return '16-mixed' if on_gpu else '32-true'
 
 
+class ThroughputMeter:
+    """Training images per second between consecutive batch ends of an epoch (data loading
+    included, validation and each epoch's first ``skip`` batches left out); CUDA is synchronized
+    at each batch end so the time is the GPU's."""
+
+    def __init__(self, skip: int = 2) -> None:
+        self.skip = skip
+        self.seconds = 0.0
+        self.images = 0
+        self._last: float | None = None
+
+    def callback(self):
+        import lightning as L
+        meter = self
+
+        class _Meter(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module) -> None:
+                meter._last = None
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                if torch.cuda.is_available() and pl_module.device.type == 'cuda':
+                    torch.cuda.synchronize(pl_module.device)
+                now = time.perf_counter()
+                if batch_idx >= meter.skip and meter._last is not None:
+                    meter.seconds += now - meter._last
+                    meter.images += int(batch[0].shape[0] * batch[0].shape[1])
+                meter._last = now
+        return _Meter()
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float('nan')
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -55,7 +89,8 @@ class TrainResult:
     untrained_recalls: dict = field(default_factory=dict)
     final_recalls: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
-    images_per_s: float = float('nan')
+    train_images_per_s: float = float('nan')   # steady training steps (ThroughputMeter), per process
+    fit_images_per_s: float = float('nan')     # all of fit: start-up, validation and checkpoints included
     peak_gpu_memory_mib: float | None = None
 
 
@@ -185,6 +220,8 @@ class TrainingRun:
         else:
             best_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
         callbacks.append(best_cb)
+        meter = ThroughputMeter()
+        callbacks.append(meter.callback())
         trainer = L.Trainer(
             max_epochs=t.max_epochs, precision=self.precision, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=t.strategy, sync_batchnorm=t.sync_batchnorm,
@@ -213,7 +250,8 @@ class TrainingRun:
 
         result = TrainResult(self.out_dir, self.out_dir / 'model.pt', self.out_dir / 'model_last.pt',
                              best_cb.best_model_path or None, untrained, _recalls_json(module.last_recalls),
-                             module.history, images / elapsed if elapsed > 0 else float('nan'), peak)
+                             module.history, meter.images_per_s, images / elapsed if elapsed > 0 else float('nan'),
+                             peak)
         if trainer.is_global_zero:
             last_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
             torch.save(last_state, result.last_weights)
@@ -226,11 +264,25 @@ class TrainingRun:
             metrics = {'untrained': untrained, 'final': result.final_recalls, 'history': module.history,
                        'best_checkpoint': result.best_checkpoint,
                        'best_val_R1': float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
-                       'weights': str(result.weights), 'images_per_s': result.images_per_s,
-                       'seconds': elapsed, 'precision': self.precision,
+                       'weights': str(result.weights), 'train_images_per_s': result.train_images_per_s,
+                       'train_images_measured': meter.images, 'fit_images_per_s': result.fit_images_per_s,
+                       'fit_seconds': elapsed, 'precision': self.precision,
+                       'batch': [c.data.places_per_batch, c.data.images_per_place],
+                       'image_size': list(c.data.image_size), 'world_size': trainer.world_size,
                        'peak_gpu_memory_mib': peak, 'device': _device_name()}
-            (self.out_dir / 'metrics.json').write_text(json.dumps(metrics, indent=2) + '\n')
+            (self.out_dir / 'metrics.json').write_text(json.dumps(_json_safe(metrics), indent=2) + '\n')
         return result
+
+
+def _json_safe(obj):
+    """NaN and infinities -> None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _recalls_json(recalls: dict) -> dict:
