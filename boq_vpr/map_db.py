@@ -440,6 +440,19 @@ class MapDatabase:
             self._index.add(x)
         self._ids = np.concatenate([self._ids, ids])
 
+    def set_search_options(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Change the speed/recall trade-off of approximate indexes at run time (saved with the map):
+        ``ef_search`` for hnsw, ``nprobe`` for ivfpq."""
+        with self._lock:
+            for key, value in (('ef_search', ef_search), ('nprobe', nprobe)):
+                if value is None:
+                    continue
+                if key not in self.index_options:
+                    raise ConfigError(f'{key} does not apply to index type {self.index_type}')
+                if int(value) < 1:
+                    raise ConfigError(f'{key} must be >= 1, got {value}')
+                self.index_options[key] = int(value)
+
     def train(self) -> None:
         """Train the index now on the vectors collected so far (MapError if they are too few)."""
         with self._lock:

@@ -378,3 +378,17 @@ def test_concurrent_add_search_and_save(tmp_path):
     assert len(back) % 20 == 0 and len(back) == back.next_id <= 2000
     db.save(tmp_path / 'map')
     assert len(MapDatabase.load(tmp_path / 'map')) == 2000
+
+
+def test_search_options_change_at_run_time_and_persist(tmp_path):
+    x = structured(300)
+    db = MapDatabase(D, 'm', 'hnsw', hnsw_m=8)
+    db.add(x, keyframes(300))
+    db.set_search_options(ef_search=16)
+    assert db.search(x[:5], 1)[1][:, 0].tolist() == [0, 1, 2, 3, 4]
+    db.save(tmp_path / 'm')
+    assert MapDatabase.load(tmp_path / 'm').index_options['ef_search'] == 16
+    with pytest.raises(ConfigError, match='nprobe does not apply to index type hnsw'):
+        db.set_search_options(nprobe=4)
+    with pytest.raises(ConfigError, match='ef_search must be >= 1'):
+        db.set_search_options(ef_search=0)

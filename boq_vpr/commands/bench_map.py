@@ -158,7 +158,8 @@ def _current_rss_mib() -> float:
 
 
 def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: str, opts: dict, k: int,
-                  budget_s: float, save_load: bool = True) -> dict:
+                  budget_s: float, save_load: bool = True, sweeps: dict | None = None) -> dict:
+    sweeps = sweeps or {}
     gc.collect()
     rss0 = _current_rss_mib()
     db = MapDatabase(source.d, 'bench', index_type, **opts)
@@ -181,10 +182,23 @@ def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: st
     lat = time_single_queries(lambda q: db.search(q, k), queries, budget_s)
     _, ids = db.search(queries, 1)
     recall = float(np.mean(ids[:, 0] == truth))
+    sweep = []
+    key = 'ef_search' if index_type == 'hnsw' else 'nprobe' if index_type == 'ivfpq' else None
+    for value in (sweeps.get(key) or []) if key else []:
+        db.set_search_options(**{key: value})
+        lat_v = time_single_queries(lambda q: db.search(q, k), queries, budget_s)
+        _, ids_v = db.search(queries, 1)
+        p = percentiles_ms(lat_v)
+        sweep.append({key: value, 'p50_ms': round(p['p50_ms'], 3), 'p99_ms': round(p['p99_ms'], 3),
+                      'recall@1_vs_exact': round(float(np.mean(ids_v[:, 0] == truth)), 4)})
+    if key:
+        db.set_search_options(**{key: opts.get(key) or MapDatabase(1, '', index_type).index_options[key]})
     result = {'build_s': round(build, 3), 'index_mib': round(index_bytes / 2**20, 1),
               'rss_delta_mib': round(rss1 - rss0, 1), 'recall@1_vs_exact': round(recall, 4),
               **{key: round(v, 3) for key, v in percentiles_ms(lat).items() if key != 'n'},
               'timed_queries': len(lat)}
+    if sweep:
+        result['sweep'] = sweep
     if save_load:
         with tempfile.TemporaryDirectory(prefix='bench-map-') as tmp:
             t1 = time.perf_counter()
@@ -268,6 +282,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=0, help='FAISS OpenMP threads (default: all cores)')
     parser.add_argument('--skip-path-check', action='store_true', help='skip the exact single-query path timing')
     parser.add_argument('--path-check-only', action='store_true', help='only time the exact single-query paths')
+    parser.add_argument('--ef-search', type=int, nargs='*', default=[],
+                        help='also time these ef_search values on each hnsw map (a speed/recall sweep)')
+    parser.add_argument('--nprobe', type=int, nargs='*', default=[],
+                        help='also time these nprobe values on each ivfpq map')
     parser.add_argument('--no-save-load', action='store_true', help='skip timing save and load of each map')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', type=Path, default=Path('bench/map.json'), help='JSON output')
@@ -315,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 try:
                     row.update(bench_variant(source, queries, truth, index_type, opts, args.k, args.query_budget_s,
-                                             not args.no_save_load))
+                                             not args.no_save_load,
+                                             {'ef_search': args.ef_search, 'nprobe': args.nprobe}))
                 except (MemoryError, RuntimeError) as err:
                     row['failed'] = str(err)
                     log.warning('%s n=%d d=%d failed: %s', name, n, d, err)
@@ -327,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
                           f'recall@1 {row["recall@1_vs_exact"]:.4f}' +
                           (f'  save {row["save_s"]:.2f} s  load {row["load_s"]:.2f} s' if 'save_s' in row else ''),
                           flush=True)
+                    for sw in row.get('sweep', []):
+                        print(f'{"":>33}{sw}', flush=True)
                 write_json(args.out, {**report, 'peak_rss_mib': round(peak_rss_mib(), 1)})
     report['peak_rss_mib'] = round(peak_rss_mib(), 1)
     report['load_average_at_end'] = list(os.getloadavg())
