@@ -38,7 +38,10 @@ CHUNK = 4096
 def _variant_options(pca_dim: int, n: int, d: int) -> dict[str, tuple[str, dict]]:
     """Benchmark variant name -> (index type, options) for a map of n vectors of d dims."""
     p = min(pca_dim, d // 2)
-    nlist = int(2 ** round(math.log2(max(16, 4 * math.sqrt(n)))))
+    # IVF: ~4 sqrt(n) lists, trained on 40 vectors per list, with the full-size training vectors
+    # held in memory capped at 2 GiB (fewer lists then)
+    train = int(min(n, max(20000, 40 * 2 ** round(math.log2(4 * math.sqrt(n)))), 2**31 // (4 * d)))
+    nlist = int(2 ** math.floor(math.log2(max(16, min(4 * math.sqrt(n), train / 39)))))
     return {
         'flat': ('flat', {}),
         'fp16': ('fp16', {}),
@@ -46,7 +49,7 @@ def _variant_options(pca_dim: int, n: int, d: int) -> dict[str, tuple[str, dict]
         f'pca{p}': ('pca', {'pca_dim': p}),
         f'pca{p}+hnsw': ('hnsw', {'pca_dim': p}),
         f'pca{p}+ivfpq': ('ivfpq', {'pca_dim': p, 'nlist': nlist, 'pq_m': p // 4, 'pq_nbits': 8, 'nprobe': 32,
-                                    'train_size': min(n, max(40 * nlist, 20000))}),
+                                    'train_size': train}),
     }
 
 
