@@ -468,12 +468,16 @@ class MapDatabase:
                            f'vectors to train, the map has {x.shape[0]}; add more keyframes, lower pca_dim/nlist/'
                            f'pq_nbits, or use index type flat or fp16 (no training)')
         log.info('training %s index on %d vectors', self.index_type, x.shape[0])
-        self._index.train(x)
         if isinstance(self._index, faiss.IndexPreTransform):
             for i in range(self._index.chain.size()):
                 vt = faiss.downcast_VectorTransform(self._index.chain.at(i))
-                if isinstance(vt, faiss.PCAMatrix):
+                if isinstance(vt, faiss.PCAMatrix) and not vt.is_trained:
+                    # FAISS's PCA eigendecomposes a matrix of side min(vectors, dimension): cubic
+                    # time, minutes at 16384-D. 4x the components, spread over the map, suffice.
+                    m = min(x.shape[0], max(4 * vt.d_out, 1024))
+                    vt.train(np.ascontiguousarray(x[np.linspace(0, x.shape[0] - 1, m).astype(np.int64)]))
                     vt.PCAMat.clear()  # the full eigenvector matrix is only used during training
+        self._index.train(x)  # whatever is still untrained (the index behind the PCA)
         ids = self._ids
         if self._labels_are_ids:
             self._index.add_with_ids(x, ids)
