@@ -163,6 +163,14 @@ def test_verify_compare_and_specs():
     assert same['cosine_min'] == pytest.approx(1.0, abs=1e-6) and same['top1_agreement'] == 1.0
     shuffled = compare((db, q), (db, q[::-1].copy()))
     assert shuffled['top1_agreement'] < 0.5 and shuffled['cosine_min'] < 0.9
+    assert len(shuffled['disagreements']) == round(10 * (1 - shuffled['top1_agreement']))
+    assert all(d['reference_score_gap'] > 1e-6 for d in shuffled['disagreements'])
+    # a duplicated database image: choosing the twin is a tie, not a disagreement
+    eye = np.eye(4, dtype=np.float32)
+    twin_db, query = np.stack([eye[0], eye[1], eye[2], eye[0]]), eye[:1]
+    moved = (eye[0] + 0.1 * eye[1]) / np.linalg.norm(eye[0] + 0.1 * eye[1])
+    tie = compare((twin_db, query), (np.stack([moved, eye[1], eye[2], eye[0]]), query))
+    assert tie['top1_identical'] == 0.0 and tie['top1_agreement'] == 1.0
     assert parse_backend_spec('openvino:bf16') == ('openvino', 'bf16')
     assert parse_backend_spec('torch') == ('torch', 'auto')
     with pytest.raises(ConfigError, match='valid'):
