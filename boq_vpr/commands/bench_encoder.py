@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='folder of real images to encode (default: random 640x480 camera frames)')
     parser.add_argument('--weights', type=Path, default=None, help='weight file (only for the first model)')
     parser.add_argument('--calibration', type=Path, default=None, help='calibration images for int8 variants')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads for every variant (torch intra-op threads, onnxruntime/openvino '
+                             'threads; default: physical cores)')
     parser.add_argument('--out', type=Path, default=Path('bench/encoder.json'), help='JSON output')
 
 
@@ -83,7 +86,7 @@ def variant_spec(text: str) -> tuple[str, str, dict]:
 def _build(model: str, spec: tuple[str, str, dict], args, weights, size):
     from ..encoder import Encoder
     name, precision, extra = spec
-    options = {'mode': 'graph', **extra}
+    options = {'mode': 'graph', **({'threads': args.threads} if args.threads else {}), **extra}
     if args.calibration is not None:
         options['calibration'] = args.calibration
     return Encoder(model, weights=weights, backend=name, device=args.device, precision=precision,
@@ -92,6 +95,11 @@ def _build(model: str, spec: tuple[str, str, dict], args, weights, size):
 
 def run(args: argparse.Namespace) -> int:
     specs = [variant_spec(s) for s in args.backends]
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f'--threads must be >= 1, got {args.threads}')
+        import torch
+        torch.set_num_threads(args.threads)
     load_before = _loadavg()
     if load_before and load_before[0] > physical_cores():
         log.warning('load average %.1f on %d cores: other processes compete for the CPU, figures will be noisy '
@@ -155,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
            'peak_rss_mib': peak_rss_mib(),
            'settings': {'rounds': args.rounds, 'warmup': args.warmup, 'device': args.device,
                         'images': str(args.images) if args.images else 'random 640x480',
-                        'timing': 'round-robin over variants in one process; ms per image = call time / batch'},
+                        'timing': 'round-robin over variants in one process; ms per image = call time / batch',
+        'threads': args.threads or physical_cores()},
            'results': results}
     write_json(args.out, out)
     print(f'saved {args.out}')
