@@ -38,7 +38,9 @@ def add_encoder_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group('encoder')
     g.add_argument('--backend', default='auto', choices=backend_names(), help='encoder backend (default: auto)')
     g.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto (default)')
-    g.add_argument('--precision', default='fp32', help='fp32 (default), fp16, bf16 or int8, as the backend supports')
+    g.add_argument('--precision', default='auto',
+                   help='auto (default: bf16 on CPUs with native bf16 where the backend has it, else fp32), '
+                        'fp32, fp16, bf16 or int8, as the backend supports')
     g.add_argument('--batch-size', type=int, default=8, help='images per batch (default: 8)')
     g.add_argument('--resize-mode', default='fixed', choices=RESIZE_MODES,
                    help='fixed: resize to the input size; keep_aspect: fix the height, keep the aspect ratio')
