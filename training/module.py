@@ -61,7 +61,8 @@ class BoQTrainingModule(L.LightningModule):
         self.extra_checkpoint = extra_checkpoint or {}
         self.k_values = tuple(k_values)
         self.history: list[dict] = []        # one entry per finished training epoch
-        self.last_recalls: dict[str, dict[int, float]] = {}
+        self.last_recalls: dict[str, dict[int, float]] = {}   # of the latest validation
+        self._epoch_recalls: dict[str, dict[int, float]] = {}  # of this training epoch's validation, if any
         self._epoch_losses: list[float] = []
         self._epoch_mined: list[float] = []
         self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -102,15 +103,30 @@ class BoQTrainingModule(L.LightningModule):
         self._epoch_losses.clear()
         self._epoch_mined.clear()
 
-    def on_train_epoch_end(self) -> None:
+    def _epoch_entry(self) -> dict:
+        """History entry of the current training epoch (its steps so far, its validation if run)."""
         entry = {'epoch': int(self.current_epoch),
                  'train_loss': float(np.mean(self._epoch_losses)) if self._epoch_losses else float('nan'),
                  'mined_pairs': float(np.mean(self._epoch_mined)) if self._epoch_mined else float('nan'),
                  'lr': float(self.trainer.optimizers[0].param_groups[-1]['lr']),
                  'steps': int(self.global_step)}
-        if self.last_recalls:
-            entry['val'] = {name: {f'R{k}': v for k, v in r.items()} for name, r in self.last_recalls.items()}
-        self.history.append(entry)
+        if self._epoch_recalls:
+            entry['val'] = {name: {f'R{k}': v for k, v in r.items()} for name, r in self._epoch_recalls.items()}
+        return entry
+
+    def on_train_epoch_end(self) -> None:
+        if not self._epoch_losses:
+            # resuming from a checkpoint written after this epoch's validation: Lightning ends the
+            # epoch again without a step; the checkpoint's history holds it already
+            self._epoch_recalls = {}
+            return
+        entry = self._epoch_entry()
+        self._epoch_recalls = {}
+        if self.history and self.history[-1]['epoch'] == entry['epoch']:
+            self.history[-1] = entry          # resumed within this epoch: the full epoch replaces the part
+        else:
+            self.history.append(entry)
+        self._epoch_losses, self._epoch_mined = [], []
         log.info('epoch %d: %s', self.current_epoch, entry)
 
     def configure_optimizers(self):
@@ -161,9 +177,16 @@ class BoQTrainingModule(L.LightningModule):
             if i == 0:
                 self.log('val_R1', recalls[1] if 1 in recalls else recalls[min(recalls)])
         self.last_recalls = recalls_all
+        self._epoch_recalls = recalls_all if self.trainer.state.fn == 'fit' else {}
         self._val_outputs = {}
         if recalls_all:
             log.info('validation: %s', {n: {f'R{k}': round(v, 4) for k, v in r.items()} for n, r in recalls_all.items()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint['boq_vpr'] = dict(self.extra_checkpoint, history=list(self.history))
+        history = list(self.history)
+        if self._epoch_losses and (not history or history[-1]['epoch'] != self.current_epoch):
+            history.append(self._epoch_entry())   # saved by a callback before this module's epoch end
+        checkpoint['boq_vpr'] = dict(self.extra_checkpoint, history=history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get('boq_vpr', {}).get('history', []))   # resume: keep the earlier epochs

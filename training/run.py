@@ -211,15 +211,16 @@ class TrainingRun:
         module = BoQTrainingModule(self.model, c.optim, c.loss, self.val_sets, self.frozen,
                                    extra_checkpoint={'model_config': self.model_config.to_dict(),
                                                      'train_config': c.to_dict()})
-        callbacks = []
         ckpt_dir = self.out_dir / 'checkpoints'
+        # last.ckpt after every training epoch (resume); Lightning's save_last only follows top-k saves
+        last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename='last', monitor=None, save_top_k=1,
+                                  save_on_train_epoch_end=True, enable_version_counter=False)
+        callbacks = [last_cb]
+        best_cb = None
         if self.val_sets:
             best_cb = ModelCheckpoint(dirpath=ckpt_dir, monitor='val_R1', mode='max', save_top_k=1,
-                                      filename='best-epoch{epoch:02d}-R1_{val_R1:.4f}', auto_insert_metric_name=False,
-                                      save_last=True)
-        else:
-            best_cb = ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True)
-        callbacks.append(best_cb)
+                                      filename='best-epoch{epoch:02d}-R1_{val_R1:.4f}', auto_insert_metric_name=False)
+            callbacks.append(best_cb)
         meter = ThroughputMeter()
         callbacks.append(meter.callback())
         trainer = L.Trainer(
@@ -248,22 +249,24 @@ class TrainingRun:
         images = epochs_run * self.steps_per_epoch() * t.accumulate_grad_batches * d.places_per_batch * d.images_per_place
         peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
 
+        best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
         result = TrainResult(self.out_dir, self.out_dir / 'model.pt', self.out_dir / 'model_last.pt',
-                             best_cb.best_model_path or None, untrained, _recalls_json(module.last_recalls),
+                             best_path, untrained, _recalls_json(module.last_recalls),
                              module.history, meter.images_per_s, images / elapsed if elapsed > 0 else float('nan'),
                              peak)
         if trainer.is_global_zero:
             last_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
             torch.save(last_state, result.last_weights)
-            if self.val_sets and best_cb.best_model_path:
-                best_state = read_state_dict(best_cb.best_model_path)   # strips Lightning's 'model.' prefix
+            if best_path:
+                best_state = read_state_dict(best_path)   # strips Lightning's 'model.' prefix
                 torch.save(best_state, result.weights)
             else:
                 torch.save(last_state, result.weights)
             (self.out_dir / 'model_config.json').write_text(json.dumps(self.model_config.to_dict(), indent=2) + '\n')
             metrics = {'untrained': untrained, 'final': result.final_recalls, 'history': module.history,
                        'best_checkpoint': result.best_checkpoint,
-                       'best_val_R1': float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
+                       'best_val_R1': (float(best_cb.best_model_score)
+                                       if best_cb is not None and best_cb.best_model_score is not None else None),
                        'weights': str(result.weights), 'train_images_per_s': result.train_images_per_s,
                        'train_images_measured': meter.images, 'fit_images_per_s': result.fit_images_per_s,
                        'fit_seconds': elapsed, 'precision': self.precision,

@@ -10,7 +10,7 @@ import importlib
 
 from ..errors import ConfigError
 
-_MISSING = ('the training module is not available ({err}); install the package with its training extra: '
+_MISSING = ('the training module is not available ({err}); (re)install the package with its training extra: '
             "pip install -e '.[training]' from the repository root")
 _TRAINING_LIBS = ('lightning', 'pytorch_metric_learning', 'pandas', 'scipy')
 
@@ -20,8 +20,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, function: str) -> No
     try:
         cli = importlib.import_module('training.cli')
     except ImportError as err:
-        parser.add_argument('rest', nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        parser.add_argument('rest', nargs='*', help=argparse.SUPPRESS)
         parser.set_defaults(_training_missing=str(err))
+        defaults = parser.parse_known_args
+
+        def accept_anything(args=None, namespace=None):   # options included: the error comes at run time
+            ns, _ = defaults([], namespace)
+            ns.rest = list(args or [])
+            return ns, []
+        parser.parse_known_args = accept_anything
         return
     getattr(cli, function)(parser)
 
