@@ -54,7 +54,8 @@ class ThroughputMeter:
     def __init__(self, skip: int = 2) -> None:
         self.skip = skip
         self.seconds = 0.0
-        self.images = 0
+        self.images = 0          # images of the measured batches
+        self.total_images = 0    # images of all training batches of this fit
         self._last: float | None = None
 
     def callback(self):
@@ -69,9 +70,11 @@ class ThroughputMeter:
                 if torch.cuda.is_available() and pl_module.device.type == 'cuda':
                     torch.cuda.synchronize(pl_module.device)
                 now = time.perf_counter()
+                n = int(batch[0].shape[0] * batch[0].shape[1])
+                meter.total_images += n
                 if batch_idx >= meter.skip and meter._last is not None:
                     meter.seconds += now - meter._last
-                    meter.images += int(batch[0].shape[0] * batch[0].shape[1])
+                    meter.images += n
                 meter._last = now
         return _Meter()
 
@@ -244,15 +247,13 @@ class TrainingRun:
         trainer.fit(module, train_dataloaders=self.train_loader(),
                     val_dataloaders=val_loaders if val_loaders else None, ckpt_path=t.resume)
         elapsed = time.perf_counter() - start
-        d = c.data
-        epochs_run = max(1, len(module.history))
-        images = epochs_run * self.steps_per_epoch() * t.accumulate_grad_batches * d.places_per_batch * d.images_per_place
         peak = torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
 
         best_path = best_cb.best_model_path if best_cb is not None and best_cb.best_model_path else None
         result = TrainResult(self.out_dir, self.out_dir / 'model.pt', self.out_dir / 'model_last.pt',
                              best_path, untrained, _recalls_json(module.last_recalls),
-                             module.history, meter.images_per_s, images / elapsed if elapsed > 0 else float('nan'),
+                             module.history, meter.images_per_s,
+                             meter.total_images / elapsed if elapsed > 0 else float('nan'),
                              peak)
         if trainer.is_global_zero:
             last_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
