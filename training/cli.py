@@ -111,14 +111,19 @@ def config_from_args(args: argparse.Namespace):
 def run_train(args: argparse.Namespace) -> int:
     from .config import dump_yaml
     from .run import TrainingRun
+    from lightning.pytorch.utilities import rank_zero_only
     config = config_from_args(args)
     run = TrainingRun(config)
-    print(run.summary(), flush=True)
+    main_process = rank_zero_only.rank == 0     # DDP starts this command once per process
+    if main_process:
+        print(run.summary(), flush=True)
     if args.dry_run:
         print('--- resolved configuration ---')
         print(dump_yaml(config), end='')
         return 0
     result = run.fit()
+    if not main_process:
+        return 0
     print(f'trained in {result.out_dir}: {len(result.history)} epochs, {result.train_images_per_s:.1f} images/s '
           f'in training steps ({result.fit_images_per_s:.1f} over the whole fit)'
           + (f', peak GPU memory {result.peak_gpu_memory_mib:.0f} MiB' if result.peak_gpu_memory_mib else ''))
