@@ -26,6 +26,8 @@ setup(
         'faiss-cpu>=1.7.4',
         'threadpoolctl>=3.1',
         'onnx>=1.15',
+        # torch.onnx.export(dynamo=True) imports onnxscript; torch does not install it.
+        'onnxscript>=0.3',
         'onnxruntime>=1.16',
         'rosbags>=0.9.20',
         'rosbags-image>=0.9',
