@@ -326,15 +326,6 @@ def detector_config(params: dict | None = None, overrides: dict | None = None, m
 
 # ------------------------------------------------------------------------------------------ running
 
-def _search_limit(detector: LoopClosureDetector, stamp_ns: int) -> int:
-    """The id below which the detector may match a query at ``stamp_ns`` (its exclusion window)."""
-    for name in ('search_limit', 'id_below'):
-        fn = getattr(detector, name, None)
-        if callable(fn):
-            return int(fn(stamp_ns))
-    return int(detector._id_below(stamp_ns))  # noqa: SLF001 - the detector's own window, not a copy
-
-
 @dataclass
 class Run:
     """Per-query results of one detector pass. Map frames are indexed ``0..M-1`` (``map_ids``:
@@ -414,7 +405,7 @@ def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: boo
     for i in tqdm(range(len(frames)), desc='detect', unit='frame', file=sys.stderr,
                   disable=None if progress else True):
         stamp = int(frames.stamps_ns[i])
-        cut = _search_limit(detector, stamp)
+        cut = detector.search_limit(stamp)
         image = frames.images.get(i) if frames.images is not None else None
         t0 = time.perf_counter()
         result = detector.process(frames.descriptors[i], stamp,

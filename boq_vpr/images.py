@@ -39,6 +39,12 @@ _ENCODINGS: dict[str, tuple[int, type, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(sorted(_ENCODINGS))
 
 
+def encoding_layout(encoding: str) -> tuple[int, int] | None:
+    """(channels, bytes per channel) of a raw encoding this module converts, or None."""
+    entry = _ENCODINGS.get(encoding.lower())
+    return None if entry is None else (entry[0], np.dtype(entry[1]).itemsize)
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image

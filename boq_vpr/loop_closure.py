@@ -213,24 +213,34 @@ class LoopClosureDetector:
     """Turns descriptors (one per frame) into loop-closure candidates against ``db``. Thread-safe."""
 
     def __init__(self, db: MapDatabase, config: DetectorConfig) -> None:
-        config.validate()
         self.db = db
-        self.config = config
-        self.selector = KeyframeSelector(config.keyframe_min_time_s, config.keyframe_min_distance_m,
-                                         config.keyframe_max_similarity)
-        self.verifier = (GeometricVerifier(config.geometric_features, ratio=config.geometric_ratio,
-                                           ransac_threshold_px=config.geometric_ransac_px,
-                                           min_inliers=config.geometric_min_inliers,
-                                           working_side=config.geometric_working_side)
-                         if config.geometric_verification else None)
-        self.store_thumbnails = (config.geometric_verification if config.store_thumbnails is None
-                                 else config.store_thumbnails)
         self._lock = threading.RLock()
         # Keyframes added by this detector since the map was attached belong to the current session;
         # the exclusion window only ever covers them.
         self._session_start = db.next_id
         self._warned_no_image = False
-        self.reset()
+        # slam mode: whether keyframes join the map (False: frames are matched, with the exclusion
+        # window, and nothing is added; a SLAM system pausing its map)
+        self.mapping = True
+        self.configure(config)
+
+    def configure(self, config: DetectorConfig) -> None:
+        """New settings (validated first); the map and the current session's exclusion window are kept,
+        the filters' running state is reset."""
+        config.validate()
+        verifier = (GeometricVerifier(config.geometric_features, ratio=config.geometric_ratio,
+                                      ransac_threshold_px=config.geometric_ransac_px,
+                                      min_inliers=config.geometric_min_inliers,
+                                      working_side=config.geometric_working_side)
+                    if config.geometric_verification else None)
+        with self._lock:
+            self.config = config
+            self.selector = KeyframeSelector(config.keyframe_min_time_s, config.keyframe_min_distance_m,
+                                             config.keyframe_max_similarity)
+            self.verifier = verifier
+            self.store_thumbnails = (config.geometric_verification if config.store_thumbnails is None
+                                     else config.store_thumbnails)
+            self.reset()
 
     def reset(self) -> None:
         """Forget temporal-consistency, relative-score and keyframe-selection state (the map is kept)."""
@@ -249,8 +259,9 @@ class LoopClosureDetector:
             self.reset()
 
     # ------------------------------------------------------------------ helpers
-    def _id_below(self, stamp_ns: int) -> int:
-        """Matches must have ids below this (the exclusion window of the current session)."""
+    def search_limit(self, stamp_ns: int) -> int:
+        """Matches of a query at ``stamp_ns`` must have ids below this (slam mode: the exclusion window
+        of the current session)."""
         c = self.config
         next_id = self.db.next_id
         cut = next_id
@@ -274,7 +285,9 @@ class LoopClosureDetector:
     # ------------------------------------------------------------------ main entry
     def process(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
                 image: np.ndarray | None = None, source: str = '') -> FrameResult:
-        """One frame: query the map, filter, and (slam mode, keyframes only) add it to the map."""
+        """One frame: query the map, filter, and (slam mode with ``mapping`` on, keyframes only) add it
+        to the map. With ``mapping`` off, slam mode queries every frame, outside the exclusion window,
+        and adds nothing."""
         q = np.asarray(descriptor, np.float32)
         if q.ndim == 2 and q.shape[0] == 1:
             q = q[0]
@@ -285,9 +298,9 @@ class LoopClosureDetector:
             raise MapError('descriptor is zero or not finite; check the encoder output')
         q = q / norm
         stamp_ns = int(stamp_ns)
-        c = self.config
-        slam = c.mode == 'slam'
         with self._lock:
+            c = self.config
+            slam = c.mode == 'slam' and self.mapping
             if slam:
                 decision = self.selector.check(q, stamp_ns, position)
                 if not decision.accept:
@@ -307,7 +320,7 @@ class LoopClosureDetector:
 
     def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None) -> FrameResult:
         c = self.config
-        id_below = self._id_below(stamp_ns) if c.mode == 'slam' else None
+        id_below = self.search_limit(stamp_ns) if c.mode == 'slam' else None
         if len(self.db) == 0:
             self._chains = []
             return FrameResult(None, [], math.nan, None, 'map empty')

@@ -11,7 +11,6 @@ dropped, malformed ones as rejected (per reason), and both are reported on ``/di
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
 import math
 import os
@@ -329,32 +328,23 @@ class VprNode(Node):
                            (f', saved to {path}' if path is not None else ', in memory (map.path is empty)'))
         self.map_path = path
         self.detector = LoopClosureDetector(self.db, self.detector_config)
-        if mode == 'slam' and not self._mapping:
-            self._set_mapping(False)
+        self.detector.mapping = self._mapping
 
     # ------------------------------------------------------------------ detector control
     def _replace_detector(self, config) -> None:
-        """New filter settings: a new detector over the same map (the current session continues)."""
-        from .loop_closure import LoopClosureDetector
+        """New filter settings on the same detector (the map and the current session continue)."""
         with self._lock:
-            old = self.detector
-            if not self._mapping and config.mode == 'slam':
-                config = dataclasses.replace(config, mode='localization')
-            detector = LoopClosureDetector(self.db, config)
-            # keep the exclusion window over this run's keyframes
-            detector._session_start = old._session_start
-            self.detector = detector
-            self.detector_config = dataclasses.replace(config, mode=self.detector_config.mode)
+            self.detector.configure(config)
+            self.detector_config = config
         self._log.info('loop-closure filters updated')
 
     def _set_mapping(self, enable: bool) -> None:
-        """slam mode: whether new keyframes join the map (off: frames are only matched)."""
+        """slam mode: whether new keyframes join the map (off: frames are only matched, still outside
+        the exclusion window)."""
         with self._lock:
             self._mapping = enable
             self._values['mapping'] = enable
-            if self.detector_config.mode == 'slam':
-                self.detector.config = dataclasses.replace(self.detector.config,
-                                                           mode='slam' if enable else 'localization')
+            self.detector.mapping = enable
 
     # ------------------------------------------------------------------ input callbacks (never block)
     def _accept_header(self, msg, kind: str) -> int | None:

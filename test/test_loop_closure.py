@@ -187,6 +187,37 @@ def test_reset_forgets_the_consistency_chain():
     assert len(det.db) == 208
 
 
+def test_paused_mapping_matches_outside_the_exclusion_window_and_adds_nothing():
+    route = Route(distractors=False)
+    det = detector(exclusion_frames=20, exclusion_time_s=5.0, min_score=-1.0)
+    route.run(det, range(0, 60))
+    det.mapping = False
+    assert det.search_limit(60 * NS) == 10   # 5 s = 50 frames before frame 60: keyframes 0..9 only
+    paused = route.run(det, range(60, 80))
+    assert len(det.db) == 60 and all(r.keyframe_id is None for r in paused)
+    for t, r in zip(range(60, 80), paused):
+        assert r.best is not None and t * NS - r.best.match_stamp_ns >= 5 * 10**9, (t, r.best)
+        assert r.best.query_id is None
+    det.mapping = True
+    assert route.run(det, [80])[0].keyframe_id == 60
+
+
+def test_configure_keeps_the_map_and_the_session_window():
+    route = Route(distractors=False)
+    db = MapDatabase(D, 'synthetic')
+    db.add(route.desc[:100], [Keyframe(-1, t * NS, session='old') for t in range(100)])
+    det = LoopClosureDetector(db, DetectorConfig.from_dict({'exclusion_frames': 30, 'min_score': 0.5}))
+    route.run(det, range(100, 110))
+    assert det.search_limit(110 * NS) == 100   # this session's keyframes are all inside the window
+    det.configure(DetectorConfig.from_dict({'exclusion_frames': 5, 'exclusion_time_s': 0.0, 'min_score': 0.9,
+                                              'top_k': 3}))
+    assert det.config.min_score == 0.9 and len(db) == 110
+    assert det.search_limit(110 * NS) == 105
+    with pytest.raises(ConfigError):
+        det.configure(DetectorConfig(min_score=2.0))
+    assert det.config.min_score == 0.9, 'a refused configuration must leave the detector as it was'
+
+
 def test_keyframe_selection_by_time_distance_and_novelty():
     route = Route(distractors=False)
     det = detector(keyframe_min_time_s=0.45)   # 10 Hz frames -> every 5th frame

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError
-from ..images import _ENCODINGS, SUPPORTED_ENCODINGS, array_to_rgb8, decode_to_rgb8, raw_to_rgb8
+from ..images import SUPPORTED_ENCODINGS, array_to_rgb8, decode_to_rgb8, encoding_layout, raw_to_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,9 @@ class FrameRejected(ImageError):
 
 def _bytes_per_pixel(encoding: str) -> tuple[int, int] | None:
     """(channels, bytes per channel) of a raw encoding, or None when unknown."""
-    enc = encoding.lower()
-    if enc in SUPPORTED_ENCODINGS:
-        channels, dtype, _ = _ENCODINGS[enc]
-        return channels, np.dtype(dtype).itemsize
+    layout = encoding_layout(encoding)
+    if layout is not None:
+        return layout
     if _rbimage is not None and encoding in _rbimage.ENCODINGMAP and encoding not in _PLANAR:
         depth, _fmt, typestr, channels = _rbimage.ENCODINGMAP[encoding]
         return channels, np.dtype(typestr).itemsize
