@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +137,15 @@ def ground_truth_sidecar(path: str | Path) -> Path:
     if path.is_dir() or not path.suffix:
         return path / GROUND_TRUTH_SIDECAR
     return path.with_name(path.stem + '.' + GROUND_TRUTH_SIDECAR)
+
+
+def is_bag(path: str | Path) -> bool:
+    """Whether ``path`` looks like a bag: a rosbag2 directory (``metadata.yaml``), a ``.db3`` or
+    ``.mcap`` file, or a ROS 1 ``.bag`` file."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / 'metadata.yaml').is_file()
+    return path.suffix in ('.db3', '.mcap', '.bag')
 
 
 def _is_ros1(path: Path) -> bool:
@@ -337,10 +346,11 @@ def read_poses(path: str | Path, topic: str | None = None) -> list[PoseSample]:
     return sorted(iter_poses(path, topic), key=lambda s: s.stamp_ns)
 
 
-def iter_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
-    """(topic, msgtype, bag_ns, deserialized message) for the named topics (all when None), in
-    bag order; a missing topic is a ``BagError`` listing the bag's topics."""
-    path = Path(path)
+def _iter_bag(path: Path, topics: Sequence[str] | None, decode: Callable[[Any, Any, bytes], Any]
+              ) -> Iterator[tuple[str, str, int, Any]]:
+    """(topic, msgtype, bag_ns, decode(reader, connection, raw)) for the named topics (all when
+    None), in bag order. A missing topic is a ``BagError`` listing the bag's topics; an unreadable
+    message is a ``BagError`` naming the bag and the message number."""
     with open_bag(path) as reader:
         summaries = _summaries(reader)
         if topics:
@@ -353,44 +363,32 @@ def iter_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iter
         while True:
             try:
                 conn, bag_ns, raw = next(messages)
-                msg = reader.deserialize(raw, conn.msgtype)
+                value = decode(reader, conn, raw)
             except StopIteration:
                 break
             except _read_errors() as err:
                 raise BagError(f'{path}: cannot read message {n} ({type(err).__name__}: {err}); '
                                'the bag is truncated or corrupt') from err
             n += 1
-            yield conn.topic, conn.msgtype, int(bag_ns), msg
+            yield conn.topic, conn.msgtype, int(bag_ns), value
+
+
+def iter_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
+    """(topic, msgtype, bag_ns, deserialized message) for the named topics (all when None), in
+    bag order; a missing topic is a ``BagError`` listing the bag's topics."""
+    return _iter_bag(Path(path), topics, lambda reader, conn, raw: reader.deserialize(raw, conn.msgtype))
 
 
 def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
     """(topic, msgtype, bag_ns, serialized bytes) in bag order, for republishing. ROS 1 bags are
     converted to CDR so that the bytes are what a ROS 2 subscriber expects."""
     path = Path(path)
-    ros1 = _is_ros1(path)
-    store2 = _typestore(False) if ros1 else None
+    if not _is_ros1(path):
+        return _iter_bag(path, topics, lambda reader, conn, raw: bytes(raw))
+    store2 = _typestore(False)
     cache: dict[str, object] = {}
-    with open_bag(path) as reader:
-        summaries = _summaries(reader)
-        if topics:
-            missing = [t for t in topics if t not in summaries]
-            if missing:
-                raise BagError(f'{path}: no topic {", ".join(missing)}. The bag has: {_describe_topics(summaries)}')
-        connections = [c for c in reader.connections if not topics or c.topic in topics]
-        messages = reader.messages(connections=connections)
-        n = 0
-        while True:
-            try:
-                conn, bag_ns, raw = next(messages)
-                if ros1:
-                    raw = _ros1_to_cdr(reader.typestore, store2, conn.msgtype, raw, cache)
-            except StopIteration:
-                break
-            except _read_errors() as err:
-                raise BagError(f'{path}: cannot read message {n} ({type(err).__name__}: {err}); '
-                               'the bag is truncated or corrupt') from err
-            n += 1
-            yield conn.topic, conn.msgtype, int(bag_ns), bytes(raw)
+    return _iter_bag(path, topics, lambda reader, conn, raw: _ros1_to_cdr(reader.typestore, store2, conn.msgtype,
+                                                                          raw, cache))
 
 
 def _ros1_to_cdr(store1: Any, store2: Any, msgtype: str, raw: bytes, cache: dict) -> bytes:

@@ -152,7 +152,6 @@ def read_frames(bag: str | Path, encoder: Any, topic: str | None = None, *, stam
     stamps, indices, frame_ids, blocks = [], [], [], []
     read_ms: list[float] = []
     store = ImageStore() if keep_images else None
-    batch: list[np.ndarray] = []
     t_pre0, t_inf0, n0 = encoder.times.preprocess, encoder.times.infer, encoder.times.images
     topics = bags.list_topics(bag)
     chosen = bags.select_topic(bag, topics, topic, bags.IMAGE_TYPES, 'image')
@@ -160,28 +159,27 @@ def read_frames(bag: str | Path, encoder: Any, topic: str | None = None, *, stam
     if max_frames is not None:
         total = min(total, max_frames)
     it = bags.iter_images(bag, chosen.name, stamp=stamp, report=report, max_frames=max_frames, every=every)
-    with tqdm(total=total, unit='img', desc=f'encode {bag.name}', file=sys.stderr,
-              disable=None if progress else True) as bar:
+
+    def images():
         while True:
             t0 = time.perf_counter()
             try:
                 image = next(it)
             except StopIteration:
-                break
+                return
             read_ms.append(1e3 * (time.perf_counter() - t0))
             stamps.append(image.stamp_ns)
             indices.append(image.index)
             frame_ids.append(image.frame_id)
             if store is not None:
                 store.put(len(stamps) - 1, image.rgb)
-            batch.append(image.rgb)
-            if len(batch) == encoder.batch_size:
-                blocks.append(encoder.encode(batch))
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            blocks.append(encoder.encode(batch))
-            bar.update(len(batch))
+            yield image.rgb
+
+    with tqdm(total=total, unit='img', desc=f'encode {bag.name}', file=sys.stderr,
+              disable=None if progress else True) as bar:
+        for block in encoder.encode_iter(images()):
+            blocks.append(block)
+            bar.update(len(block))
     if not stamps:
         raise BagError(f'{bag}:{chosen.name}: no usable image ({report.messages} messages, '
                        f'{len(report.skipped)} skipped)')

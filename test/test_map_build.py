@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from boq_vpr.cli import main
@@ -75,3 +76,39 @@ def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
         parse_index_options(['nlist'])
     with pytest.raises(ConfigError, match='must be an integer'):
         parse_index_options(['nlist=many'])
+
+
+def test_build_from_bag_with_pose_topic(nordland_dir, tmp_path, capsys):
+    """A bag's image topic becomes keyframes at the header stamps; poses come from the pose topic
+    nearest in time (within --max-pose-dt), the descriptors equal encoding the frames directly."""
+    from boq_vpr import bags
+    from boq_vpr.commands.common import encoder_from_args
+    from boq_vpr.images import list_images, load_image
+    frames = [load_image(f) for f in list_images(nordland_dir / 'summer')[:8]]
+    bag = tmp_path / 'run1'
+    t0, dt = 1_700_000_000 * 10**9, 100_000_000
+    with bags.BagWriter(bag, 'mcap') as w:
+        for i, rgb in enumerate(frames):
+            w.add_image('/cam/image_raw', rgb, t0 + i * dt, fmt='png')
+            if i != 5:   # one image without odometry near it
+                w.add_pose('/odom', t0 + i * dt + 3_000_000, (float(i), 0.5, 0.0), (0, 0, 0.6, 0.8),
+                           msgtype=bags.ODOMETRY)
+    out, summary = tmp_path / 'map', tmp_path / 's.json'
+    assert main(['build-map', str(bag), '--out', str(out), '--pose-topic', '/odom', '--max-pose-dt', '0.02',
+                 '--thumbnails', '--summary', str(summary), *ARGS]) == 0
+    s = json.loads(summary.read_text())
+    assert (s['added'], s['skipped'], s['without_pose'], s['topic'], s['session']) == (8, 0, 1, '/cam/image_raw', 'run1')
+    assert '7 images with a pose, 1 without' in capsys.readouterr().out
+    db = MapDatabase.load(out)
+    kf = db.keyframe(3)
+    assert kf.stamp_ns == t0 + 3 * dt and kf.position == (3.0, 0.5, 0.0) and kf.orientation == (0.0, 0.0, 0.6, 0.8)
+    assert db.keyframe(5).position is None and db.thumbnail(7) is not None
+    assert kf.source.endswith(':/cam/image_raw#3')
+    from boq_vpr.cli import build_parser
+    encoder = encoder_from_args(build_parser().parse_args(['build-map', str(bag), '--out', str(out), *ARGS]))
+    np.testing.assert_allclose(db.descriptors([0, 7]), encoder.encode([frames[0], frames[7]]), atol=1e-5)
+    # folder-only and bag-only options are refused with the reason
+    assert main(['build-map', str(bag), '--out', str(tmp_path / 'm2'), '--poses', str(summary), *ARGS]) == 2
+    assert '--pose-topic' in capsys.readouterr().err
+    assert main(['build-map', str(tmp_path), '--out', str(tmp_path / 'm3'), '--topic', '/x', *ARGS]) == 2
+    assert 'not a bag' in capsys.readouterr().err

@@ -1,9 +1,15 @@
-"""``boq-vpr build-map``: an image folder (optionally with a poses CSV) -> a map database directory.
+"""``boq-vpr build-map``: an image folder (optionally with a poses CSV) or a bag (optionally with a
+pose topic) -> a map database directory.
 
 Poses CSV: a header row with a ``file`` column (image path relative to the folder) and any of
 ``stamp`` (seconds) or ``stamp_ns``, ``x y z`` (position), ``qx qy qz qw`` (orientation),
 ``frame_id``. Images without a row get no pose; rows without an image are reported. Without
 stamps, keyframe ``i`` gets the stamp ``i / --rate`` seconds.
+
+Bags (rosbag2 directory, ``.db3``/``.mcap`` file, ROS 1 ``.bag``): every image of ``--topic``
+becomes a keyframe at its header stamp; ``--pose-topic`` (Odometry, PoseStamped or
+PoseWithCovarianceStamped) gives each keyframe the pose nearest in time within ``--max-pose-dt``,
+as the node does with odometry.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .. import bags
 from ..errors import ConfigError, ImageError, MapError
 from ..images import list_images
 from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
@@ -28,10 +35,17 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('folder', type=Path, help='folder of images (png, jpg, ...), sorted by name')
+    parser.add_argument('folder', type=Path, metavar='SOURCE',
+                        help='folder of images (png, jpg, ...), sorted by name, or a bag (rosbag2 directory, '
+                             '.db3/.mcap file, ROS 1 .bag)')
     parser.add_argument('--out', type=Path, required=True, help='map directory to write')
     parser.add_argument('--poses', type=Path, default=None,
                         help='CSV with a header: file, and optionally stamp|stamp_ns, x, y, z, qx, qy, qz, qw, frame_id')
+    parser.add_argument('--topic', default=None, help='bag: image topic (default: the only image topic)')
+    parser.add_argument('--pose-topic', default=None,
+                        help='bag: pose topic (Odometry, PoseStamped, PoseWithCovarianceStamped) for keyframe poses')
+    parser.add_argument('--max-pose-dt', type=float, default=0.1,
+                        help='bag: largest time difference between an image and its pose in seconds (default 0.1)')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='frames per second used for stamps when the CSV gives none (default: 1)')
     parser.add_argument('--recursive', action='store_true', help='include sub-folders')
@@ -114,8 +128,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('--append and --overwrite exclude each other')
     if args.rate <= 0:
         raise ConfigError(f'--rate must be > 0, got {args.rate}')
-    files = list_images(args.folder, recursive=args.recursive)
-    if not files:
+    from_bag = bags.is_bag(args.folder)
+    if from_bag and args.poses:
+        raise ConfigError('--poses is for image folders; a bag takes its poses from --pose-topic')
+    if not from_bag and (args.topic or args.pose_topic):
+        raise ConfigError(f'--topic/--pose-topic are for bags; {args.folder} is not a bag '
+                          '(a rosbag2 directory with metadata.yaml, a .db3/.mcap file or a ROS 1 .bag)')
+    files = [] if from_bag else list_images(args.folder, recursive=args.recursive)
+    if not from_bag and not files:
         raise ImageError(f'no image files in {args.folder}')
     poses = read_poses(args.poses) if args.poses else {}
     options = parse_index_options(args.index_option)
@@ -123,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if exists and not (args.append or args.overwrite):
         raise MapError(f'{args.out} already holds a map; pass --append to add to it or --overwrite to replace it')
     encoder = encoder_from_args(args)
-    session = args.session or args.folder.resolve().name
+    session = args.session or (args.folder.resolve().stem if from_bag else args.folder.resolve().name)
     if exists and args.append:
         db = MapDatabase.load(args.out, fingerprint=encoder.fingerprint, descriptor_dim=encoder.descriptor_dim)
         if args.index_type != db.index_type or options:
@@ -131,10 +151,51 @@ def run(args: argparse.Namespace) -> int:
     else:
         db = MapDatabase(encoder.descriptor_dim, encoder.fingerprint, args.index_type,
                          thumbnail_size=args.thumbnail_size, **options)
+    t0 = time.perf_counter()
+    base_index = len(db)
+    if from_bag:
+        stats = _add_bag(args, encoder, db, session)
+    else:
+        stats = _add_images(args, files, poses, encoder, db, session)
+    encode_s = time.perf_counter() - t0
+    added = len(db) - base_index
+    if added == 0:
+        raise ImageError(f'no image of {args.folder} could be read; nothing to save')
+    if not db.is_trained:
+        log.warning('the %s index needs %d vectors to train and has %d; they are stored untrained and searched '
+                    'exactly until the map grows (or use --index-option train_size=N)', db.index_type,
+                    db.train_size, len(db))
+    t1 = time.perf_counter()
+    db.save(args.out)
+    save_s = time.perf_counter() - t1
+    disk = sum(p.stat().st_size for p in args.out.rglob('*') if p.is_file())
+    summary = {
+        'map': str(args.out), 'source': str(args.folder), 'session': session, **stats,
+        'added': added, 'keyframes': len(db), 'index_type': db.index_type,
+        'index_options': db.index_options, 'trained': db.is_trained, 'descriptor_dim': db.descriptor_dim,
+        'fingerprint': db.fingerprint, 'thumbnails': bool(args.thumbnails), 'encode_s': round(encode_s, 3),
+        'save_s': round(save_s, 3), 'ms_per_image': encoder.times.per_image_ms(), 'disk_bytes': disk,
+        'sessions': db.sessions(), 'encoder': encoder.describe(),
+    }
+    if args.summary:
+        write_json(args.summary, summary)
+    print(f'map {args.out}: added {added} of {stats["seen"]} images ({stats["skipped"]} skipped), {len(db)} '
+          f'keyframes, {db.descriptor_dim}-D {db.index_type} index, {disk / 2**20:.1f} MiB on disk; '
+          f'encoded in {encode_s:.1f} s ({encoder.name}), saved in {save_s:.2f} s')
+    if args.poses or args.pose_topic:
+        print(f'  poses: {added - stats["without_pose"]} images with a pose, {stats["without_pose"]} without' +
+              (f', {stats["unused_pose_rows"]} CSV rows unused' if args.poses else ''))
+    for s in stats.get('skipped_files', []):
+        print(f'  skipped: {s["reason"]}')
+    return 0
+
+
+def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, dict], encoder, db: MapDatabase,
+                session: str) -> dict:
+    """Encode an image folder into ``db``; returns the counts of the summary."""
     skipped: list[dict] = []
     used_rows: set[str] = set()
     without_pose = 0
-    t0 = time.perf_counter()
     batch: list[np.ndarray] = []
     kfs: list[Keyframe] = []
 
@@ -163,38 +224,37 @@ def run(args: argparse.Namespace) -> int:
                 flush()
         flush()
         bar.update(len(skipped))
-    encode_s = time.perf_counter() - t0
-    added = len(db) - base_index
-    if added == 0:
-        raise ImageError(f'none of the {len(files)} files in {args.folder} could be read; nothing to save')
-    if not db.is_trained:
-        log.warning('the %s index needs %d vectors to train and has %d; they are stored untrained and searched '
-                    'exactly until the map grows (or use --index-option train_size=N)', db.index_type,
-                    db.train_size, len(db))
-    t1 = time.perf_counter()
-    db.save(args.out)
-    save_s = time.perf_counter() - t1
     unused = sorted(set(poses) - used_rows)
     if unused:
         log.warning('%d poses CSV rows name no loaded image, e.g. %s', len(unused), unused[:3])
-    disk = sum(p.stat().st_size for p in args.out.rglob('*') if p.is_file())
-    summary = {
-        'map': str(args.out), 'folder': str(args.folder), 'session': session, 'files_seen': len(files),
-        'added': added, 'keyframes': len(db), 'skipped': len(skipped), 'skipped_files': skipped,
-        'without_pose': without_pose, 'unused_pose_rows': len(unused), 'index_type': db.index_type,
-        'index_options': db.index_options, 'trained': db.is_trained, 'descriptor_dim': db.descriptor_dim,
-        'fingerprint': db.fingerprint, 'thumbnails': bool(args.thumbnails), 'encode_s': round(encode_s, 3),
-        'save_s': round(save_s, 3), 'ms_per_image': encoder.times.per_image_ms(), 'disk_bytes': disk,
-        'sessions': db.sessions(), 'encoder': encoder.describe(),
-    }
-    if args.summary:
-        write_json(args.summary, summary)
-    print(f'map {args.out}: added {added} of {len(files)} images ({len(skipped)} skipped), {len(db)} keyframes, '
-          f'{db.descriptor_dim}-D {db.index_type} index, {disk / 2**20:.1f} MiB on disk; '
-          f'encoded in {encode_s:.1f} s ({encoder.name}), saved in {save_s:.2f} s')
-    if args.poses:
-        print(f'  poses: {added - without_pose} images with a CSV row, {without_pose} without, '
-              f'{len(unused)} rows unused')
-    for s in skipped:
-        print(f'  skipped: {s["reason"]}')
-    return 0
+    return {'seen': len(files), 'skipped': len(skipped), 'skipped_files': skipped, 'without_pose': without_pose,
+            'unused_pose_rows': len(unused)}
+
+
+def _add_bag(args: argparse.Namespace, encoder, db: MapDatabase, session: str) -> dict:
+    """Encode the images of one bag topic into ``db``, with poses from ``--pose-topic``."""
+    from ..evaluation import read_frames
+    from ..ground_truth import nearest_labels
+    frames = read_frames(args.folder, encoder, args.topic, keep_images=args.thumbnails)
+    n = len(frames)
+    pose_of = np.full(n, -1, np.int64)
+    samples: list[bags.PoseSample] = []
+    if args.pose_topic:
+        samples = bags.read_poses(args.folder, args.pose_topic)
+        pose_of = nearest_labels(frames.stamps_ns, np.array([p.stamp_ns for p in samples], np.int64),
+                                 np.arange(len(samples)), int(round(args.max_pose_dt * 1e9)))
+        if (pose_of < 0).any():
+            log.warning('%d of %d images have no %s pose within %.3f s; they are stored without a pose',
+                        int((pose_of < 0).sum()), n, args.pose_topic, args.max_pose_dt)
+    kfs = []
+    for i in range(n):
+        pose = samples[pose_of[i]] if pose_of[i] >= 0 else None
+        kfs.append(Keyframe(-1, int(frames.stamps_ns[i]), pose.position if pose else None,
+                            pose.orientation if pose else None, pose.frame_id if pose else frames.frame_ids[i],
+                            f'{frames.source}:{frames.topic}#{int(frames.indices[i])}', session))
+    thumbs = [frames.images.get(i) for i in range(n)] if args.thumbnails else None
+    db.add(frames.descriptors, kfs, thumbnails=thumbs)
+    skipped = int(frames.report.get('skipped', 0))
+    return {'seen': n + skipped, 'skipped': skipped, 'skipped_files': frames.report.get('skipped_frames', []),
+            'topic': frames.topic,
+            'without_pose': int((pose_of < 0).sum()) if args.pose_topic else n}

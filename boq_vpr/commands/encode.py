@@ -55,19 +55,17 @@ def run(args: argparse.Namespace) -> int:
     skipped: list[dict] = []
     names: list[str] = []
     blocks: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    t0 = time.perf_counter()
-    with tqdm(total=len(files), unit='img', desc='encode', file=sys.stderr, disable=None) as bar:
+
+    def images():
         for path, image in iter_loaded(files, skipped):
             names.append(str(path.relative_to(args.folder)))
-            batch.append(image)
-            if len(batch) == encoder.batch_size:
-                blocks.append(encoder.encode(batch))
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            blocks.append(encoder.encode(batch))
-            bar.update(len(batch))
+            yield image
+
+    t0 = time.perf_counter()
+    with tqdm(total=len(files), unit='img', desc='encode', file=sys.stderr, disable=None) as bar:
+        for block in encoder.encode_iter(images()):
+            blocks.append(block)
+            bar.update(len(block))
     elapsed = time.perf_counter() - t0
     desc = np.concatenate(blocks) if blocks else np.zeros((0, encoder.descriptor_dim), np.float32)
     args.out.mkdir(parents=True, exist_ok=True)
