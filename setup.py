@@ -34,6 +34,7 @@ setup(
         'pyyaml>=6',
         'tqdm>=4.60',
         'matplotlib>=3.6',
+        'psutil>=5.9',   # boq-vpr bench node: the node's memory
     ],
     extras_require={
         # Machines without a ROS install only: rclpy and the message packages from PyPI.

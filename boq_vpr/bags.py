@@ -41,7 +41,11 @@ STAMP_SOURCES = ('header', 'bag')
 
 def _typestore(ros1: bool = False):
     from rosbags.typesys import Stores, get_typestore
-    return get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_KILTED)
+    if ros1:
+        return get_typestore(Stores.ROS1_NOETIC)
+    # the newest ROS 2 message definitions this rosbags release knows (older ones lack Kilted)
+    name = next(n for n in ('ROS2_KILTED', 'ROS2_JAZZY', 'ROS2_HUMBLE') if hasattr(Stores, n))
+    return get_typestore(getattr(Stores, name))
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='boq-vpr', description='BoQ visual place recognition for SLAM loop closures.')
     parser.add_argument('--version', action='version', version=f'boq-vpr {__version__}')
-    parser.add_argument('-v', '--verbose', action='count', default=0, help='more log output (-vv for debug)')
+    parser.add_argument('-v', '--verbose', action='count', default=0, help='debug log output (the default shows info)')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():

@@ -38,14 +38,14 @@ from . import metrics as mt
 from .errors import BagError, ConfigError
 from .ground_truth import Criterion, GroundTruth
 from .images import decode_to_rgb8
-from .loop_closure import DetectorConfig, FrameResult, LoopClosureDetector
+from .loop_closure import CANDIDATE_COLUMNS, DetectorConfig, FrameResult, LoopClosureDetector
 from .map_db import Keyframe, MapDatabase
+from .ros.parameters import DETECTOR_PREFIX, detector_values
 
 log = logging.getLogger(__name__)
 
 FRAMES_FORMAT = 'boq_vpr-frames'
 FRAMES_VERSION = 1
-DETECTOR_PREFIX = 'loop_closure.'
 NS_PER_S = 1_000_000_000
 
 
@@ -307,14 +307,17 @@ def parse_overrides(items: Sequence[str]) -> dict:
         key = key.strip()
         if key.startswith(DETECTOR_PREFIX):
             key = key[len(DETECTOR_PREFIX):]
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f'--set {item!r}: the value is not a YAML scalar ({err})') from None
     return out
 
 
 def detector_config(params: dict | None = None, overrides: dict | None = None, mode: str = 'slam') -> DetectorConfig:
     """``DetectorConfig`` from the ``loop_closure.*`` entries of node parameters, then overrides,
     with ``mode`` forced (the evaluation mode decides it)."""
-    values = {k[len(DETECTOR_PREFIX):]: v for k, v in (params or {}).items() if k.startswith(DETECTOR_PREFIX)}
+    values = detector_values(params or {})
     values.update(overrides or {})
     if values.get('mode', mode) != mode:
         log.info('detector mode %s from the parameters replaced by %s (the evaluation mode)', values['mode'], mode)
@@ -456,7 +459,9 @@ def map_frames_from_db(db: MapDatabase, gt_spec: str | None = None, max_dt_s: fl
     desc = db.descriptors(ids) if ids else np.zeros((0, db.descriptor_dim), np.float32)
     stamps = np.array([kf.stamp_ns for kf in kfs], np.int64)
     pos = np.array([kf.position if kf.position is not None else (np.nan,) * 3 for kf in kfs], np.float64).reshape(-1, 3)
-    if gt_spec and gt_spec not in ('auto', 'none'):
+    if gt_spec == 'none':
+        gt = GroundTruth.empty(len(kfs), 'none')
+    elif gt_spec and gt_spec != 'auto':
         gt = ground_truth_for(None, stamps, gt_spec, max_dt_s)
     else:
         gt = GroundTruth(pos, None, 'map keyframe poses')
@@ -643,7 +648,6 @@ def as_jsonable(obj: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------ live runs
 
-CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers')
 
 
 @dataclass
@@ -694,16 +698,8 @@ def read_live(bag: str | Path, topic: str | None = None) -> LiveRecording:
 
 
 def _nearest(stamps: np.ndarray, values: np.ndarray, tol_ns: int) -> np.ndarray:
-    """Index of the stamp nearest to each value within ``tol_ns`` (-1 if none); stamps sorted."""
-    if len(stamps) == 0:
-        return np.full(len(values), -1, np.int64)
-    pos = np.clip(np.searchsorted(stamps, values), 1, len(stamps) - 1) if len(stamps) > 1 else np.zeros(len(values), int)
-    out = np.full(len(values), -1, np.int64)
-    for i, (v, p) in enumerate(zip(values, pos)):
-        best = min((j for j in (p - 1, p) if 0 <= j < len(stamps)), key=lambda j: abs(int(stamps[j]) - int(v)))
-        if abs(int(stamps[best]) - int(v)) <= tol_ns:
-            out[i] = best
-    return out
+    """Index into ``stamps`` (any order) of the stamp nearest to each value within ``tol_ns`` (-1 if none)."""
+    return gtm.nearest_labels(values, stamps, np.arange(len(stamps)), tol_ns)
 
 
 def live_as_run(live: LiveRecording, offline: Run, queries: Frames, map_frames: Frames,

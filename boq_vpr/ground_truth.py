@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BagError
+from .errors import BagError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,6 @@ class GroundTruth:
     def empty(n: int, source: str = 'none') -> 'GroundTruth':
         return GroundTruth(np.full((n, 3), np.nan), np.full(n, -1, np.int64), source)
 
-    @staticmethod
-    def concat(parts: Sequence['GroundTruth']) -> 'GroundTruth':
-        n = [len(p) for p in parts]
-        pos = np.concatenate([p.positions if p.positions is not None else np.full((k, 3), np.nan)
-                              for p, k in zip(parts, n)]) if parts else np.zeros((0, 3))
-        frames = np.concatenate([p.frames if p.frames is not None else np.full(k, -1, np.int64)
-                                 for p, k in zip(parts, n)]) if parts else np.zeros(0, np.int64)
-        return GroundTruth(pos, frames, '+'.join(dict.fromkeys(p.source for p in parts)))
-
 
 @dataclass(frozen=True)
 class Criterion:
@@ -93,11 +84,11 @@ class Criterion:
 
     def __post_init__(self) -> None:
         if self.by not in CRITERIA:
-            raise ValueError(f'by must be one of {", ".join(CRITERIA)}, got {self.by!r}')
+            raise ConfigError(f'by must be one of {", ".join(CRITERIA)}, got {self.by!r}')
         if not self.distance_m > 0:
-            raise ValueError(f'distance_m must be > 0, got {self.distance_m}')
+            raise ConfigError(f'the positive distance (--distance) must be > 0, got {self.distance_m}')
         if self.frame_tolerance < 0:
-            raise ValueError(f'frame_tolerance must be >= 0, got {self.frame_tolerance}')
+            raise ConfigError(f'the frame tolerance (--frame-tolerance) must be >= 0, got {self.frame_tolerance}')
 
     def describe(self, by: str) -> str:
         return f'within {self.distance_m:g} m' if by == 'position' else f'within {self.frame_tolerance} frames'
@@ -208,11 +199,25 @@ class GroundTruthTable:
     frames: np.ndarray | None
 
 
-def _parse_float(value: str, path: Path, line: int, column: str) -> float:
+def _parse_float(value: str | None, path: Path, line: int, column: str) -> float:
+    if value is None or not value.strip():
+        raise BagError(f'{path}:{line}: column {column}: the value is missing (short row?)')
     try:
         return float(value)
     except ValueError:
         raise BagError(f'{path}:{line}: column {column}: {value!r} is not a number') from None
+
+
+# Larger "seconds" are nanoseconds in a column named as seconds (year 5138 otherwise).
+_MAX_SECONDS = 1e11
+
+
+def _seconds_to_ns(value: str | None, path: Path, line: int, column: str) -> int:
+    sec = _parse_float(value, path, line, column)
+    if not abs(sec) < _MAX_SECONDS:
+        raise BagError(f'{path}:{line}: {column} {value!r} is not a time in seconds (nanoseconds? name that '
+                       'column stamp_ns)')
+    return int(round(sec * NS_PER_S))
 
 
 def load_table(path: str | Path) -> GroundTruthTable:
@@ -228,8 +233,9 @@ def load_table(path: str | Path) -> GroundTruthTable:
     first = lines[0].replace(',', ' ').split()
     if all(_is_number(v) for v in first):
         return _load_tum(path, lines)
-    rows = list(csv.DictReader(lines))
-    cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else csv.DictReader(lines).fieldnames or [])}
+    reader = csv.DictReader(lines)
+    rows = list(reader)
+    cols = {c.strip().lower(): c for c in (reader.fieldnames or []) if c is not None and c.strip()}
     stamp_col = next((c for c in _STAMP_COLUMNS if c in cols), None)
     if stamp_col is None:
         raise BagError(f'{path}: no stamp column; expected one of {", ".join(_STAMP_COLUMNS)} '
@@ -241,21 +247,23 @@ def load_table(path: str | Path) -> GroundTruthTable:
     has_q = all(c in cols for c in ('qx', 'qy', 'qz', 'qw'))
     stamps, pos, quat, frames = [], [], [], []
     for i, row in enumerate(rows, start=2):
-        raw = row[cols[stamp_col]].strip()
+        raw = (row[cols[stamp_col]] or '').strip()
         if stamp_col == 'stamp_ns':
             try:
                 stamps.append(int(raw))
             except ValueError:
                 raise BagError(f'{path}:{i}: stamp_ns {raw!r} is not an integer') from None
+            if not -2**63 <= stamps[-1] < 2**63:
+                raise BagError(f'{path}:{i}: stamp_ns {raw!r} is out of range')
         else:
-            stamps.append(int(round(_parse_float(raw, path, i, stamp_col) * NS_PER_S)))
+            stamps.append(_seconds_to_ns(raw, path, i, stamp_col))
         if has_xyz:
             z = row[cols['z']] if 'z' in cols else '0'
             pos.append([_parse_float(row[cols[c]] if c != 'z' else z, path, i, c) for c in ('x', 'y', 'z')])
         if has_q:
             quat.append([_parse_float(row[cols[c]], path, i, c) for c in ('qx', 'qy', 'qz', 'qw')])
         if has_frame:
-            f = row[cols['frame']].strip()
+            f = (row[cols['frame']] or '').strip()
             try:
                 frames.append(int(f) if f != '' else -1)
             except ValueError:
@@ -274,18 +282,21 @@ def _is_number(text: str) -> bool:
 
 
 def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
-    data = []
+    stamps: list[int] = []
+    data: list[list[float]] = []
     for i, ln in enumerate(lines, start=1):
         vals = ln.replace(',', ' ').split()
         if len(vals) not in (4, 8):
             raise BagError(f'{path}: line {i} has {len(vals)} values; a headerless file must be a TUM trajectory '
                            '"t x y z [qx qy qz qw]" (t in seconds), or give a header row naming the columns')
-        data.append([_parse_float(v, path, i, 'value') for v in vals])
+        if data and len(vals) != len(data[0]) + 1:
+            raise BagError(f'{path}: line {i} has {len(vals)} values, line 1 has {len(data[0]) + 1}; '
+                           'every row needs the same columns')
+        stamps.append(_seconds_to_ns(vals[0], path, i, 't'))
+        data.append([_parse_float(v, path, i, 'value') for v in vals[1:]])
     arr = np.array(data)
-    if len({len(r) for r in data}) != 1:
-        raise BagError(f'{path}: rows have different numbers of values')
-    return GroundTruthTable(path, np.round(arr[:, 0] * NS_PER_S).astype(np.int64), arr[:, 1:4],
-                            arr[:, 4:8] if arr.shape[1] == 8 else None, None)
+    return GroundTruthTable(path, np.array(stamps, np.int64), arr[:, 0:3], arr[:, 3:7] if arr.shape[1] == 7 else None,
+                            None)
 
 
 def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,

@@ -81,14 +81,49 @@ def raw_to_rgb8(data: bytes | bytearray | memoryview | np.ndarray, height: int, 
     return np.ascontiguousarray(_to_uint8(out))
 
 
+# Larger frames are refused before they are decoded or converted: a few-MB PNG can declare a
+# 30000 x 30000 image whose decoding and float copies would exhaust a robot computer's memory.
+MAX_IMAGE_PIXELS = 64 * 2**20
+
+
+class ImageTooLarge(ImageError):
+    """An image with more than ``MAX_IMAGE_PIXELS`` pixels."""
+
+
+def check_image_size(width: int, height: int, what: str = 'image') -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(f'{what}: {width}x{height} has {width * height / 1e6:.0f} Mpx, more than the '
+                            f'{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx a camera frame can have here')
+
+
+def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) read from a PNG or JPEG header without decoding; None for other formats."""
+    head = buf[:2].tobytes()
+    if buf[:8].tobytes() == b'\x89PNG\r\n\x1a\n' and buf.size >= 24:
+        return int.from_bytes(buf[16:20].tobytes(), 'big'), int.from_bytes(buf[20:24].tobytes(), 'big')
+    if head == b'\xff\xd8':
+        i = 2
+        while i + 9 < buf.size and buf[i] == 0xFF:
+            marker, length = int(buf[i + 1]), int.from_bytes(buf[i + 2:i + 4].tobytes(), 'big')
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # start of frame
+                return (int.from_bytes(buf[i + 7:i + 9].tobytes(), 'big'),
+                        int.from_bytes(buf[i + 5:i + 7].tobytes(), 'big'))
+            i += 2 + length
+    return None
+
+
 def decode_to_rgb8(data: bytes | bytearray | memoryview | np.ndarray, what: str = 'compressed image') -> np.ndarray:
-    """Encoded bytes (JPEG, PNG, ...) -> RGB uint8."""
+    """Encoded bytes (JPEG, PNG, ...) -> RGB uint8; ImageTooLarge for frames over ``MAX_IMAGE_PIXELS``."""
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     if buf.size == 0:
         raise ImageError(f'{what}: no data')
+    size = _declared_size(buf)
+    if size is not None:
+        check_image_size(*size, what=what)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f'{what}: cannot be decoded (corrupt or not an image)')
+    check_image_size(img.shape[1], img.shape[0], what)
     return array_to_rgb8(img, bgr=True)
 
 

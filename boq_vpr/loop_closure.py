@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 MODES = ('slam', 'localization')
 
 
+# Columns of a candidate table row (the node's ~/candidates, read back by the evaluator).
+CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers')
+
+
 @dataclass
 class LoopCandidate:
     """One accepted (or best raw) match of a query against the map."""
@@ -219,6 +223,7 @@ class LoopClosureDetector:
         # the exclusion window only ever covers them.
         self._session_start = db.next_id
         self._warned_no_image = False
+        self._warned_no_thumbnail = False
         # slam mode: whether keyframes join the map (False: frames are matched, with the exclusion
         # window, and nothing is added; a SLAM system pausing its map)
         self.mapping = True
@@ -249,14 +254,6 @@ class LoopClosureDetector:
             self._last_query_ns: int | None = None
             self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=self.config.relative_window)
             self.selector.reset()
-
-    def start_session(self, session: str | None = None) -> None:
-        """Start a new session: later keyframes are matched against everything added so far."""
-        with self._lock:
-            if session is not None:
-                self.config = dataclasses.replace(self.config, session=session)
-            self._session_start = self.db.next_id
-            self.reset()
 
     # ------------------------------------------------------------------ helpers
     def search_limit(self, stamp_ns: int) -> int:
@@ -391,6 +388,11 @@ class LoopClosureDetector:
             return False, 0, 'no query image'
         thumb = self.db.thumbnail(match_id)
         if thumb is None:
+            if not self._warned_no_thumbnail:
+                log.warning('geometric verification is on but keyframe %d has no stored thumbnail (maps need them: '
+                            'build-map --thumbnails, or keyframes added with verification on); such candidates '
+                            'are rejected', match_id)
+                self._warned_no_thumbnail = True
             return False, 0, f'keyframe {match_id} has no stored thumbnail'
         # The query goes through the same thumbnail step as the stored keyframe (same scale).
         v = self.verifier.verify(make_thumbnail(image, self.db.thumbnail_size), thumb)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -158,6 +159,10 @@ def resolve_index_options(index_type: str, descriptor_dim: int, options: dict) -
         raise ConfigError(f'pca_dim {opts["pca_dim"]} must be 0 (off) or smaller than {descriptor_dim}')
     if index_type == 'ivfpq' and opts['pq_nbits'] > 16:
         raise ConfigError(f'pq_nbits must be <= 16, got {opts["pq_nbits"]}')
+    need = min_train_size(index_type, opts)
+    if 0 < opts['train_size'] < need:
+        raise ConfigError(f'train_size {opts["train_size"]} is too small: index type {index_type} with these options '
+                          f'trains on at least {need} vectors')
     return opts
 
 
@@ -429,10 +434,15 @@ class MapDatabase:
 
     def _add_vectors(self, x: np.ndarray, ids: np.ndarray) -> None:
         if not self._index.is_trained:
+            before = self._pending, self._ids
             self._pending = np.concatenate([self._pending, x]) if self._pending.size else x.copy()
             self._ids = np.concatenate([self._ids, ids])
             if self._pending.shape[0] >= self.train_size:
-                self._train_and_flush()
+                try:
+                    self._train_and_flush()
+                except BaseException:
+                    self._pending, self._ids = before   # the add fails whole: no id without a keyframe row
+                    raise
             return
         if self._labels_are_ids:
             self._index.add_with_ids(x, ids)
@@ -790,9 +800,10 @@ class MapDatabase:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise MapError(f'{path} exists and is not a directory; choose another map path')
-        if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():
-            raise MapError(f'{path} is a non-empty directory without {MANIFEST}; refusing to write a map into it '
-                           f'(choose an empty or new directory)')
+        foreign = foreign_entries(path)
+        if foreign and not (path / MANIFEST).exists():
+            raise MapError(f'{path} holds other files ({", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}) '
+                           f'and no {MANIFEST}; refusing to write a map into it (choose an empty or new directory)')
         path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._save_locked(path)
@@ -807,7 +818,10 @@ class MapDatabase:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         old = _read_manifest_quiet(path)
-        generation = (old.get('generation', 0) if old else 0) + 1
+        # past every data folder present, so that the live one is never the one replaced
+        present = [int(c.name[5:]) for c in path.iterdir() if _DATA_DIR.fullmatch(c.name)]
+        old_generation = old.get('generation', 0) if isinstance(old, dict) else 0
+        generation = max([old_generation if isinstance(old_generation, int) else 0, *present]) + 1
         data_dir = f'data-{generation:06d}'
         if (path / data_dir).exists():  # leftover of an interrupted save
             shutil.rmtree(path / data_dir)
@@ -870,7 +884,14 @@ class MapDatabase:
         missing = [k for k in required if k not in manifest]
         if missing:
             raise MapError(f'{manifest_path} lacks {", ".join(missing)}; the map is corrupt')
-        m_fp, m_dim = manifest['fingerprint'], int(manifest['descriptor_dim'])
+        try:
+            m_fp, m_dim = str(manifest['fingerprint']), int(manifest['descriptor_dim'])
+            files = {str(name): (int(info['bytes']), str(info['sha256'])) for name, info in manifest['files'].items()}
+            if not isinstance(manifest['index_options'], dict) or not _DATA_DIR.fullmatch(str(manifest['data_dir'])):
+                raise ValueError('index_options or data_dir malformed')
+            int(manifest['count']), int(manifest['next_id'])
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise MapError(f'{manifest_path} is malformed ({type(err).__name__}: {err}); the map is corrupt') from err
         problems = []
         if fingerprint is not None and fingerprint != m_fp:
             problems.append(f'model fingerprint {m_fp!r} (this encoder: {fingerprint!r})')
@@ -880,15 +901,15 @@ class MapDatabase:
             raise MapError(f'map {path} was built with ' + ' and '.join(problems) +
                            '; load it with the model that built it, or rebuild the map with this model')
         data = path / manifest['data_dir']
-        for name, info in manifest['files'].items():
+        for name, (expected_bytes, expected_sha) in files.items():
             f = data / name
             if not f.is_file():
                 raise MapError(f'{f} is missing; the map is incomplete (restore it or rebuild the map)')
             size = f.stat().st_size
-            if size != info['bytes']:
-                raise MapError(f'{f} is truncated or altered: {size} bytes, the manifest says {info["bytes"]}; '
+            if size != expected_bytes:
+                raise MapError(f'{f} is truncated or altered: {size} bytes, the manifest says {expected_bytes}; '
                                f'restore it or rebuild the map')
-            if _file_digest(f) != info['sha256']:
+            if _file_digest(f) != expected_sha:
                 raise MapError(f'{f} is corrupt (checksum mismatch); restore it or rebuild the map')
         db = cls(m_dim, m_fp, manifest['index_type'], thumbnail_size=manifest.get('thumbnail_size', 160),
                  **{k: v for k, v in manifest['index_options'].items()})
@@ -902,14 +923,17 @@ class MapDatabase:
                 db._pending = np.load(data / _PENDING_FILE, allow_pickle=False).astype(np.float32)
         except (ValueError, OSError) as err:
             raise MapError(f'{data}: id or pending-vector file is corrupt: {err}') from err
-        src = sqlite3.connect(f'file:{data / _DB_FILE}?mode=ro', uri=True)
+        src = None
         try:
+            # as_uri() percent-encodes the path: '#', '?' or '%' in a folder name would end the path
+            src = sqlite3.connect((data / _DB_FILE).resolve().as_uri() + '?mode=ro', uri=True)
             src.backup(db._conn)
             count = db._conn.execute('SELECT COUNT(*) FROM keyframes').fetchone()[0]
-        except sqlite3.DatabaseError as err:
+        except sqlite3.Error as err:
             raise MapError(f'{data / _DB_FILE} is not a readable SQLite database: {err}') from err
         finally:
-            src.close()
+            if src is not None:
+                src.close()
         stored = db._pending.shape[0] or db._index.ntotal
         if not (count == db._ids.size == manifest['count'] == stored):
             raise MapError(f'map {path} is inconsistent: manifest count {manifest["count"]}, {db._ids.size} ids, '
@@ -918,6 +942,24 @@ class MapDatabase:
         db.path = path
         log.info('loaded map %s: %d keyframes, %d-D, %s index', path, len(db), m_dim, db.index_type)
         return db
+
+
+_DATA_DIR = re.compile(r'data-\d{6}')
+
+
+def _own_entry(name: str) -> bool:
+    """Entries a map directory may hold besides the manifest, interrupted saves included."""
+    return bool(_DATA_DIR.fullmatch(name)) or name.startswith('.data-tmp-') or \
+        (name.startswith('.manifest-') and name.endswith('.json'))
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """Names in directory ``path`` that a map never writes (empty when ``path`` is a map, an
+    empty or missing directory, or the leftovers of a save interrupted before its manifest)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(c.name for c in path.iterdir() if c.name != MANIFEST and not _own_entry(c.name))
 
 
 def _read_manifest_quiet(path: Path) -> dict | None:

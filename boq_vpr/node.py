@@ -41,6 +41,7 @@ from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from .errors import BoqVprError, ConfigError
+from .loop_closure import CANDIDATE_COLUMNS
 from .ros.convert import NS_PER_S, FrameRejected, ImageConverter, stamp_to_ns
 from .ros.parameters import ParamSpec, detector_values, map_index_options, node_parameters, validate
 from .ros.stats import PipelineStats, Throttle
@@ -54,7 +55,6 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers')
 NODE_NAME = 'vpr_node'
 WARN_WINDOW_S = 10.0   # /diagnostics reports WARN while frames were rejected within this window
 
@@ -159,11 +159,14 @@ class VprNode(Node):
         self._last_stamp_ns: int | None = None
         self._odom: deque[tuple[int, tuple, tuple, str]] = deque(maxlen=v['odom_buffer_size'])
         self._odom_stamps: deque[int] = deque(maxlen=v['odom_buffer_size'])
+        # its own lock: the odometry callback must never wait for a frame being processed
+        self._odom_lock = threading.Lock()
         self._edges: deque[tuple[tuple, tuple]] = deque(maxlen=v['markers.max_edges'])
         self._edge_frame = ''
         self._processed = 0
         self._worker_error = ''
         self._attention_backend = None
+        self._attention_error: str | None = None   # set when attention failed; cleared by new attention.* values
         self._problem_count = 0
         self._problem_time: float | None = None
         self.converter = ImageConverter(v['converter'])
@@ -235,17 +238,19 @@ class VprNode(Node):
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
             new[p.name] = p.value
+        if any(p.name == 'mapping' for p in params) and new['mapping'] and \
+                getattr(self, 'detector_config', None) is not None and self.detector_config.mode == 'localization':
+            return SetParametersResult(successful=False, reason='loop_closure.mode is localization: the map is read-only')
         detector_changed = any(p.name.startswith('loop_closure.') for p in params)
         if detector_changed:
             try:
                 config = self._make_detector_config(new)
             except BoqVprError as err:
                 return SetParametersResult(successful=False, reason=str(err))
-        if any(p.name == 'attention.queries' for p in params) and hasattr(self, 'encoder'):
-            nq = self.encoder.config.num_queries
-            bad = [q for q in new['attention.queries'] if q >= nq]
-            if bad:
-                return SetParametersResult(successful=False, reason=f'attention.queries {bad}: the model has {nq} queries')
+        if any(p.name.startswith('attention.') for p in params) and hasattr(self, 'encoder'):
+            problem = self._attention_problem(new)
+            if problem is not None:
+                return SetParametersResult(successful=False, reason=problem)
         # apply
         self._values = new
         if not hasattr(self, 'detector'):
@@ -255,24 +260,37 @@ class VprNode(Node):
         self._throttle.period_s = new['log_throttle_sec']
         if any(p.name == 'mapping' for p in params):
             self._set_mapping(bool(new['mapping']))
+        if any(p.name.startswith('attention.') for p in params):
+            self._attention_error = None   # new settings: try again
         if any(p.name == 'markers.max_edges' for p in params):
             with self._lock:
                 self._edges = deque(self._edges, maxlen=new['markers.max_edges'])
         return SetParametersResult(successful=True)
+
+    def _attention_problem(self, values: dict) -> str | None:
+        """Why the attention.* values do not fit the loaded model, or None."""
+        cfg = self.encoder.config
+        bad = [q for q in values['attention.queries'] if not -cfg.num_queries <= q < cfg.num_queries]
+        if bad:
+            return f'attention.queries {bad}: the model has {cfg.num_queries} queries'
+        block = values['attention.block']
+        if not -cfg.num_layers <= block < cfg.num_layers:
+            return f'attention.block {block}: the model has {cfg.num_layers} BoQ blocks (-1 is the last)'
+        return None
 
     # ------------------------------------------------------------------ start-up
     def _build_pipeline(self) -> None:
         import torch
         from .encoder import Encoder
         from .loop_closure import LoopClosureDetector
-        from .map_db import MANIFEST, MapDatabase
+        from .map_db import MANIFEST, MapDatabase, foreign_entries
 
         v = self._values
         # map path first: fail before a long model load or engine build
         path = Path(v['map.path']).expanduser() if v['map.path'] else None
         mode = self.detector_config.mode
         if path is not None and path.exists() and not (path / MANIFEST).is_file() and \
-                (not path.is_dir() or any(path.iterdir())):
+                (not path.is_dir() or foreign_entries(path)):
             raise ConfigError(f'map.path {path} exists but is not a map directory (no {MANIFEST}); '
                               'choose a new or empty directory')
         if mode == 'localization' and (path is None or not (path / MANIFEST).is_file()):
@@ -306,10 +324,9 @@ class VprNode(Node):
         if weights is None:
             self._log.warning('model.weights is empty: the network has random weights and its loop closures mean '
                               'nothing; set model.weights to a trained checkpoint')
-        nq = self.encoder.config.num_queries
-        bad = [q for q in v['attention.queries'] if q >= nq]
-        if bad:
-            raise ConfigError(f'attention.queries {bad}: model {self.encoder.config.name} has {nq} queries')
+        problem = self._attention_problem(v)
+        if problem is not None:
+            raise ConfigError(f'{problem} (model {self.encoder.config.name})')
         if v['encoder.warmup']:
             h, w = self.encoder.config.image_size
             self.encoder.encode(np.zeros((h, w, 3), np.uint8))
@@ -415,7 +432,7 @@ class VprNode(Node):
             self._reject_odom('bad_quaternion', 'odometry orientation is a zero quaternion')
             return
         orientation = tuple(c / norm for c in orientation)
-        with self._lock:
+        with self._odom_lock:
             if self._odom_stamps and stamp_ns <= self._odom_stamps[-1]:
                 self._reject_odom('stamp_out_of_order', f'odometry stamp {_stamp_sec(stamp_ns):.9f} is not after '
                                   f'the previous {_stamp_sec(self._odom_stamps[-1]):.9f}')
@@ -425,7 +442,7 @@ class VprNode(Node):
 
     def _pose_at(self, stamp_ns: int) -> tuple[tuple | None, tuple | None, str]:
         """The odometry pose nearest in time to ``stamp_ns`` within odom_max_time_diff_sec."""
-        with self._lock:
+        with self._odom_lock:
             if not self._odom:
                 return None, None, ''
             stamps = self._odom_stamps
@@ -478,21 +495,34 @@ class VprNode(Node):
             self._reject(err.reason, str(err))
             return
         t1 = time.perf_counter()
-        use_attention = self._want_attention()
-        if use_attention:
-            desc, attention, grid = self._encode_with_attention(rgb)
-        else:
+        attention = None
+        if self._want_attention():
+            try:
+                desc, attention, grid = self._encode_with_attention(rgb)
+            except Exception as err:  # the overlay is optional: loop closure goes on without it
+                self._attention_failed(err)
+        if attention is None:
             desc = self.encoder.encode(rgb)[0]
         t2 = time.perf_counter()
         position, orientation, odom_frame = self._pose_at(stamp_ns) if self._odom_sub is not None else (None, None, '')
+        if self._odom_sub is not None and position is None:
+            # no odometry within odom_max_time_diff_sec: the keyframe gets no pose and distance-based
+            # keyframing cannot hold it back
+            self.stats.count('frames_without_pose')
+            if self._throttle.check('no_pose') is not None:
+                self._log.warning(f'no odometry within {self._values["odom_max_time_diff_sec"]} s of a frame: '
+                                  'it is processed without a pose')
         frame_id = odom_frame or self._values['frame_id']
         with self._lock:
             result = self.detector.process(desc, stamp_ns, position=position, orientation=orientation,
                                            frame_id=frame_id, image=rgb, source=self._image_sub.topic_name)
         t3 = time.perf_counter()
         self._publish_result(result, msg.header, stamp_ns, position, frame_id)
-        if use_attention:
-            self._publish_attention(rgb, attention, grid, msg.header)
+        if attention is not None:
+            try:
+                self._publish_attention(rgb, attention, grid, msg.header)
+            except Exception as err:
+                self._attention_failed(err)
         t4 = time.perf_counter()
         self._processed += 1
         self.stats.count('frames_processed')
@@ -560,8 +590,16 @@ class VprNode(Node):
         self.pub_markers.publish(out)
 
     def _want_attention(self) -> bool:
-        return (self._values['attention.enable'] and self.pub_attention.get_subscription_count() > 0
+        return (self._values['attention.enable'] and self._attention_error is None
+                and self.pub_attention.get_subscription_count() > 0
                 and self._processed % self._values['attention.every_n'] == 0)
+
+    def _attention_failed(self, err: Exception) -> None:
+        """Stop the attention output until its parameters change; frames are processed as usual."""
+        self._attention_error = f'{type(err).__name__}: {err}'
+        self.stats.count('attention_failed')
+        self._log.error(f'~/attention turned off until an attention.* parameter changes: {self._attention_error}')
+        self._log.debug(''.join(traceback.format_exception(err)))
 
     def _encode_with_attention(self, rgb: np.ndarray):
         """Descriptor and the chosen block's cross-attention ``[Q, h*w]`` of one image."""
@@ -611,7 +649,8 @@ class VprNode(Node):
             'processed_rate_hz': f'{self.stats.processed_rate.rate():.2f}',
         }
         for key in ('frames_received', 'frames_processed', 'frames_dropped', 'rejected', 'frames_failed',
-                    'keyframes_added', 'loop_closures', 'candidates_published', 'odom_received', 'odom_rejected'):
+                    'keyframes_added', 'loop_closures', 'candidates_published', 'odom_received', 'odom_rejected',
+                    'frames_without_pose', 'attention_failed'):
             out['frames_rejected' if key == 'rejected' else key] = str(counts.get(key, 0))
         for reason, n in sorted(rejected.items()):
             out[f'rejected.{reason}'] = str(n)
@@ -623,6 +662,8 @@ class VprNode(Node):
             out[f'latency_ms.{stage}.p99'] = f'{s["p99"]:.3f}'
         if self._worker_error:
             out['last_error'] = self._worker_error
+        if self._attention_error:
+            out['attention_error'] = self._attention_error
         return out
 
     def _recent_problems(self, total: int) -> bool:
@@ -690,6 +731,11 @@ class VprNode(Node):
         return response
 
     def _srv_clear_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.detector_config.mode == 'localization':
+            response.success = False
+            response.message = ('loop_closure.mode is localization: the map is read-only and is not cleared '
+                                 '(restart the node to reset its stamps)')
+            return response
         try:
             with self._lock:
                 n = len(self.db)
@@ -697,6 +743,9 @@ class VprNode(Node):
                 self.detector.reset()
                 self._edges.clear()
                 self._last_stamp_ns = None
+                with self._odom_lock:    # a time jump: old odometry would reject every new message
+                    self._odom.clear()
+                    self._odom_stamps.clear()
         except Exception as err:
             response.success, response.message = False, f'clearing the map failed: {type(err).__name__}: {err}'
             self._log.error(response.message)
@@ -708,6 +757,11 @@ class VprNode(Node):
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
         """Stop the worker and save the map when configured (also after the ROS context is gone)."""
+        # A second Ctrl-C or the launch system's SIGTERM must not cut the save short (the previous
+        # map would survive, but this run's keyframes would be lost); SIGKILL still ends it.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self._stop.set()
         self._slot.close()
         self._worker.join(timeout=30.0)

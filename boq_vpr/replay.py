@@ -95,6 +95,13 @@ class _Recorder:
         self._opened.wait(30.0)
         if self.error is not None:
             raise self.error
+        try:
+            self._subscribe(node, topics, types, type_timeout_s)
+        except BaseException:
+            self.close()   # the bag is finished (metadata written), not left half-open
+            raise
+
+    def _subscribe(self, node: Node, topics: Sequence[str], types: dict[str, str], type_timeout_s: float) -> None:
         deadline = time.monotonic() + type_timeout_s
         pending = [t for t in topics if t not in types]
         while pending and time.monotonic() < deadline:

@@ -27,6 +27,9 @@ def _vpr_node(context, *args, **kwargs):
         arguments=['--ros-args', '--log-level', values['log_level']],
         output='screen',
         emulate_tty=True,
+        # time to save a large map on shutdown (the node ignores further signals while it saves)
+        sigterm_timeout=values['shutdown_timeout'],
+        sigkill_timeout=values['shutdown_timeout'],
     )]
 
 

@@ -76,7 +76,8 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
             assert validate(specs[name], value) is None, name
     assert params['use_sim_time'] is True and params['loop_closure.mode'] == 'localization'
     assert ('image/compressed', '/cam/compressed') in remaps
-    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'}):
+    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'},
+                {'shutdown_timeout': '-1'}, {'shutdown_timeout': 'soon'}):
         with pytest.raises(ValueError):
             node_overrides(defaults | bad)
 
@@ -92,6 +93,7 @@ def test_launch_file_declares_every_argument_and_starts_vpr_node():
     assert ast.literal_eval(keywords['executable']) == 'vpr_node'
     assert ast.literal_eval(keywords['package']) == 'boq_vpr'
     assert 'description' in keywords and 'remappings' in keywords and 'parameters' in keywords
+    assert 'sigterm_timeout' in keywords and 'sigkill_timeout' in keywords
 
 
 def test_launch_description_builds_on_a_ros_install():

@@ -71,6 +71,8 @@ def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
         read_poses(bad)
     bad.write_text('file,stamp\na.png,1.5\nb.png,\n')
     assert read_poses(bad)['a.png']['stamp_ns'] == 1_500_000_000 and read_poses(bad)['b.png']['stamp_ns'] is None
+    bad.write_text('File, X, y, z\na.png, 1, 2, 3\n')   # spaces and case in the header do not matter
+    assert read_poses(bad)['a.png']['position'] == (1.0, 2.0, 3.0)
     assert parse_index_options(['nlist=64', ' pq_m = 8']) == {'nlist': 64, 'pq_m': 8}
     with pytest.raises(ConfigError, match='KEY=VALUE'):
         parse_index_options(['nlist'])

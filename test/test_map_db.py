@@ -118,8 +118,12 @@ def test_untrained_index_is_searchable_saved_and_explains_training(tmp_path):
     back = MapDatabase.load(tmp_path / 'm')
     assert not back.is_trained and len(back) == 100
     assert list(back.search(x[:5], 1)[1][:, 0]) == [0, 1, 2, 3, 4]
+    few = MapDatabase(D, 'm', 'ivfpq', nlist=8, pq_m=16, pq_nbits=6)
+    few.add(x[:10], keyframes(10))
     with pytest.raises(MapError, match='needs at least 64 vectors'):
-        MapDatabase(D, 'm', 'ivfpq', nlist=8, pq_m=16, pq_nbits=6, train_size=10).add(x[:10], keyframes(10))
+        few.train()
+    with pytest.raises(ConfigError, match='train_size 10 is too small'):   # refused before any vector
+        MapDatabase(D, 'm', 'ivfpq', nlist=8, pq_m=16, pq_nbits=6, train_size=10)
 
 
 def test_metadata_lookup_by_id_and_time_and_thumbnails(tmp_path):
@@ -200,6 +204,23 @@ def test_bad_input_is_refused_with_a_clear_message():
         MapDatabase(D, 'm', 'ivfpq', pq_m=7)
     with pytest.raises(ConfigError, match='k must be positive'):
         db.search(structured(1), 0)
+    with pytest.raises(ConfigError, match='train_size 100 is too small.*at least 256'):
+        MapDatabase(D, 'm', 'ivfpq', nlist=256, pq_m=8, train_size=100)
+
+
+def test_a_failed_training_leaves_the_map_as_it_was(monkeypatch):
+    db = MapDatabase(D, 'm', 'ivfpq', nlist=16, pq_m=8, pq_nbits=4, train_size=100)
+    db.add(structured(60), keyframes(60))
+
+    def broken(self):
+        raise RuntimeError('FAISS ran out of memory')
+    monkeypatch.setattr(MapDatabase, '_train_and_flush', broken)
+    with pytest.raises(RuntimeError):
+        db.add(structured(50, seed=1), keyframes(50, start=60))
+    assert len(db) == 60 and db.ids().tolist() == list(range(60)) and db.next_id == 60
+    monkeypatch.undo()
+    assert db.add(structured(50, seed=1), keyframes(50, start=60))[0] == 60
+    assert db.is_trained and len(db) == 110 and len(db.keyframes()) == 110
 
 
 def test_unnormalized_descriptors_are_normalized_with_a_warning(caplog):
@@ -246,6 +267,12 @@ def test_load_refuses_truncated_corrupt_and_missing_files_naming_them(tmp_path):
     (data / 'keyframes.sqlite').unlink()
     with pytest.raises(MapError, match=r'keyframes\.sqlite is missing'):
         MapDatabase.load(path)
+    good = json.loads((path / MANIFEST).read_text())
+    for broken in ({'files': ['index.faiss']}, {'descriptor_dim': 'x'}, {'data_dir': '../../elsewhere'},
+                   {'files': {'index.faiss': {'sha256': 'ab'}}}):
+        (path / MANIFEST).write_text(json.dumps({**good, **broken}))
+        with pytest.raises(MapError, match=r'manifest\.json is malformed'):
+            MapDatabase.load(path)
     (path / MANIFEST).write_text('{"format": "boq_vpr-map", ')
     with pytest.raises(MapError, match=r'manifest\.json is corrupt'):
         MapDatabase.load(path)
@@ -270,7 +297,7 @@ def test_load_never_unpickles(tmp_path):
 def test_save_refuses_foreign_directories(tmp_path):
     (tmp_path / 'photos').mkdir()
     (tmp_path / 'photos' / 'a.jpg').write_bytes(b'x')
-    with pytest.raises(MapError, match='non-empty directory'):
+    with pytest.raises(MapError, match=r'holds other files \(a\.jpg\)'):
         MapDatabase(D, 'm').save(tmp_path / 'photos')
     (tmp_path / 'file').write_text('x')
     with pytest.raises(MapError, match='not a directory'):
@@ -349,6 +376,20 @@ def test_atomic_save_survives_a_killed_writer(pause, tmp_path):
         assert db.search(np.ones(64, np.float32), 1)[1][0, 0] >= 0
     # leftovers of killed saves are cleaned by the next successful save
     MapDatabase.load(path).save(path)
+    assert sorted(p.name for p in path.iterdir()) == [json.loads((path / MANIFEST).read_text())['data_dir'], MANIFEST]
+
+
+def test_a_first_save_killed_before_its_manifest_does_not_lock_the_folder(tmp_path):
+    """Only the leftovers of an interrupted first save (no manifest yet): the next save goes ahead."""
+    path = tmp_path / 'map'
+    (path / '.data-tmp-x1y2').mkdir(parents=True)
+    (path / 'data-000001').mkdir()
+    (path / 'data-000001' / 'index.faiss').write_bytes(b'half')
+    (path / '.manifest-abc.json').write_text('{')
+    db = MapDatabase(D, 'm')
+    db.add(structured(10), keyframes(10))
+    db.save(path)
+    assert len(MapDatabase.load(path)) == 10
     assert sorted(p.name for p in path.iterdir()) == [json.loads((path / MANIFEST).read_text())['data_dir'], MANIFEST]
 
 

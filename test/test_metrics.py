@@ -8,6 +8,7 @@ import pytest
 
 from boq_vpr import ground_truth as gt
 from boq_vpr import metrics as m
+from boq_vpr.errors import BagError
 
 
 # ---------------------------------------------------------------- recall@k
@@ -183,3 +184,25 @@ def test_csv_and_tum_tables(tmp_path):
     bad.write_text('time_of_day,x,y\n1,2,3\n')
     with pytest.raises(Exception, match='no stamp column'):
         gt.load_table(bad)
+
+
+@pytest.mark.parametrize('text,message', [
+    ('timestamp,x,y,z\n1700000000123456789,1,2,3\n', r'not a time in seconds .nanoseconds\? name that column stamp_ns'),
+    ('stamp,x,y,z,\n1.0,1,2,3,\n2.0,1,2\n', r'bad\.csv:3: column z: the value is missing'),
+    ('stamp,x,y\n1.0,one,2\n', r"bad\.csv:2: column x: 'one' is not a number"),
+    ('1.0 0 0 0\n2.0 0 0 0 0 0 0 1\n', r'line 2 has 8 values, line 1 has 4'),
+    ('1700000000123456789 0 0 0\n', r'not a time in seconds'),
+])
+def test_malformed_ground_truth_files_are_refused_naming_file_and_line(tmp_path, text, message):
+    bad = tmp_path / 'bad.csv'
+    bad.write_text(text)
+    with pytest.raises(BagError, match=message):
+        gt.load_table(bad)
+
+
+def test_trailing_comma_header_still_reads(tmp_path):
+    path = tmp_path / 'gt.csv'
+    path.write_text('stamp, x, y,\n1.0,1,2,\n2.0,3,4,\n')
+    table = gt.load_table(path)
+    np.testing.assert_array_equal(table.stamps_ns, [1_000_000_000, 2_000_000_000])
+    np.testing.assert_allclose(table.positions, [[1, 2, 0], [3, 4, 0]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -86,6 +87,7 @@ def test_mono_bayer_and_16_bit_encodings(frame):
     ({'encoding': 'nv12'}, 'unknown_encoding'),            # planar 4:2:0 is not supported
     ({'height': 0}, 'empty_image'),
     ({'width': 0, 'height': 0, 'step': 0, 'data': b''}, 'empty_image'),
+    ({'width': 20000, 'height': 20000, 'step': 60000}, 'too_large'),   # refused before its size is checked
 ])
 def test_malformed_raw_images_are_rejected_with_a_reason(frame, fields, reason):
     msg = _raw(frame, 'rgb8')
@@ -117,6 +119,19 @@ def test_compressed_images_and_their_rejections(frame):
         with pytest.raises(FrameRejected) as err:
             conv.compressed(msg)
         assert err.value.reason == reason, (msg.format, str(err.value))
+
+
+@pytest.mark.parametrize('ext', ['.png', '.jpg'])
+def test_huge_compressed_images_are_refused_from_their_header(ext):
+    """A small file declaring 72 Mpx is refused before decoding; a large frame under the limit decodes."""
+    from boq_vpr.images import MAX_IMAGE_PIXELS
+    ok, huge = cv2.imencode(ext, np.zeros((9000, 8000), np.uint8))
+    assert ok and 9000 * 8000 > MAX_IMAGE_PIXELS and huge.nbytes < 2_000_000
+    with pytest.raises(FrameRejected) as err:
+        ImageConverter('builtin').compressed(SimpleNamespace(format=ext[1:], data=huge.tobytes()))
+    assert err.value.reason == 'too_large' and '9000' in str(err.value)
+    ok, big = cv2.imencode(ext, np.zeros((3000, 4000), np.uint8))
+    assert ImageConverter('builtin').compressed(SimpleNamespace(format=ext[1:], data=big.tobytes())).shape == (3000, 4000, 3)
 
 
 def test_ros_messages_convert_too(frame):
@@ -278,3 +293,11 @@ def test_attention_overlay_tiles_the_chosen_queries(frame):
         attention_overlay(frame, att, grid, [3])
     with pytest.raises(ValueError, match='grid'):
         attention_overlay(frame, att, (3, 3), [0])
+
+
+def test_config_file_holds_every_parameter_default():
+    """config/vpr.yaml is what defaults_yaml() writes from the parameter table: no drift."""
+    from boq_vpr.ros.parameters import defaults_yaml
+    root = Path(__file__).resolve().parents[1]
+    assert (root / 'config' / 'vpr.yaml').read_text() == defaults_yaml(), \
+        'config/vpr.yaml is stale: write it again with boq_vpr.ros.parameters.defaults_yaml()'

@@ -465,6 +465,9 @@ def test_saved_map_reloads_for_localization(localization: Session, world: World,
     assert localization.n('map_size') == size, 'localization must not change the map'
     response = localization.client.set_mapping(True)
     assert response is not None and not response.success and 'localization' in response.message
+    response = localization.client.clear_map()
+    assert response is not None and not response.success and 'read-only' in response.message
+    assert localization.n('map_size') == size
 
 
 def test_corrupt_compressed_images_are_rejected(localization: Session, world: World):
@@ -500,6 +503,10 @@ def test_attention_overlay_is_published(localization: Session, world: World):
     assert (msg.height, msg.width, msg.encoding, msg.step) == (h, 2 * w, 'rgb8', 2 * w * 3)
     overlay = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, 2 * w, 3)
     assert overlay[:, :w].std() > 0 and not np.array_equal(overlay[:, :w], overlay[:, w:])
+    # a block the model does not have is refused (resnet18_1024 has 2 BoQ blocks)
+    ok, reason = localization.client.set_parameters({'attention.block': 5})['attention.block']
+    assert not ok and 'BoQ blocks' in reason
+    assert localization.client.set_parameters({'attention.block': -2})['attention.block'] == (True, '')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,7 +68,11 @@ def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, 
     files = list_images(folder, recursive=True)
     step = max(1, len(files) // max_images)
     files = files[::step][:max_images]
-    out = cache_dir() / 'onnx' / f'{fp32_onnx.stem}-int8-{folder_digest(folder)}-{len(files)}.onnx'
+    # keyed by the FP32 model's content too: a re-export with other weights under the same file
+    # name must not reuse the old INT8 model
+    from ..export.onnx_export import onnx_sha256
+    out = cache_dir() / 'onnx' / (f'{fp32_onnx.stem}-int8-{onnx_sha256(fp32_onnx)[:16]}-{folder_digest(folder)}-'
+                                  f'{len(files)}.onnx')
     if out.is_file():
         log.info('using cached INT8 model %s', out)
         return out

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .. import bags
 from ..errors import ConfigError, ImageError, MapError
 from ..images import list_images
-from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
+from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
 from .common import add_encoder_args, encoder_from_args, write_json
 from .encode import iter_loaded
 
@@ -83,7 +83,10 @@ def read_poses(path: Path) -> dict[str, dict]:
     """file -> {stamp_ns, position, orientation, frame_id} from a poses CSV."""
     try:
         with open(path, newline='') as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            # column names as load_table reads them: spaces around them and case do not matter
+            reader.fieldnames = [(c or '').strip().lower() for c in (reader.fieldnames or [])]
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ConfigError(f'poses CSV {path} cannot be read: {err}') from err
     if not rows:
@@ -142,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     exists = (args.out / MANIFEST).exists()
     if exists and not (args.append or args.overwrite):
         raise MapError(f'{args.out} already holds a map; pass --append to add to it or --overwrite to replace it')
+    if not exists and (args.out.is_file() or foreign_entries(args.out)):   # before hours of encoding
+        raise MapError(f'{args.out} is a file or a directory with other files; choose a new or empty directory')
     encoder = encoder_from_args(args)
     session = args.session or (args.folder.resolve().stem if from_bag else args.folder.resolve().name)
     if exists and args.append:

@@ -50,7 +50,7 @@ def encoder_from_args(args: argparse.Namespace):
     from ..encoder import Encoder
     return Encoder(args.model, weights=args.weights, backend=args.backend, device=args.device,
                    batch_size=args.batch_size, image_size=args.image_size, resize_mode=args.resize_mode,
-                   precision=args.precision)
+                   precision=args.precision, **getattr(args, 'backend_options', {}))
 
 
 def write_json(path: Path, data: dict) -> None:

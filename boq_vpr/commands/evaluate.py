@@ -21,6 +21,7 @@ import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -294,6 +295,16 @@ def _encoder_from_params(args: argparse.Namespace, params: dict) -> None:
     args.backend = params.get('encoder.backend', args.backend)
     args.device = params.get('encoder.device', args.device)
     args.precision = params.get('encoder.precision', args.precision)
+    # the node's model file and INT8 calibration too, so that offline and live runs encode alike
+    options = {}
+    if params.get('encoder.onnx_path'):
+        options['onnx_path'] = params['encoder.onnx_path']
+    if params.get('encoder.calibration'):
+        options['calibration'] = params['encoder.calibration']
+    args.backend_options = options
+    if params.get('encoder.cache_dir'):
+        from ..backends.engine_cache import CACHE_ENV
+        os.environ[CACHE_ENV] = str(Path(params['encoder.cache_dir']).expanduser())
 
 
 def run(args: argparse.Namespace) -> int:

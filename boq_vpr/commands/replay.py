@@ -48,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..replay import BagPlayer, parse_remaps
+    try:
+        from ..replay import BagPlayer, parse_remaps
+    except ImportError as err:
+        raise ConfigError(f'boq-vpr replay needs rclpy ({err}): source a ROS 2 install, or pip install '
+                          "'boq_vpr[ros]' on a machine without one") from None
     if args.record and args.record_out is None:
         raise ConfigError('--record needs --record-out (the bag to write)')
     domain = args.domain_id if args.domain_id is not None else (

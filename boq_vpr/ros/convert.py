@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError
-from ..images import SUPPORTED_ENCODINGS, array_to_rgb8, decode_to_rgb8, encoding_layout, raw_to_rgb8
+from ..images import (SUPPORTED_ENCODINGS, ImageTooLarge, array_to_rgb8, check_image_size, decode_to_rgb8,
+                      encoding_layout, raw_to_rgb8)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ def check_raw(msg: Any) -> tuple[int, int]:
         raise FrameRejected('unknown_encoding', f'unsupported encoding {enc!r}; supported: {", ".join(raw_encodings())}')
     if h == 0 or w == 0:
         raise FrameRejected('empty_image', f'empty image {w}x{h} ({enc})')
+    try:
+        check_image_size(w, h, f'{enc} image')
+    except ImageTooLarge as err:
+        raise FrameRejected('too_large', str(err)) from None
     channels, itemsize = info
     row = w * channels * itemsize
     if step < row or (n == row * h and step != row):
@@ -162,6 +167,8 @@ class ImageConverter:
             raise FrameRejected('corrupt_compressed', f'format {msg.format!r} but the data is not a JPEG/PNG stream')
         try:
             return decode_to_rgb8(data, what=f'compressed image ({msg.format})')
+        except ImageTooLarge as err:
+            raise FrameRejected('too_large', str(err)) from err
         except ImageError as err:
             raise FrameRejected('corrupt_compressed', str(err)) from err
         except Exception as err:  # cv2.error

@@ -20,6 +20,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str | None, str]] = {
     'weights': ('', 'model weight file; empty: as in the params file'),
     'use_sim_time': ('false', 'use the /clock topic (bag replay) as time source'),
     'log_level': ('info', 'log level of the node: debug, info, warn, error or fatal'),
+    'shutdown_timeout': ('30', 'seconds the node gets after Ctrl-C to save its map before the launch system '
+                               'sends SIGTERM, and again before SIGKILL (launch default: 5)'),
 }
 
 _BOOL = {'true': True, 'false': False, '1': True, '0': False, 'yes': True, 'no': False}
@@ -54,6 +56,12 @@ def node_overrides(values: dict[str, str]) -> tuple[dict[str, Any], list[tuple[s
         params['image_transport'] = values['image_transport']
     if values.get('use_odom'):
         params['use_odom'] = _bool('use_odom', values['use_odom'])
+    try:
+        if not float(values.get('shutdown_timeout', '30')) > 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f'launch argument shutdown_timeout must be a positive number of seconds, '
+                         f'got {values.get("shutdown_timeout")!r}') from None
     level = values.get('log_level', 'info').lower()
     if level not in LOG_LEVELS:
         raise ValueError(f'launch argument log_level must be one of {", ".join(LOG_LEVELS)}, got {level!r}')
