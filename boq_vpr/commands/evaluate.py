@@ -247,7 +247,6 @@ def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Fr
                                              None if map_frames is queries else mpos[:, :2], edges,
                                              correct[known], f'{title}: accepted loop closures')))
         else:
-            qf, mf = queries.gt.frames, map_frames.gt.frames
             positives = []
             if scored.has_positive is not None:
                 from ..ground_truth import positive_matrix
