@@ -8,7 +8,8 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    package_data={'training': ['configs/*.yaml']},
+    # the shipped weights (resnet18_nordland) are package data: pip and colcon install them
+    package_data={'training': ['configs/*.yaml'], 'boq_vpr': ['weights/*.pt']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -72,7 +73,7 @@ setup(
             'colcon-common-extensions',
         ],
     },
-    zip_safe=True,
+    zip_safe=False,   # the shipped weights are read from the installed folder
     maintainer='boq_vpr maintainers',
     maintainer_email='maintainers@boq-vpr.invalid',
     description='Visual place recognition loop closures for SLAM with BoQ.',

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if isinstance(getattr(args, 'model', None), str) and hasattr(args, 'weights'):
+        # --model NAME without --weights: the weights shipped with NAME (resnet18_nordland), if any
+        from .models.checkpoint import resolve_weights
+        args.weights = resolve_weights(args.model, args.weights)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format='%(levelname)s %(name)s: %(message)s')
     try:

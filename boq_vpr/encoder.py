@@ -17,7 +17,7 @@ import numpy as np
 
 from .backends import EncoderBackend, make_backend
 from .errors import ImageError
-from .models.checkpoint import file_sha256
+from .models.checkpoint import file_sha256, resolve_weights
 from .models.config import ModelConfig, get_config
 from .models.vpr import RANDOM_SEED
 from .preprocessing import Preprocessor
@@ -59,7 +59,7 @@ class Encoder:
         if batch_size < 1:
             raise ValueError(f'batch_size must be >= 1, got {batch_size}')
         self.config = config
-        self.weights = Path(weights) if weights is not None else None
+        self.weights = resolve_weights(config.name, weights)   # the shipped file when None
         self.batch_size = batch_size
         self.preprocessor = Preprocessor(config.image_size, resize_mode, config.stride if config.is_vit else 1)
         self.backend: EncoderBackend = make_backend(backend, config, self.weights, device=device,

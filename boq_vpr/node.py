@@ -42,6 +42,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from .errors import BoqVprError, ConfigError
 from .loop_closure import CANDIDATE_COLUMNS
+from .models.checkpoint import RANDOM_WEIGHTS, resolve_weights
 from .ros.convert import NS_PER_S, FrameRejected, ImageConverter, stamp_to_ns
 from .ros.parameters import ParamSpec, detector_values, map_index_options, node_parameters, validate
 from .ros.stats import PipelineStats, Throttle
@@ -313,17 +314,18 @@ class VprNode(Node):
         if v['encoder.cache_dir']:
             from .backends.engine_cache import CACHE_ENV
             os.environ[CACHE_ENV] = str(Path(v['encoder.cache_dir']).expanduser())
-        weights = v['model.weights'] or None
+        weights = resolve_weights(v['model.name'], v['model.weights'])   # empty: the shipped weights, if any
         self._log.info(f'loading model {v["model.name"]} (weights: {weights or "none, random"}) on backend '
                        f'{v["encoder.backend"]}/{v["encoder.device"]}/{v["encoder.precision"]} '
                        '(building a TensorRT engine can take minutes the first time)...')
         t0 = time.monotonic()
-        self.encoder = Encoder(v['model.name'], weights=weights, backend=v['encoder.backend'],
+        self.encoder = Encoder(v['model.name'], weights=weights if weights is not None else RANDOM_WEIGHTS, backend=v['encoder.backend'],
                                device=v['encoder.device'], batch_size=1, image_size=size,
                                resize_mode=v['model.resize_mode'], precision=v['encoder.precision'], **options)
         if weights is None:
-            self._log.warning('model.weights is empty: the network has random weights and its loop closures mean '
-                              'nothing; set model.weights to a trained checkpoint')
+            self._log.warning(f'model {v["model.name"]} has no weights (model.weights is {v["model.weights"]!r} and none '
+                              'ship with it): the network has random weights and its loop closures mean nothing; '
+                              'set model.weights to a trained checkpoint, or use model.name resnet18_nordland')
         problem = self._attention_problem(v)
         if problem is not None:
             raise ConfigError(f'{problem} (model {self.encoder.config.name})')

@@ -13,6 +13,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     'map': ('bench_map', 'map database per index type and size: build time, memory, query latency, recall'),
     'node': ('bench_node', 'vpr_node over DDS: end-to-end latency, per-stage latency, drops and memory at given '
                            'input rates'),
+    'recall': ('bench_recall', 'recall@1/5/10 of frame-aligned traversals (Nordland held-out section by default) for '
+                               'models and the pixel baseline, side by side'),
 }
 
 

@@ -19,14 +19,52 @@ from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
+# Weights that ship inside the package (package data of boq_vpr, installed by pip and colcon):
+# configuration name -> file in WEIGHTS_DIR. ``--model NAME`` without ``--weights`` loads them.
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / 'weights'
+SHIPPED_WEIGHTS: dict[str, str] = {'resnet18_nordland': 'resnet18_nordland.pt'}
+# ``--weights random`` / ``model.weights: random``: seeded random weights even where weights ship.
+RANDOM_WEIGHTS = 'random'
+REINSTALL_HINT = ('it is a weight file shipped with boq_vpr; reinstall the package '
+                  '(pip install --force-reinstall --no-deps boq_vpr, or pip install -e . / colcon build '
+                  'in a source checkout, after git checkout -- boq_vpr/weights)')
+
 # Wrappers added by training tools: Lightning module attribute, torch.compile, DataParallel/DDP.
 STRIP_PREFIXES = ('model.', '_orig_mod.', 'module.')
 MAX_LISTED = 12
 
 
+def shipped_weights(name: str) -> Path | None:
+    """The weight file shipped for configuration ``name``, None when none ships."""
+    file = SHIPPED_WEIGHTS.get(name)
+    return WEIGHTS_DIR / file if file else None
+
+
+def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
+    """The weight file to load for configuration ``name``: ``weights`` when given; the shipped
+    file when ``weights`` is None or empty; None (random weights) for ``'random'`` or when no file
+    ships for ``name``."""
+    if weights is not None and str(weights) != '':
+        return None if str(weights) == RANDOM_WEIGHTS else Path(weights)
+    return shipped_weights(name)
+
+
+def is_shipped(path: str | Path) -> bool:
+    return Path(path).resolve().parent == WEIGHTS_DIR and Path(path).name in SHIPPED_WEIGHTS.values()
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weight file, unwrapped from Lightning (``state_dict``) and prefixes."""
     path = Path(path)
+    try:
+        return _read_state_dict(path)
+    except CheckpointError as err:
+        if is_shipped(path):
+            raise CheckpointError(f'{err}; {REINSTALL_HINT}') from err
+        raise
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f'weight file not found: {path}')
     try:
@@ -85,9 +123,15 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a weight file strictly into ``model`` (in place) and return it."""
+    """Load a weight file strictly into ``model`` (in place) and return it. Tensors stored in
+    another floating-point type (the shipped fp16 files) are cast to the model's (fp32)."""
     state = read_state_dict(path)
-    check_state_dict(model, state, source=str(path))
+    try:
+        check_state_dict(model, state, source=str(path))
+    except CheckpointError as err:
+        if is_shipped(path):
+            raise CheckpointError(f'{err}; {REINSTALL_HINT}') from err
+        raise
     model.load_state_dict(state, strict=True)
     log.info('loaded %d tensors from %s', len(state), path)
     return model
@@ -95,7 +139,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def load_model(config, weights: str | Path | None = None) -> nn.Module:
     """Build ``config`` and load ``weights``; without weights, reproducible random weights
-    (seed ``RANDOM_SEED``) with a warning, so that maps and tests agree across processes."""
+    (seed ``RANDOM_SEED``) with a warning, so that maps and tests agree across processes.
+    ``weights`` is a resolved path (``resolve_weights`` turns None into the shipped file)."""
     from .vpr import RANDOM_SEED, build_model
     if weights is None:
         log.warning('no weights given: %s runs with random weights (seed %d); '

@@ -75,6 +75,9 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
     'resnet18_1024': ModelConfig('resnet18_1024', 'resnet18', (160, 160), 256, 128, 16, 2, 8),
     'dinov2s_6144': ModelConfig('dinov2s_6144', 'dinov2_vits14', (224, 224), 384, 192, 32, 2, 32),
     'dinov2l_12288': ModelConfig('dinov2l_12288', 'dinov2_vitl14', (322, 322), 1024, 384, 64, 2, 32),
+    # Our own demonstration model, trained from scratch on Nordland frames (64x32 upsampled);
+    # its weights ship with the package (boq_vpr/weights, see training/configs/resnet18_nordland.yaml).
+    'resnet18_nordland': ModelConfig('resnet18_nordland', 'resnet18', (64, 128), 256, 128, 32, 2, 16),
 }
 
 
