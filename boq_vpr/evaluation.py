@@ -349,6 +349,9 @@ class Run:
     ranked: np.ndarray | None = None  # [Q, K] map indices for recall@k (-1 padded)
     ranked_scores: np.ndarray | None = None
     candidates: list[dict] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)      # [Q] a key of loop_closure.OUTCOMES
+    outcome_counts: dict[str, int] = field(default_factory=dict)   # every processed frame, not_keyframe included
+    skipped: list[tuple[int, str]] = field(default_factory=list)   # (frame, reason) of frames not taken as keyframes
 
 
 def _candidate_rows(result: FrameResult, frame: int, index_of: dict[int, int]) -> list[dict]:
@@ -361,7 +364,8 @@ def _candidate_rows(result: FrameResult, frame: int, index_of: dict[int, int]) -
 class _Collector:
     def __init__(self) -> None:
         self.rows: dict[str, list] = {k: [] for k in ('query_index', 'cut', 'decision', 'best', 'best_score',
-                                                        'accepted', 'accepted_score', 'n_accepted', 'reasons')}
+                                                        'accepted', 'accepted_score', 'n_accepted', 'reasons',
+                                                        'outcomes')}
         self.candidates: list[dict] = []
 
     def add(self, i: int, cut: int, r: FrameResult, index_of: dict[int, int]) -> None:
@@ -377,17 +381,19 @@ class _Collector:
         row['accepted_score'].append(r.candidates[0].score if r.candidates else math.nan)
         row['n_accepted'].append(len(r.candidates))
         row['reasons'].append(r.reason)
+        row['outcomes'].append(r.outcome)
         self.candidates += _candidate_rows(r, i, index_of)
 
     def run(self, mode: str, config: DetectorConfig, map_ids: np.ndarray, detect_ms: list[float],
-            not_keyframes: int) -> Run:
+            not_keyframes: int, detector: LoopClosureDetector, skipped: list[tuple[int, str]] | None = None) -> Run:
         r = self.rows
         return Run(mode, config, np.array(r['query_index'], np.int64), np.array(r['cut'], np.int64),
                    np.array(r['decision'], np.float64), np.array(r['best'], np.int64),
                    np.array(r['best_score'], np.float64), np.array(r['accepted'], np.int64),
                    np.array(r['accepted_score'], np.float64), np.array(r['n_accepted'], np.int64),
                    list(r['reasons']), map_ids, np.array(detect_ms, np.float64), not_keyframes,
-                   candidates=self.candidates)
+                   candidates=self.candidates, outcomes=list(r['outcomes']),
+                   outcome_counts=dict(detector.outcome_counts), skipped=list(skipped or []))
 
 
 def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: bool = True,
@@ -403,6 +409,7 @@ def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: boo
     detect_ms: list[float] = []
     ranked, ranked_scores = [], []
     not_kf = 0
+    skipped: list[tuple[int, str]] = []
     for i in tqdm(range(len(frames)), desc='detect', unit='frame', file=sys.stderr,
                   disable=None if progress else True):
         stamp = int(frames.stamps_ns[i])
@@ -417,6 +424,7 @@ def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: boo
         detect_ms.append(1e3 * (time.perf_counter() - t0))
         if result.keyframe_id is None:
             not_kf += 1
+            skipped.append((i, result.reason))
             continue
         map_ids[i] = result.keyframe_id
         index_of[result.keyframe_id] = i
@@ -425,7 +433,7 @@ def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: boo
             s, ids = db.search(frames.descriptors[i:i + 1], k, id_below=cut)
             ranked.append([index_of.get(int(j), -1) for j in ids[0]])
             ranked_scores.append(s[0])
-    run = col.run('slam', config, map_ids, detect_ms, not_kf)
+    run = col.run('slam', config, map_ids, detect_ms, not_kf, detector, skipped)
     if retrieval:
         run.ranked = np.array(ranked, np.int64).reshape(-1, k)
         run.ranked_scores = np.array(ranked_scores, np.float32).reshape(-1, k)
@@ -491,7 +499,7 @@ def run_localization(queries: Frames, db: MapDatabase, config: DetectorConfig, m
                                   source=f'{queries.source}:{queries.topic}#{int(queries.indices[i])}')
         detect_ms.append(1e3 * (time.perf_counter() - t0))
         col.add(i, -1, result, index_of)
-    run = col.run('localization', config, np.asarray(map_ids, np.int64), detect_ms, 0)
+    run = col.run('localization', config, np.asarray(map_ids, np.int64), detect_ms, 0, detector)
     if retrieval:
         s, ids = db.search(queries.descriptors, k)
         run.ranked = np.vectorize(lambda j: index_of.get(int(j), -1), otypes=[np.int64])(ids) if ids.size \
@@ -575,15 +583,22 @@ def score_run(run: Run, queries: Frames, map_frames: Frames, criterion: Criterio
 
 # ------------------------------------------------------------------------------------------ sweep
 
+# false-alarm rates a calibrated sweep tries (the decision scores are -log10 of the probability)
+CALIBRATED_SWEEP = (0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
+
 def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, criterion: Criterion,
           target_precision: float = 0.95, thresholds: Sequence[float] | None = None,
           consistency: Sequence[int] = (1,), decisions: np.ndarray | None = None, n_thresholds: int = 15,
           progress: bool = True) -> dict:
     """Re-run the detector (``run_fn(config) -> Run``, on saved descriptors) over a grid of score
     thresholds x temporal-consistency lengths; recommend the setting with the highest recall whose
-    precision reaches ``target_precision``. The threshold is ``relative_score`` when the base
-    configuration uses relative scores, else ``min_score``."""
-    param = 'relative_score' if base.relative_score > 0 else 'min_score'
+    precision reaches ``target_precision``. The threshold is ``false_alarm_rate`` when the base
+    configuration is calibrated, else ``relative_score`` when it uses relative scores, else
+    ``min_score``."""
+    param = ('false_alarm_rate' if base.calibrated else
+             'relative_score' if base.relative_score > 0 else 'min_score')
+    if thresholds is None and param == 'false_alarm_rate':
+        thresholds = CALIBRATED_SWEEP
     if thresholds is None:
         d = np.asarray(decisions if decisions is not None else [], np.float64)
         d = d[np.isfinite(d)]
@@ -592,6 +607,9 @@ def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, cri
         thresholds = np.unique(np.round(np.quantile(d, np.linspace(0.0, 1.0, n_thresholds)), 6))
     if param == 'min_score':
         thresholds = [float(min(max(t, -1.0), 1.0)) for t in thresholds]
+    if param == 'false_alarm_rate' and not all(0 < t <= 0.5 for t in thresholds):
+        raise ConfigError(f'false_alarm_rate sweep values must be in (0, 0.5], got {list(thresholds)}')
+    strict = -1.0 if param == 'false_alarm_rate' else 1.0     # which direction of the threshold is stricter
     rows = []
     grid = [(float(t), int(c)) for c in consistency for t in thresholds]
     for t, c in tqdm(grid, desc='sweep', unit='run', file=sys.stderr, disable=None if progress else True):
@@ -606,7 +624,7 @@ def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, cri
     ok = [r for r in rows if r['tp'] > 0 and r['precision'] >= target_precision]
     result: dict[str, Any] = {'parameter': param, 'target_precision': target_precision, 'grid': rows}
     if ok:
-        best = max(ok, key=lambda r: (r['recall'], -r['temporal_consistency'], r[param]))
+        best = max(ok, key=lambda r: (r['recall'], -r['temporal_consistency'], strict * r[param]))
         result['recommended'] = {f'loop_closure.{param}': best[param],
                                  'loop_closure.temporal_consistency': best['temporal_consistency']}
         result['expected'] = {'precision': best['precision'], 'recall': best['recall'], 'f1': best['f1']}

@@ -4,9 +4,13 @@ Two modes. ``slam``: each new keyframe queries the keyframes outside an exclusio
 keyframes of the current session, by time and/or count), then joins the map. ``localization``:
 every frame queries a prebuilt map, which is never modified.
 
-Per query, in order: top-k search -> absolute score threshold -> relative score threshold ->
-non-maximum suppression -> temporal consistency -> geometric verification -> at most
-``max_candidates`` accepted candidates, best first.
+Per query, in order: top-k search -> calibrated threshold (``false_alarm_rate``, see
+``boq_vpr.calibration``) -> absolute score threshold -> relative score threshold -> non-maximum
+suppression -> temporal consistency -> geometric verification -> at most ``max_candidates``
+accepted candidates, best first.
+
+Every processed frame ends with exactly one outcome (``OUTCOMES``): accepted, or the stage that
+rejected it. The detector counts them (``outcome_counts``).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .calibration import DEFAULT_K as CALIBRATION_K, DEFAULT_MIN_SAMPLES, significance
 from .errors import ConfigError, MapError
 from .geometric import FEATURES, GeometricVerifier
 from .keyframes import KeyframeSelector
@@ -27,6 +32,20 @@ from .map_db import Keyframe, MapDatabase, make_thumbnail
 log = logging.getLogger(__name__)
 
 MODES = ('slam', 'localization')
+
+# The outcome of every processed frame: accepted, or the stage that decided against it.
+OUTCOMES: dict[str, str] = {
+    'accepted': 'a loop closure was accepted',
+    'not_keyframe': 'slam mode: the keyframe selector did not take the frame (time, distance or novelty)',
+    'no_eligible_keyframe': 'the map is empty, or every keyframe is inside the exclusion window',
+    'undecided': 'no reference to decide with yet: too few background keyframes for the calibrated '
+                 'threshold, or no recent frame for the relative score',
+    'below_calibrated': 'the best match is not significant at false_alarm_rate',
+    'below_min_score': 'the best match is below min_score',
+    'below_relative_score': 'the best match is below relative_score x the recent self-similarity',
+    'not_consistent': 'temporal consistency: not yet temporal_consistency consistent queries',
+    'failed_geometric': 'geometric verification rejected every candidate',
+}
 
 
 # Columns of a candidate table row (the node's ~/candidates, read back by the evaluator).
@@ -92,6 +111,15 @@ class DetectorConfig:
         positions are given). 0 = off.
       keyframe_max_similarity: slam mode: a frame whose cosine similarity to the last keyframe
         exceeds this is not novel enough to become a keyframe. 1 = off.
+      false_alarm_rate: calibrated threshold: accept a best match only if a query without any true
+        match in the map would produce one at least as significant with at most this probability
+        (per query), judged from the query's own background scores (``boq_vpr.calibration``).
+        0 = off; otherwise in (0, 0.5].
+      calibration_k: neighbours searched per query to estimate the background (>= top_k is used).
+      calibration_radius: keyframes within this many ids of a better one belong to the same place
+        (set aside from the background, and one background peak per place).
+      calibration_min_samples: background peaks needed for a decision; fewer (an empty or tiny
+        map) leave the frame undecided.
     """
 
     mode: str = 'slam'
@@ -117,6 +145,10 @@ class DetectorConfig:
     keyframe_min_time_s: float = 0.0
     keyframe_min_distance_m: float = 0.0
     keyframe_max_similarity: float = 1.0
+    false_alarm_rate: float = 0.0
+    calibration_k: int = CALIBRATION_K
+    calibration_radius: int = 3
+    calibration_min_samples: int = DEFAULT_MIN_SAMPLES
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DetectorConfig':
@@ -182,6 +214,30 @@ class DetectorConfig:
             bad('geometric_features', f'must be one of {", ".join(FEATURES)}')
         if self.max_candidates > self.top_k:
             bad('max_candidates', f'cannot exceed top_k ({self.top_k})')
+        if not (self.false_alarm_rate == 0.0 or 0.0 < self.false_alarm_rate <= 0.5) or \
+                not math.isfinite(self.false_alarm_rate):
+            bad('false_alarm_rate', 'must be 0 (off) or in (0, 0.5] (a probability per query, e.g. 0.001)')
+        if not 10 <= self.calibration_k <= 1000:
+            bad('calibration_k', 'must be in [10, 1000]')
+        if not 0 <= self.calibration_radius <= 1000:
+            bad('calibration_radius', 'must be in [0, 1000]')
+        if not 2 <= self.calibration_min_samples < self.calibration_k:
+            bad('calibration_min_samples', f'must be in [2, calibration_k - 1] = [2, {self.calibration_k - 1}]')
+
+    @property
+    def calibrated(self) -> bool:
+        return self.false_alarm_rate > 0
+
+    def warnings(self) -> list[str]:
+        """Settings under which the thresholds cannot keep false loops out (for start-up logs)."""
+        out = []
+        if not self.calibrated and self.min_score <= 0 and self.relative_score <= 0:
+            out.append(f'no threshold is active (false_alarm_rate 0 = calibration off, min_score {self.min_score:g} '
+                       '<= 0, relative_score 0): every best match outside the exclusion window can be published; '
+                       'set false_alarm_rate (e.g. 0.001)')
+        elif not self.calibrated and self.min_score <= 0:
+            out.append(f'calibration is off and min_score is {self.min_score:g}: only relative_score filters matches')
+        return out
 
 
 def _as_bool(key: str, value) -> bool:
@@ -205,6 +261,8 @@ class FrameResult:
     decision_score: float = math.nan
     best: LoopCandidate | None = None  # best raw match outside the exclusion window before thresholds
     reason: str = ''             # short reason when nothing was accepted
+    outcome: str = ''            # a key of OUTCOMES
+    p_value: float = math.nan    # calibrated threshold: the best match's false-alarm probability
 
 
 @dataclass
@@ -227,6 +285,7 @@ class LoopClosureDetector:
         # slam mode: whether keyframes join the map (False: frames are matched, with the exclusion
         # window, and nothing is added; a SLAM system pausing its map)
         self.mapping = True
+        self.outcome_counts: collections.Counter[str] = collections.Counter({k: 0 for k in OUTCOMES})
         self.configure(config)
 
     def configure(self, config: DetectorConfig) -> None:
@@ -301,8 +360,11 @@ class LoopClosureDetector:
             if slam:
                 decision = self.selector.check(q, stamp_ns, position)
                 if not decision.accept:
-                    return FrameResult(None, [], math.nan, None, decision.reason)
+                    self.outcome_counts['not_keyframe'] += 1
+                    return FrameResult(None, [], math.nan, None, decision.reason, 'not_keyframe')
             result = self._query(q, stamp_ns, image)
+            assert result.outcome in OUTCOMES, result.outcome
+            self.outcome_counts[result.outcome] += 1
             if slam:
                 kf = Keyframe(-1, stamp_ns, _tuple(position, 3), _tuple(orientation, 4), frame_id, source, c.session)
                 thumb = [image] if (self.store_thumbnails and image is not None) else None
@@ -320,25 +382,47 @@ class LoopClosureDetector:
         id_below = self.search_limit(stamp_ns) if c.mode == 'slam' else None
         if len(self.db) == 0:
             self._chains = []
-            return FrameResult(None, [], math.nan, None, 'map empty')
-        scores, ids = self.db.search(q, c.top_k, id_below=id_below)
-        valid = ids[0] >= 0
+            return FrameResult(None, [], math.nan, None, 'map empty', 'no_eligible_keyframe')
+        k = max(c.top_k, c.calibration_k) if c.calibrated else c.top_k
+        all_scores, all_ids = self.db.search(q, k, id_below=id_below)
+        valid = all_ids[0] >= 0
         if not valid.any():
             self._chains = []
-            return FrameResult(None, [], math.nan, None, 'exclusion window: no keyframe old enough')
-        scores, ids = scores[0][valid], ids[0][valid]
+            return FrameResult(None, [], math.nan, None, 'exclusion window: no keyframe old enough',
+                               'no_eligible_keyframe')
+        all_scores, all_ids = all_scores[0][valid], all_ids[0][valid]
+        scores, ids = all_scores[:c.top_k], all_ids[:c.top_k]
         best = self._candidate(None, stamp_ns, ids[0], scores[0], 0)
         reference = self._reference_score(q) if c.relative_score > 0 else None
         decision = float(scores[0]) / reference if reference and reference > 0 else float(scores[0])
 
+        def rejected(outcome: str, why: str, p: float = math.nan) -> FrameResult:
+            self._chains = []
+            return FrameResult(None, [], decision, best, why, outcome, p)
+
+        # calibrated threshold: the decision score becomes -log10(false-alarm probability)
+        p_value = math.nan
+        if c.calibrated:
+            sig = significance(all_scores, all_ids, c.calibration_radius, c.calibration_min_samples)
+            if sig is None:
+                return rejected('undecided', f'calibration: fewer than {c.calibration_min_samples} background '
+                                             f'places among the {all_ids.size} eligible keyframes retrieved')
+            p_value, decision = sig.p_value, sig.log10_p
+            if sig.p_value > c.false_alarm_rate:
+                return rejected('below_calibrated', f'not significant (false-alarm probability {sig.p_value:.2g} > '
+                                                    f'false_alarm_rate {c.false_alarm_rate:g})', p_value)
         # absolute and relative thresholds
+        if scores[0] < c.min_score:
+            return rejected('below_min_score', f'below min_score ({scores[0]:.3f} < {c.min_score})', p_value)
         keep = scores >= c.min_score
-        reason = '' if keep.any() else f'below min_score ({scores[0]:.3f} < {c.min_score})'
-        if keep.any() and reference is not None and reference > 0:
-            rel = scores / reference
-            keep &= rel >= c.relative_score
+        reason = ''
+        if c.relative_score > 0:
+            if reference is None or reference <= 0:
+                return rejected('undecided', 'relative_score: no recent frame to compare with yet', p_value)
+            keep &= scores / reference >= c.relative_score
             if not keep.any():
-                reason = f'below relative_score ({float(scores[0]) / reference:.3f} < {c.relative_score})'
+                return rejected('below_relative_score', f'below relative_score ({float(scores[0]) / reference:.3f} < '
+                                                        f'{c.relative_score})', p_value)
         survivors = [(int(i), float(s), r) for r, (i, s) in enumerate(zip(ids, scores)) if keep[r]]
         # non-maximum suppression: drop candidates next to a better one
         if c.nms_radius > 0:
@@ -361,7 +445,8 @@ class LoopClosureDetector:
             consistent = [s for s, ch in zip(survivors, chains) if ch.length >= c.temporal_consistency]
             if not consistent:
                 longest = max(ch.length for ch in chains)
-                reason = f'temporal consistency ({longest}/{c.temporal_consistency})'
+                return FrameResult(None, [], decision, best, f'temporal consistency ({longest}/{c.temporal_consistency})',
+                                   'not_consistent', p_value)
             survivors = consistent
         # geometric verification, best first, until max_candidates are accepted
         accepted: list[LoopCandidate] = []
@@ -376,9 +461,9 @@ class LoopClosureDetector:
             accepted.append(cand)
             if len(accepted) >= c.max_candidates:
                 break
-        if accepted:
-            reason = ''
-        return FrameResult(None, accepted, decision, best, reason)
+        if not accepted:
+            return FrameResult(None, [], decision, best, reason, 'failed_geometric', p_value)
+        return FrameResult(None, accepted, decision, best, '', 'accepted', p_value)
 
     def _verify(self, image: np.ndarray | None, match_id: int) -> tuple[bool, int, str]:
         if image is None:

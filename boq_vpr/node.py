@@ -348,6 +348,11 @@ class VprNode(Node):
         self.map_path = path
         self.detector = LoopClosureDetector(self.db, self.detector_config)
         self.detector.mapping = self._mapping
+        for text in self.detector_config.warnings():
+            self._log.warning(f'loop_closure: {text}')
+        if self.encoder.weights is None:
+            self._log.warning('loop_closure: the model has random weights, so no threshold (fixed or calibrated) '
+                              'can tell places apart; published loop closures are noise')
 
     # ------------------------------------------------------------------ detector control
     def _replace_detector(self, config) -> None:
@@ -656,6 +661,9 @@ class VprNode(Node):
             out['frames_rejected' if key == 'rejected' else key] = str(counts.get(key, 0))
         for reason, n in sorted(rejected.items()):
             out[f'rejected.{reason}'] = str(n)
+        # the decision of every processed frame (they add up to frames_processed)
+        for outcome, n in self.detector.outcome_counts.items():
+            out[f'outcome.{outcome}'] = str(n)
         for key, n in sorted(counts.items()):
             if key.startswith('odom_rejected.'):
                 out[key] = str(n)

@@ -135,9 +135,15 @@ def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
     out_geo = tmp_path / 'eval_geo'
     m_geo = _evaluate([str(nordland_bags['session']), '--descriptors', str(desc), '--out', str(out_geo), *WINDOW,
                        '--set', 'geometric_verification=true', '--set', 'geometric_min_inliers=8', '--no-plots'])
-    rows = (out_geo / 'candidates.csv').read_text().splitlines()
-    assert rows[0].endswith('rank,verified,inliers') and len(rows) - 1 == m_geo['counts']['accepted']
-    assert all(r.split(',')[-2] == 'True' and int(r.split(',')[-1]) >= 8 for r in rows[1:])
+    import csv
+    rows = list(csv.DictReader(open(out_geo / 'candidates.csv')))
+    accepted = [r for r in rows if r['outcome'] == 'accepted']
+    assert len(accepted) == m_geo['counts']['accepted']
+    assert all(r['verified'] == 'True' and int(r['inliers']) >= 8 for r in accepted)
+    # one row per processed frame, each with its outcome; rejected ones say why
+    assert len({r['query_frame'] for r in rows}) == sum(m_geo['outcomes'].values()) == m_geo['counts']['frames']
+    assert all(r['reason'] for r in rows if r['outcome'] != 'accepted')
+    assert m_geo['outcomes']['failed_geometric'] > 0
     assert m_geo['counts']['accepted'] <= m['counts']['accepted']
 
     # descriptors reused: same metrics without a bag, plus a threshold sweep whose recommendation holds

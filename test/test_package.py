@@ -42,3 +42,17 @@ def test_colcon_build_installs_scripts_launch_and_config(tmp_path):
     for sub in ('launch', 'config'):
         files = {p.name for p in (ROOT / sub).glob('*') if p.is_file()}
         assert files <= {p.name for p in (share / sub).glob('*')}, sub
+    # the shipped weights are package data (boq_vpr/weights/*.pt)
+    installed = list((tmp_path / 'install' / 'boq_vpr').glob('lib/python*/site-packages/boq_vpr/weights/*.pt'))
+    assert {p.name for p in installed} >= {'resnet18_nordland.pt'}, installed
+
+
+def test_wheel_carries_the_shipped_weights(tmp_path):
+    import zipfile
+    out = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
+                          '-w', str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wheel = next(tmp_path.glob('boq_vpr-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert 'boq_vpr/weights/resnet18_nordland.pt' in names
+    assert 'training/configs/resnet18_nordland.yaml' in names

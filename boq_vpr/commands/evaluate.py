@@ -178,6 +178,12 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
                  '- ground truth: none, so recall and precision are not computed')
     c = metrics['counts']
     lines += ['', '| counts | |', '|---|---|'] + [f'| {k.replace("_", " ")} | {v} |' for k, v in c.items()]
+    outcomes = metrics.get('outcomes')
+    if outcomes:
+        from ..loop_closure import OUTCOMES
+        lines += ['', f'Outcome of every processed frame ({sum(outcomes.values())} frames):', '',
+                  '| outcome | frames | meaning |', '|---|---|---|']
+        lines += [f'| {k} | {n} | {OUTCOMES.get(k, "")} |' for k, n in outcomes.items()]
     if 'recall_at_k' in metrics:
         ks = metrics['recall_at_k']
         lines += ['', '| ' + ' | '.join(f'R@{k}' for k in ks) + ' |', '|' + '---|' * len(ks),
@@ -270,14 +276,40 @@ def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Fr
     return figs
 
 
+CANDIDATE_CSV_COLUMNS = ('query_frame', 'query_stamp_ns', 'query_id', 'outcome', 'reason', 'decision_score',
+                         'best_frame', 'best_score', 'match_frame', 'match_id', 'match_stamp_ns', 'score', 'rank',
+                         'verified', 'inliers')
+
+
 def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
+    """One row per processed frame with its outcome and reason (frames with several accepted
+    candidates: one row per candidate, best first); match columns are empty unless accepted."""
+    by_query: dict[int, list[dict]] = {}
+    for row in run.candidates:
+        by_query.setdefault(int(row['query_frame']), []).append(row)
+    rows = []
+    for q, i in enumerate(run.query_index):
+        i = int(i)
+        base = {'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]),
+                'query_id': int(run.map_ids[i]) if run.mode == 'slam' and run.map_ids[i] >= 0 else '',
+                'outcome': run.outcomes[q] if q < len(run.outcomes) else '', 'reason': run.reasons[q],
+                'decision_score': _csv_float(run.decision[q]),
+                'best_frame': int(run.best[q]) if run.best[q] >= 0 else '', 'best_score': _csv_float(run.best_score[q])}
+        for cand in by_query.get(i, [{}]):
+            rows.append({**base, **{c: cand.get(c, '') for c in CANDIDATE_CSV_COLUMNS[8:]}})
+    for i, reason in run.skipped:
+        rows.append({'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]), 'outcome': 'not_keyframe',
+                     'reason': reason})
+    rows.sort(key=lambda r: (r['query_frame'], r.get('rank', '') if r.get('rank', '') != '' else 0))
     with open(path, 'w', newline='') as f:
-        w = csv.writer(f)
-        cols = ['query_frame', 'query_stamp_ns', 'query_id', 'match_frame', 'match_id', 'match_stamp_ns', 'score',
-                'rank', 'verified', 'inliers']
-        w.writerow(cols)
-        for row in run.candidates:
-            w.writerow([row[c] for c in cols])
+        w = csv.DictWriter(f, fieldnames=list(CANDIDATE_CSV_COLUMNS), restval='')
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _csv_float(v) -> str:
+    v = float(v)
+    return '' if not math.isfinite(v) else f'{v:.6g}'
 
 
 def _encoder_from_params(args: argparse.Namespace, params: dict) -> None:
@@ -328,6 +360,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning('the parameters file names model %s, this evaluation uses %s (--model)', params['model.name'],
                     args.model)
     config = ev.detector_config(params, ev.parse_overrides(args.set), mode)
+    for text in config.warnings():
+        log.warning('detector: %s', text)
     criterion = Criterion(args.distance, args.frame_tolerance, args.gt_by)
     lazy = _LazyEncoder(args)
     keep_images = config.geometric_verification
@@ -368,6 +402,7 @@ def run(args: argparse.Namespace) -> int:
                         'random_weights': encoder_info.get('weights', 'x') is None,
                         'encoder': encoder_info, 'detector': config.to_dict(),
                         'params_file': str(args.params) if args.params else None}
+    metrics['outcomes'] = result.outcome_counts
     metrics['ground_truth_frame_tolerance'] = args.frame_tolerance
     metrics['input'] = {'query' if mode != 'slam' else 'session': queries.report}
     if mode != 'slam' and map_frames.report:
