@@ -573,8 +573,10 @@ def score_run(run: Run, queries: Frames, map_frames: Frames, criterion: Criterio
         metrics['recall_at_k'] = {str(k): v for k, v in mt.recall_at_k(hits, has_pos, ks).items()}
     curve = mt.precision_recall_curve(decision, best_ok, has_pos)
     metrics['precision_recall'] = mt.detection_metrics(decision, best_ok, has_pos)
-    metrics['precision_recall']['score'] = ('relative score (decision_score)' if run.config.relative_score > 0
-                                            else 'cosine similarity of the best match (decision_score)')
+    metrics['precision_recall']['score'] = (
+        '-log10 false-alarm probability of the best match (calibrated decision_score)' if run.config.calibrated else
+        'relative score (decision_score)' if run.config.relative_score > 0
+        else 'cosine similarity of the best match (decision_score)')
     metrics['operating_point'] = mt.operating_point(acc >= 0, acc_ok, has_pos)
     if not has_pos.any():
         log.warning('no query has a true match %s: recall and AUC are undefined (NaN)', criterion.describe(by))

@@ -15,6 +15,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                            'input rates'),
     'recall': ('bench_recall', 'recall@1/5/10 of frame-aligned traversals (Nordland held-out section by default) for '
                                'models and the pixel baseline, side by side'),
+    'loops': ('bench_loops', 'loop-closure filters and threshold kinds (fixed, relative, calibrated) on drives with '
+                             'and without revisits: false loops, precision, recall, outcomes'),
 }
 
 
