@@ -13,15 +13,15 @@ aside, and the rest is thinned to one peak per ``radius`` ids, so that neighbour
 one look-alike place count once. These peaks ``r_1 >= ... >= r_n`` are the upper tail of the
 query's background scores. For a bulk that is Gaussian-like (what descriptor similarities over
 many unrelated places give), the upper tail is in the Gumbel domain of attraction: the
-exceedances ``r_i - r_n`` over the lowest peak are close to exponential with one scale ``beta``,
-estimated by their mean (its maximum-likelihood estimate). If the best match were just one more
+exceedances ``r_i - r_n`` over the lowest peak are close to exponential with one scale ``beta``. If the best match were just one more
 background place, the best of those ``n`` tail samples would exceed ``u = r_n`` by
 ``x = s_best - u`` with probability
 
     p = 1 - (1 - exp(-x / beta)) ** n
 
 and a match is accepted when ``p <= false_alarm_rate``. ``p`` depends only on how far the best
-match stands out of the background in units of the background's own spread, so one
+match stands out of the background in units of the background's own spread (the scale is estimated from the n exceedances, the best one
+included, as maximum likelihood under the hypothesis that it is background), so one
 ``false_alarm_rate`` transfers across models and score scales; adding keyframes changes the
 background and therefore the threshold. Too few background peaks (an empty or tiny map) give no
 decision (``None``).
@@ -90,8 +90,9 @@ def significance(scores: np.ndarray, ids: np.ndarray, radius: int,
     if n < max(2, min_samples):
         return None
     u = float(peaks[-1])
-    beta = float(np.mean(peaks[:-1] - u))
     best = float(scores[0])
+    # maximum-likelihood scale of the exceedances under the null (the best is one of them)
+    beta = float((np.sum(peaks[:-1] - u) + max(best - u, 0.0)) / n)
     if beta <= 1e-9:
         # a flat background (identical scores): anything above it stands out infinitely
         excess = math.inf if best > u + 1e-9 else 0.0
