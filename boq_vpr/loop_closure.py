@@ -130,7 +130,7 @@ class DetectorConfig:
     min_score: float = 0.0
     relative_score: float = 0.0
     relative_window: int = 5
-    temporal_consistency: int = 1
+    temporal_consistency: int = 3
     consistency_tolerance: int = 3
     consistency_max_gap_s: float = 0.0
     nms_radius: int = 3
@@ -142,10 +142,10 @@ class DetectorConfig:
     geometric_ransac_px: float = 3.0
     geometric_working_side: int = 320
     store_thumbnails: bool | None = None
-    keyframe_min_time_s: float = 0.0
+    keyframe_min_time_s: float = 0.5
     keyframe_min_distance_m: float = 0.0
     keyframe_max_similarity: float = 1.0
-    false_alarm_rate: float = 0.0
+    false_alarm_rate: float = 0.001
     calibration_k: int = CALIBRATION_K
     calibration_radius: int = 3
     calibration_min_samples: int = DEFAULT_MIN_SAMPLES

@@ -105,7 +105,8 @@ def test_empty_and_tiny_maps_leave_frames_undecided_and_outcomes_add_up():
 
 def test_relative_score_without_a_reference_is_undecided():
     from boq_vpr.map_db import Keyframe
-    det = LoopClosureDetector(MapDatabase(64, 'test'), DetectorConfig(mode='localization', relative_score=0.5, min_score=-1.0))
+    det = LoopClosureDetector(MapDatabase(64, 'test'), DetectorConfig(mode='localization', relative_score=0.5, min_score=-1.0,
+                                                                     false_alarm_rate=0.0, temporal_consistency=1))
     d = _stream(3)
     det.db.add(d[:2], [Keyframe(-1, 0), Keyframe(-1, 1)])
     r = det.process(d[2], 1)

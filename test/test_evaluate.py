@@ -18,7 +18,9 @@ from boq_vpr.images import list_images
 
 MODEL = ['--model', 'resnet18_1024', '--backend', 'torch', '--device', 'cpu', '--batch-size', '8']
 FIRST, COUNT, TOL = 200, 40, 2
-WINDOW = ['--set', 'exclusion_frames=10', '--set', 'exclusion_time_s=0']
+# the filters these tests look at, each on its own (calibration, consistency, keyframe selection off)
+WINDOW = ['--set', 'exclusion_frames=10', '--set', 'exclusion_time_s=0', '--set', 'false_alarm_rate=0',
+          '--set', 'temporal_consistency=1', '--set', 'keyframe_min_time_s=0']
 
 
 @pytest.fixture(scope='module')
@@ -168,7 +170,7 @@ def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
 def test_map_vs_queries_summer_map_winter_queries(nordland_bags, tmp_path):
     out, desc = tmp_path / 'eval', tmp_path / 'desc'
     m = _evaluate([str(nordland_bags['winter']), '--map-bag', str(nordland_bags['summer']), '--out', str(out),
-                   '--save-descriptors', str(desc)])
+                   '--save-descriptors', str(desc), '--set', 'false_alarm_rate=0', '--set', 'temporal_consistency=1'])
     q, mp = Frames.load(desc / 'query.npz'), Frames.load(desc / 'map.npz')
     ref = _reference(q.descriptors, q.gt.frames, mp.descriptors, mp.gt.frames, lambda i, j: True)
     assert m['mode'] == 'localization' and m['counts']['map_frames'] == COUNT
@@ -183,7 +185,8 @@ def test_map_vs_queries_summer_map_winter_queries(nordland_bags, tmp_path):
     map_dir = tmp_path / 'map'
     build_map(mp).save(map_dir)
     m_loaded = _evaluate(['--descriptors', str(desc), '--map', str(map_dir), '--out', str(tmp_path / 'loaded'),
-                          '--map-gt', str(bags.ground_truth_sidecar(nordland_bags['summer'])), '--no-plots'])
+                          '--map-gt', str(bags.ground_truth_sidecar(nordland_bags['summer'])), '--no-plots',
+                          '--set', 'false_alarm_rate=0', '--set', 'temporal_consistency=1'])
     assert m_loaded['recall_at_k'] == m['recall_at_k']
     assert m_loaded['operating_point'] == m['operating_point']
 
@@ -192,7 +195,8 @@ def test_map_vs_queries_summer_map_winter_queries(nordland_bags, tmp_path):
     same.mkdir()
     shutil.copy(desc / 'map.npz', same / 'map.npz')
     shutil.copy(desc / 'map.npz', same / 'query.npz')
-    m_same = _evaluate(['--descriptors', str(same), '--out', str(tmp_path / 'same_out')])
+    m_same = _evaluate(['--descriptors', str(same), '--out', str(tmp_path / 'same_out'),
+                        '--set', 'false_alarm_rate=0', '--set', 'temporal_consistency=1'])
     assert m_same['recall_at_k'] == {'1': 1.0, '5': 1.0, '10': 1.0, '20': 1.0}
     assert m_same['precision_recall']['auc_pr'] == 1.0
     assert m_same['precision_recall']['max_recall_at_100_precision'] == 1.0

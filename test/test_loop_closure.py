@@ -53,8 +53,13 @@ class Route:
         return match_frame < 200 and abs(self.place[match_frame] - self.place[t]) <= tol and not self.distractor[t]
 
 
+PLAIN = {'false_alarm_rate': 0.0, 'temporal_consistency': 1, 'keyframe_min_time_s': 0.0}
+
+
 def detector(**kw) -> LoopClosureDetector:
-    cfg = dict(exclusion_frames=20, exclusion_time_s=0.0, top_k=10, min_score=0.5)
+    # each filter on its own: calibration, consistency and keyframe selection off unless asked for
+    cfg = dict(exclusion_frames=20, exclusion_time_s=0.0, top_k=10, min_score=0.5, false_alarm_rate=0.0,
+               temporal_consistency=1, keyframe_min_time_s=0.0)
     cfg.update(kw)
     return LoopClosureDetector(MapDatabase(D, 'synthetic'), DetectorConfig.from_dict(cfg))
 
@@ -151,7 +156,7 @@ def test_localization_mode_leaves_the_map_alone():
     route = Route(distractors=False)
     db = MapDatabase(D, 'synthetic')
     db.add(route.desc[:200], [Keyframe(-1, t * NS, position=(float(t), 1.0, 0.0), frame_id='map') for t in range(200)])
-    det = LoopClosureDetector(db, DetectorConfig.from_dict({'mode': 'localization', 'min_score': 0.5,
+    det = LoopClosureDetector(db, DetectorConfig.from_dict({**PLAIN, 'mode': 'localization', 'min_score': 0.5,
                                                              'temporal_consistency': 2}))
     results = route.run(det, range(200, 300))
     assert len(db) == 200
@@ -169,7 +174,7 @@ def test_a_new_session_matches_old_sessions_at_once():
     route = Route(distractors=False)
     db = MapDatabase(D, 'synthetic')
     db.add(route.desc[:200], [Keyframe(-1, t * NS, session='monday') for t in range(200)])
-    det = LoopClosureDetector(db, DetectorConfig.from_dict({'session': 'tuesday', 'exclusion_frames': 50,
+    det = LoopClosureDetector(db, DetectorConfig.from_dict({**PLAIN, 'session': 'tuesday', 'exclusion_frames': 50,
                                                              'exclusion_time_s': 60.0, 'min_score': 0.5}))
     r = det.process(route.desc[200], 0)   # stamps restart at 0, like sim time
     assert r.candidates and r.candidates[0].match_id <= 2 and r.keyframe_id == 200
@@ -206,10 +211,10 @@ def test_configure_keeps_the_map_and_the_session_window():
     route = Route(distractors=False)
     db = MapDatabase(D, 'synthetic')
     db.add(route.desc[:100], [Keyframe(-1, t * NS, session='old') for t in range(100)])
-    det = LoopClosureDetector(db, DetectorConfig.from_dict({'exclusion_frames': 30, 'min_score': 0.5}))
+    det = LoopClosureDetector(db, DetectorConfig.from_dict({**PLAIN, 'exclusion_frames': 30, 'min_score': 0.5}))
     route.run(det, range(100, 110))
     assert det.search_limit(110 * NS) == 100   # this session's keyframes are all inside the window
-    det.configure(DetectorConfig.from_dict({'exclusion_frames': 5, 'exclusion_time_s': 0.0, 'min_score': 0.9,
+    det.configure(DetectorConfig.from_dict({**PLAIN, 'exclusion_frames': 5, 'exclusion_time_s': 0.0, 'min_score': 0.9,
                                               'top_k': 3}))
     assert det.config.min_score == 0.9 and len(db) == 110
     assert det.search_limit(110 * NS) == 105

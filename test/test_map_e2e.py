@@ -62,7 +62,8 @@ def test_summer_map_retrieves_perturbed_and_winter_queries(summer_map, nordland_
     db = MapDatabase.load(summer_map, fingerprint=encoder.fingerprint, descriptor_dim=encoder.descriptor_dim)
     n_map = len(db)
     assert db.sessions() == {'summer': n_map}
-    det = LoopClosureDetector(db, DetectorConfig(mode='localization', top_k=5, min_score=-1.0, max_candidates=1))
+    det = LoopClosureDetector(db, DetectorConfig(mode='localization', top_k=5, min_score=-1.0, max_candidates=1,
+                                                 false_alarm_rate=0.0, temporal_consistency=1))
     rng = np.random.default_rng(0)
     report = {}
     for season in ('summer-perturbed', 'winter'):
@@ -106,7 +107,8 @@ def test_slam_over_two_traversals_closes_loops(summer_map, nordland_dir):
     db = MapDatabase(encoder.descriptor_dim, encoder.fingerprint)
     det = LoopClosureDetector(db, DetectorConfig(mode='slam', exclusion_frames=50, exclusion_time_s=0.0,
                                                  min_score=0.0, relative_score=1.0, temporal_consistency=3,
-                                                 consistency_tolerance=3, nms_radius=3))
+                                                 consistency_tolerance=3, nms_radius=3, false_alarm_rate=0.0,
+                                                 keyframe_min_time_s=0.0))
     n = len(files)
     names = [p.name for p in files] * 2
     correct = wrong = 0

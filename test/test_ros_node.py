@@ -156,6 +156,9 @@ def _base_params(world: World, folder: Path) -> dict:
         'map.path': str(folder / 'map'),
         'loop_closure.exclusion_time_s': EXCLUSION_S, 'loop_closure.exclusion_frames': 0,
         'loop_closure.min_score': MIN_SCORE, 'loop_closure.top_k': 5,
+        # the synthetic scenes test single revisits: calibration, consistency and keyframe selection off
+        'loop_closure.false_alarm_rate': 0.0, 'loop_closure.temporal_consistency': 1,
+        'loop_closure.keyframe_min_time_s': 0.0,
     }
 
 
@@ -416,6 +419,10 @@ def test_flooding_counts_drops_keeps_memory_bounded_and_still_publishes(slam: Se
     assert dropped > 0, f'no drops counted ({processed} processed of {received})'
     assert received == processed + dropped + int(after['frames_rejected']) - int(before['frames_rejected'])
     assert 0 < processed < received
+    # every processed frame has exactly one detector outcome on /diagnostics
+    outcomes = {k: int(v) for k, v in after.items() if k.startswith('outcome.')}
+    assert 'outcome.accepted' in outcomes and 'outcome.not_consistent' in outcomes
+    assert sum(outcomes.values()) == int(after['frames_processed'])
     growth_mib = (rss[1] - rss[0]) / 2 ** 20
     assert growth_mib < 200, f'memory grew {growth_mib:.0f} MiB over the second flood'
     # still alive and publishing: the anchor revisited closes a loop
