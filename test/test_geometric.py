@@ -77,7 +77,8 @@ def test_detector_verifies_candidates_on_stored_thumbnails(frames, caplog):
     db = MapDatabase(32, 'test')
     db.add(codes, [Keyframe(-1, i * 10**9, position=(float(i), 0.0, 0.0)) for i in range(n)], thumbnails=frames)
     det = LoopClosureDetector(db, DetectorConfig.from_dict({'mode': 'localization', 'geometric_verification': True,
-                                                             'top_k': 1, 'min_score': 0.5}))
+                                                             'top_k': 1, 'min_score': 0.5, 'false_alarm_rate': 0.0,
+                                                             'temporal_consistency': 1}))
     rng = np.random.default_rng(1)
     verified = 0
     for j in range(n):
