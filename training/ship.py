@@ -51,6 +51,17 @@ def descriptor_difference(name: str, fp32: Path, stored: Path, images: list[Path
             'nearest_neighbour_agreement': float(np.mean(sa.argmax(1) == sb.argmax(1)))}
 
 
+def write_log(history: list[dict], path: Path) -> None:
+    """The per-epoch training log (kept across resumes in metrics.json) as CSV."""
+    rows = ['epoch,steps,lr,train_loss,mined_pairs,val_R1,val_R5,val_R10']
+    for h in history:
+        val = next(iter(h.get('val', {}).values()), {})
+        rows.append(','.join(str(v) for v in (h['epoch'], h.get('steps', ''), f'{h["lr"]:.6g}', f'{h["train_loss"]:.5f}',
+                                             f'{h.get("mined_pairs", float("nan")):.4f}',
+                                             *(f'{val[k]:.4f}' if k in val else '' for k in ('R1', 'R5', 'R10')))))
+    path.write_text('\n'.join(rows) + '\n')
+
+
 def ship(run_dir: Path, name: str, images: list[Path], out_dir: Path = WEIGHTS_DIR) -> dict:
     run_dir = Path(run_dir)
     source = run_dir / 'model.pt'
@@ -66,9 +77,7 @@ def ship(run_dir: Path, name: str, images: list[Path], out_dir: Path = WEIGHTS_D
     load_weights(build_model(name), target)            # strict
     check = descriptor_difference(name, source, target, images)
     metrics = json.loads((run_dir / 'metrics.json').read_text())
-    logs = sorted(run_dir.glob('logs/version_*/metrics.csv'))
-    if logs:
-        shutil.copy(logs[-1], out_dir / f'{name}.log.csv')
+    write_log(metrics.get('history', []), out_dir / f'{name}.log.csv')
     shutil.copy(run_dir / 'config.yaml', out_dir / f'{name}.train.yaml')
     record = {'weights': target.name, 'bytes': size, 'sha256': file_sha256(target), 'storage': 'fp16',
               'fp16_vs_fp32': check, 'training': metrics}
