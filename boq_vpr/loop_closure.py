@@ -144,8 +144,8 @@ class DetectorConfig:
     store_thumbnails: bool | None = None
     keyframe_min_time_s: float = 0.5
     keyframe_min_distance_m: float = 0.0
-    keyframe_max_similarity: float = 1.0
-    false_alarm_rate: float = 0.001
+    keyframe_max_similarity: float = 0.9
+    false_alarm_rate: float = 0.01
     calibration_k: int = CALIBRATION_K
     calibration_radius: int = 3
     calibration_min_samples: int = DEFAULT_MIN_SAMPLES
