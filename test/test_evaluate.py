@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from boq_vpr import bags
+from boq_vpr import evaluation as ev
 from boq_vpr.cli import main as cli_main
 from boq_vpr.evaluation import Frames, build_map
 from boq_vpr.images import list_images
@@ -20,7 +21,8 @@ MODEL = ['--model', 'resnet18_1024', '--backend', 'torch', '--device', 'cpu', '-
 FIRST, COUNT, TOL = 200, 40, 2
 # the filters these tests look at, each on its own (calibration, consistency, keyframe selection off)
 WINDOW = ['--set', 'exclusion_frames=10', '--set', 'exclusion_time_s=0', '--set', 'false_alarm_rate=0',
-          '--set', 'temporal_consistency=1', '--set', 'keyframe_min_time_s=0']
+          '--set', 'temporal_consistency=1', '--set', 'keyframe_min_time_s=0',
+          '--set', 'keyframe_max_similarity=1']
 
 
 @pytest.fixture(scope='module')
@@ -165,6 +167,17 @@ def test_slam_mode_on_summer_then_winter(nordland_bags, tmp_path):
         assert m3['operating_point']['recall'] == pytest.approx(sweep['expected']['recall'])
     else:
         assert 'no setting reaches' in sweep['note']
+
+    # calibrated: the sweep runs over false_alarm_rate and its rows are the detector's own results
+    m4 = _evaluate(['--descriptors', str(desc), '--out', str(tmp_path / 'eval4'), '--set', 'exclusion_frames=10',
+                    '--set', 'exclusion_time_s=0', '--set', 'keyframe_min_time_s=0',
+                    '--set', 'keyframe_max_similarity=1', '--sweep',
+                    '--target-precision', '0.5', '--sweep-consistency', '1,3', '--no-plots', '--gt-by', 'frame'])
+    cal = m4['sweep']
+    assert cal['parameter'] == 'false_alarm_rate' and len(cal['grid']) == 2 * len(ev.CALIBRATED_SWEEP)
+    assert 'false-alarm' in m4['precision_recall']['score']
+    row = next(r for r in cal['grid'] if r['false_alarm_rate'] == 0.01 and r['temporal_consistency'] == 3)
+    assert (row['tp'], row['fp']) == (m4['operating_point']['tp'], m4['operating_point']['fp'])   # the default
 
 
 def test_map_vs_queries_summer_map_winter_queries(nordland_bags, tmp_path):

@@ -53,13 +53,14 @@ class Route:
         return match_frame < 200 and abs(self.place[match_frame] - self.place[t]) <= tol and not self.distractor[t]
 
 
-PLAIN = {'false_alarm_rate': 0.0, 'temporal_consistency': 1, 'keyframe_min_time_s': 0.0}
+PLAIN = {'false_alarm_rate': 0.0, 'temporal_consistency': 1, 'keyframe_min_time_s': 0.0,
+         'keyframe_max_similarity': 1.0}
 
 
 def detector(**kw) -> LoopClosureDetector:
     # each filter on its own: calibration, consistency and keyframe selection off unless asked for
     cfg = dict(exclusion_frames=20, exclusion_time_s=0.0, top_k=10, min_score=0.5, false_alarm_rate=0.0,
-               temporal_consistency=1, keyframe_min_time_s=0.0)
+               temporal_consistency=1, keyframe_min_time_s=0.0, keyframe_max_similarity=1.0)
     cfg.update(kw)
     return LoopClosureDetector(MapDatabase(D, 'synthetic'), DetectorConfig.from_dict(cfg))
 

@@ -108,7 +108,7 @@ def test_slam_over_two_traversals_closes_loops(summer_map, nordland_dir):
     det = LoopClosureDetector(db, DetectorConfig(mode='slam', exclusion_frames=50, exclusion_time_s=0.0,
                                                  min_score=0.0, relative_score=1.0, temporal_consistency=3,
                                                  consistency_tolerance=3, nms_radius=3, false_alarm_rate=0.0,
-                                                 keyframe_min_time_s=0.0))
+                                                 keyframe_min_time_s=0.0, keyframe_max_similarity=1.0))
     n = len(files)
     names = [p.name for p in files] * 2
     correct = wrong = 0

@@ -36,7 +36,7 @@ def test_live_node_matches_offline_evaluation(nordland_dir, tmp_path):
                       '    loop_closure.mode: slam\n    loop_closure.exclusion_frames: 10\n'
                       '    loop_closure.exclusion_time_s: 0.0\n    loop_closure.min_score: 0.0\n'
                       '    loop_closure.false_alarm_rate: 0.0\n    loop_closure.temporal_consistency: 1\n'
-                      '    loop_closure.keyframe_min_time_s: 0.0\n')
+                      '    loop_closure.keyframe_min_time_s: 0.0\n    loop_closure.keyframe_max_similarity: 1.0\n')
     domain = domain_id()
     node = NodeProcess(domain, params_file=params, log_path=tmp_path / 'node.log',
                        ros_args=['-r', 'image:=/camera/image_raw'])

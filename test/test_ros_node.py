@@ -158,7 +158,7 @@ def _base_params(world: World, folder: Path) -> dict:
         'loop_closure.min_score': MIN_SCORE, 'loop_closure.top_k': 5,
         # the synthetic scenes test single revisits: calibration, consistency and keyframe selection off
         'loop_closure.false_alarm_rate': 0.0, 'loop_closure.temporal_consistency': 1,
-        'loop_closure.keyframe_min_time_s': 0.0,
+        'loop_closure.keyframe_min_time_s': 0.0, 'loop_closure.keyframe_max_similarity': 1.0,
     }
 
 
