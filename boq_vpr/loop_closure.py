@@ -214,6 +214,9 @@ class DetectorConfig:
             bad('geometric_features', f'must be one of {", ".join(FEATURES)}')
         if self.max_candidates > self.top_k:
             bad('max_candidates', f'cannot exceed top_k ({self.top_k})')
+        if self.mode == 'slam' and self.exclusion_time_s == 0 and self.exclusion_frames == 0:
+            bad('exclusion_frames', 'slam mode needs an exclusion window (exclusion_time_s or exclusion_frames > 0): '
+                                    'without one every keyframe matches its own predecessor')
         if not (self.false_alarm_rate == 0.0 or 0.0 < self.false_alarm_rate <= 0.5) or \
                 not math.isfinite(self.false_alarm_rate):
             bad('false_alarm_rate', 'must be 0 (off) or in (0, 0.5] (a probability per query, e.g. 0.001)')

@@ -270,3 +270,9 @@ def test_bad_descriptors_are_refused():
     with pytest.raises(MapError, match='zero or not finite'):
         det.process(np.zeros(D, np.float32), 0)
     assert len(det.db) == 0
+
+
+def test_slam_mode_without_an_exclusion_window_is_refused():
+    with pytest.raises(ConfigError, match='slam mode needs an exclusion window'):
+        DetectorConfig.from_dict({'exclusion_time_s': 0.0, 'exclusion_frames': 0})
+    DetectorConfig.from_dict({'mode': 'localization', 'exclusion_time_s': 0.0, 'exclusion_frames': 0})
