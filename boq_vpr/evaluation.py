@@ -397,11 +397,11 @@ class _Collector:
 
 
 def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: bool = True,
-             index_type: str = 'flat', progress: bool = True) -> Run:
+             index_type: str = 'flat', progress: bool = True, index_options: dict | None = None) -> Run:
     """One session in slam mode: every frame through ``detector.process`` in stamp order, a new
     in-memory map. ``k``: neighbours kept for recall@k (searched below the detector's window)."""
     assert config.mode == 'slam'
-    db = MapDatabase(frames.descriptors.shape[1], frames.fingerprint, index_type)
+    db = MapDatabase(frames.descriptors.shape[1], frames.fingerprint, index_type, **(index_options or {}))
     detector = LoopClosureDetector(db, config)
     map_ids = np.full(len(frames), -1, np.int64)
     index_of: dict[int, int] = {}

@@ -226,6 +226,19 @@ def test_params_file_builds_the_detector(nordland_bags, tmp_path):
     det = m['setup']['detector']
     assert (det['exclusion_frames'], det['min_score'], det['top_k'], det['mode']) == (12, 0.5, 20, 'slam')
     assert m['counts']['frames'] == 30
+    assert m['setup']['index'] == {'type': 'flat', 'options': {}, 'source': 'default'}
+
+    # the map index of the parameters file is the one evaluated (as the node builds it), and is reported
+    hnsw = tmp_path / 'hnsw.yaml'
+    hnsw.write_text(params.read_text() + '    map.index_type: hnsw\n    map.index_options.hnsw_m: 8\n'
+                    '    map.index_options.nlist: 64\n')
+    m_h = _evaluate([str(nordland_bags['session']), '--out', str(tmp_path / 'h'), '--params', str(hnsw),
+                     '--no-plots', '--max-frames', '30'])
+    assert m_h['setup']['index'] == {'type': 'hnsw', 'options': {'hnsw_m': 8}, 'source': 'parameters file'}
+    assert 'map index: hnsw (hnsw_m=8), from the parameters file' in (tmp_path / 'h' / 'summary.md').read_text()
+    m_c = _evaluate([str(nordland_bags['session']), '--out', str(tmp_path / 'c'), '--params', str(hnsw),
+                     '--index-type', 'fp16', '--no-plots', '--max-frames', '30'])
+    assert m_c['setup']['index'] == {'type': 'fp16', 'options': {}, 'source': 'command line'}
     bad = tmp_path / 'bad.yaml'
     bad.write_text('/**:\n  ros__parameters:\n    loop_closure.min_scor: 0.5\n')
     assert cli_main(['evaluate', str(nordland_bags['session']), '--out', str(tmp_path / 'x'), '--params', str(bad),

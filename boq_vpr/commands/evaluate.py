@@ -92,7 +92,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         '--params too, as the node does, instead of --model/--weights/...')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override a detector parameter (e.g. min_score=0.6), repeatable')
-    p.add_argument('--index-type', default='flat', help='index type of maps built here (default: flat)')
+    p.add_argument('--index-type', default=None,
+                   help='index of maps built here (default: map.index_type of --params, as the node uses, else flat)')
+    p.add_argument('--index-option', action='append', default=[], metavar='KEY=VALUE',
+                   help='index option of maps built here, repeatable (default: map.index_options.* of --params)')
     r = parser.add_argument_group('report')
     r.add_argument('--ks', type=_ints, default=list(mt.DEFAULT_KS), help='k of recall@k (default 1,5,10,20)')
     r.add_argument('--sweep', action='store_true', help='sweep thresholds and recommend detector settings')
@@ -171,6 +174,10 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
     lines += [f'- mode: **{metrics["mode"]}**; queries: `{setup["query"]}`' +
               (f'; map: `{setup["map"]}`' if setup.get('map') else ''),
               f'- model: {setup.get("model", "?")} (fingerprint `{setup.get("fingerprint", "?")}`)']
+    index = setup.get('index')
+    if index:
+        opts = ', '.join(f'{k}={v}' for k, v in (index.get('options') or {}).items())
+        lines.append(f'- map index: {index["type"]}{f" ({opts})" if opts else ""}, from the {index["source"]}')
     if setup.get('random_weights'):
         lines.append('- **weights are random**: these figures check the pipeline, they say nothing about accuracy')
     gt = metrics.get('ground_truth')
@@ -360,6 +367,12 @@ def run(args: argparse.Namespace) -> int:
         log.warning('the parameters file names model %s, this evaluation uses %s (--model)', params['model.name'],
                     args.model)
     config = ev.detector_config(params, ev.parse_overrides(args.set), mode)
+    # the index the node would build: map.index_type / map.index_options.* of the parameters file
+    from ..ros.parameters import map_index_options
+    from .build_map import parse_index_options
+    index_type = args.index_type or params.get('map.index_type') or 'flat'
+    index_options = (parse_index_options(args.index_option) if args.index_option or args.index_type
+                     else map_index_options(params, index_type))
     for text in config.warnings():
         log.warning('detector: %s', text)
     criterion = Criterion(args.distance, args.frame_tolerance, args.gt_by)
@@ -373,7 +386,8 @@ def run(args: argparse.Namespace) -> int:
         queries = _frames(args, lazy, args.bag, args.topic, args.gt, 'session', keep_images)
         map_frames = queries
         run_fn = lambda cfg, retrieval=True, progress=True: ev.run_slam(  # noqa: E731
-            queries, cfg, k=max(ks), retrieval=retrieval, index_type=args.index_type, progress=progress)
+            queries, cfg, k=max(ks), retrieval=retrieval, index_type=index_type, index_options=index_options,
+            progress=progress)
         map_desc = f'{queries.source} (its own past)'
     else:
         queries = _frames(args, lazy, args.bag, args.topic, args.gt, 'query', keep_images)
@@ -387,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             map_frames = _frames(args, lazy, args.map_bag, args.map_topic or args.topic, args.map_gt, 'map',
                                  keep_images)
-            db = ev.build_map(map_frames, args.index_type, thumbnails=keep_images)
+            db = ev.build_map(map_frames, index_type, thumbnails=keep_images, **index_options)
             map_ids = db.ids()
             map_desc = map_frames.source
         run_fn = lambda cfg, retrieval=True, progress=True: ev.run_localization(  # noqa: E731
@@ -401,7 +415,11 @@ def run(args: argparse.Namespace) -> int:
                         'model': encoder_info.get('model'), 'fingerprint': queries.fingerprint,
                         'random_weights': encoder_info.get('weights', 'x') is None,
                         'encoder': encoder_info, 'detector': config.to_dict(),
-                        'params_file': str(args.params) if args.params else None}
+                        'params_file': str(args.params) if args.params else None,
+                        'index': ({'type': db.index_type, 'source': 'loaded map'} if args.map is not None else
+                                  {'type': index_type, 'options': index_options,
+                                   'source': 'command line' if args.index_type else
+                                   ('parameters file' if 'map.index_type' in params else 'default')})}
     metrics['outcomes'] = result.outcome_counts
     metrics['ground_truth_frame_tolerance'] = args.frame_tolerance
     metrics['input'] = {'query' if mode != 'slam' else 'session': queries.report}
