@@ -319,7 +319,8 @@ class VprNode(Node):
                        f'{v["encoder.backend"]}/{v["encoder.device"]}/{v["encoder.precision"]} '
                        '(building a TensorRT engine can take minutes the first time)...')
         t0 = time.monotonic()
-        self.encoder = Encoder(v['model.name'], weights=weights if weights is not None else RANDOM_WEIGHTS, backend=v['encoder.backend'],
+        self.encoder = Encoder(v['model.name'], weights=weights if weights is not None else RANDOM_WEIGHTS,
+                               backend=v['encoder.backend'],
                                device=v['encoder.device'], batch_size=1, image_size=size,
                                resize_mode=v['model.resize_mode'], precision=v['encoder.precision'], **options)
         if weights is None:

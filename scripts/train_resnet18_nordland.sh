@@ -3,7 +3,7 @@
 # build the Nordland split, train with boq-vpr train, store fp16 weights beside their record,
 # then measure the held-out recall against the untrained model and the pixel baseline.
 #   scripts/train_resnet18_nordland.sh [NORDLAND_DIR]   (default: ../shared/data/nordland_trimmed)
-# About 90 minutes on 2 CPU cores. Environment: ./boq.sh test installs it (.venv).
+# About 30 minutes on 2 CPU cores. Environment: ./boq.sh test installs it (.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/nordland_trimmed}

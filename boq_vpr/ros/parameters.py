@@ -101,7 +101,9 @@ def _node_parameters() -> list[ParamSpec]:
     P = ParamSpec
     return [
         # model and encoder (fixed at start-up)
-        P('model.name', 'resnet18_nordland', 'BoQ model configuration (resnet18_nordland: the demonstration model shipped with boq_vpr, trained on Nordland footage; use the official resnet50_16384 or dinov2_12288 weights, or your fine-tuned ones, on your robot)', tuple(sorted(MODEL_CONFIGS)), read_only=True),
+        P('model.name', 'resnet18_nordland', 'BoQ model configuration (resnet18_nordland: the demonstration model '
+          'shipped with boq_vpr, trained on Nordland footage; use the official resnet50_16384 or dinov2_12288 '
+          'weights, or your fine-tuned ones, on your robot)', tuple(sorted(MODEL_CONFIGS)), read_only=True),
         P('model.weights', '', 'weight file (official .pth or a boq_vpr checkpoint); empty: the weights shipped '
           'with model.name (resnet18_nordland), else random weights; "random": random weights (for tests only: '
           'descriptors mean nothing)', read_only=True),
