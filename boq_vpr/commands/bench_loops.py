@@ -17,7 +17,8 @@ same configuration, whose scores have another scale). For each model and drive i
    rate of accepted loops on the drives without revisits is the false-alarm rate per query: fixed
    ``min_score``, ``relative_score`` and the calibrated ``false_alarm_rate``;
 2. the filter table: the shipped ``config/vpr.yaml`` (``--params``) and what each of its filters
-   adds, starting from no filter at all.
+   adds, starting from no filter at all;
+3. with ``--grid``, the grid the shipped defaults were chosen from (``GRID``).
 
 Figures are printed and saved as JSON (``--out``)::
 
@@ -62,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='node parameters whose loop_closure.* are the shipped defaults (default: config/vpr.yaml)')
     parser.add_argument('--drives', nargs='+', default=list(DRIVES), choices=DRIVES, help='drives to run')
     parser.add_argument('--every', type=int, default=1, help='use every n-th frame of the Nordland drives')
+    parser.add_argument('--grid', action='store_true',
+                        help='also run the grid the defaults were chosen from (false_alarm_rate x '
+                             'temporal_consistency x keyframe_max_similarity on the first model)')
     parser.add_argument('--out', type=Path, default=Path('bench/loops_nordland.json'), help='JSON output')
 
 
@@ -133,6 +137,20 @@ def run_setting(frames, config) -> dict:
             'outcomes': run.outcome_counts}
 
 
+# the grid the shipped defaults were chosen from (--grid)
+GRID = {'false_alarm_rate': (0.3, 0.1, 0.03, 0.01, 0.001), 'temporal_consistency': (2, 3, 4, 5),
+        'keyframe_max_similarity': (1.0, 0.9, 0.8)}
+
+
+def grid_configs(base):
+    """(label, config) over GRID, everything else as shipped."""
+    import itertools
+    keys = list(GRID)
+    for values in itertools.product(*(GRID[k] for k in keys)):
+        change = dict(zip(keys, values))
+        yield ', '.join(f'{k} {v:g}' for k, v in change.items()), dataclasses.replace(base, **change)
+
+
 def threshold_configs(base):
     """(label, config): one query per frame, consistency off, one threshold kind at a time."""
     plain = dataclasses.replace(base, temporal_consistency=1, keyframe_min_time_s=0.0, keyframe_min_distance_m=0.0,
@@ -184,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
         for drive in args.drives:
             drives[drive] = (synthetic_drive(enc.descriptor_dim) if drive == 'synthetic'
                              else nordland_drive(drive, enc, args.data, args.every))
-        for table, configs in (('thresholds', threshold_configs(base)), ('filters', filter_configs(base))):
+        tables = [('thresholds', threshold_configs(base)), ('filters', filter_configs(base))]
+        if args.grid and spec == args.models[0]:
+            tables.append(('grid', list(grid_configs(base))))
+        for table, configs in tables:
             for setting, cfg in configs:
                 for drive, frames in drives.items():
                     if drive == 'synthetic' and spec != args.models[0]:
@@ -192,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                     row = {'table': table, 'model': label, 'drive': drive, 'setting': setting,
                            **run_setting(frames, cfg)}
                     results['runs'].append(row)
-                    print(f'{table:<10} {label:<36} {drive:<10} {setting:<36} keyframes {row["keyframes"]:>5} '
+                    print(f'{table:<10} {label:<36} {drive:<10} {setting:<72} keyframes {row["keyframes"]:>5} '
                           f'accepted {row["accepted"]:>5} TP {row["tp"]:>5} FP {row["fp"]:>5} '
                           f'precision {row["precision"]:.3f} recall {row["recall"]:.3f} '
                           f'false/query {row["false_per_query"]:.4f}', flush=True)
