@@ -68,6 +68,7 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
     assert remaps == [('image', '/camera/image_raw'), ('image/compressed', '/camera/image_raw/compressed'),
                       ('odom', '/odom')]
     params, remaps = node_overrides(defaults | {'map_path': '/maps/a', 'mode': 'localization', 'weights': '/w.pth',
+                                                'model': 'resnet50_16384',
                                                 'image_transport': 'compressed', 'use_odom': 'true',
                                                 'use_sim_time': 'True', 'image_topic': '/cam/'})
     specs = {s.name: s for s in node_parameters()}
@@ -75,6 +76,7 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
         if name != 'use_sim_time':
             assert validate(specs[name], value) is None, name
     assert params['use_sim_time'] is True and params['loop_closure.mode'] == 'localization'
+    assert (params['model.name'], params['model.weights']) == ('resnet50_16384', '/w.pth')
     assert ('image/compressed', '/cam/compressed') in remaps
     for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'},
                 {'shutdown_timeout': '-1'}, {'shutdown_timeout': 'soon'}):

@@ -17,6 +17,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str | None, str]] = {
     'map_path': ('', 'map directory (loaded when it holds a map, saved to on ~/save_map and shutdown); '
                      'empty: as in the params file'),
     'mode': ('', 'slam or localization; empty: as in the params file'),
+    'model': ('', 'model configuration (model.name), e.g. resnet50_16384 or dinov2_12288 for the official weights; '
+                  'empty: as in the params file (shipped: resnet18_nordland, a demonstration model)'),
     'weights': ('', 'model weight file; empty: as in the params file'),
     'use_sim_time': ('false', 'use the /clock topic (bag replay) as time source'),
     'log_level': ('info', 'log level of the node: debug, info, warn, error or fatal'),
@@ -43,6 +45,8 @@ def node_overrides(values: dict[str, str]) -> tuple[dict[str, Any], list[tuple[s
     params: dict[str, Any] = {'use_sim_time': _bool('use_sim_time', values.get('use_sim_time', 'false'))}
     if values.get('map_path'):
         params['map.path'] = values['map_path']
+    if values.get('model'):
+        params['model.name'] = values['model']
     if values.get('weights'):
         params['model.weights'] = values['weights']
     if values.get('mode'):
