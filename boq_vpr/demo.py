@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 from .cli import main as cli_main
+from .commands.bench_recall import NORDLAND_HELD_OUT
+from .commands.evaluate import _fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'nordland_trimmed'
 PARAMS = ROOT / 'config' / 'vpr.yaml'
-HELD_OUT_FIRST = 2400      # first frame not used to train resnet18_nordland (training/nordland.py)
-
-
-def _fmt(v) -> str:
-    return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.3f}'
+HELD_OUT_FIRST = NORDLAND_HELD_OUT.start   # first frame not used to train resnet18_nordland
 
 
 def main(argv: list[str] | None = None) -> int:

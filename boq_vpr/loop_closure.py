@@ -265,7 +265,6 @@ class FrameResult:
     best: LoopCandidate | None = None  # best raw match outside the exclusion window before thresholds
     reason: str = ''             # short reason when nothing was accepted
     outcome: str = ''            # a key of OUTCOMES
-    p_value: float = math.nan    # calibrated threshold: the best match's false-alarm probability
 
 
 @dataclass
@@ -399,33 +398,32 @@ class LoopClosureDetector:
         reference = self._reference_score(q) if c.relative_score > 0 else None
         decision = float(scores[0]) / reference if reference and reference > 0 else float(scores[0])
 
-        def rejected(outcome: str, why: str, p: float = math.nan) -> FrameResult:
+        def rejected(outcome: str, why: str) -> FrameResult:
             self._chains = []
-            return FrameResult(None, [], decision, best, why, outcome, p)
+            return FrameResult(None, [], decision, best, why, outcome)
 
         # calibrated threshold: the decision score becomes -log10(false-alarm probability)
-        p_value = math.nan
         if c.calibrated:
             sig = significance(all_scores, all_ids, c.calibration_radius, c.calibration_min_samples)
             if sig is None:
                 return rejected('undecided', f'calibration: fewer than {c.calibration_min_samples} background '
                                              f'places among the {all_ids.size} eligible keyframes retrieved')
-            p_value, decision = sig.p_value, sig.log10_p
+            decision = sig.log10_p
             if sig.p_value > c.false_alarm_rate:
                 return rejected('below_calibrated', f'not significant (false-alarm probability {sig.p_value:.2g} > '
-                                                    f'false_alarm_rate {c.false_alarm_rate:g})', p_value)
+                                                    f'false_alarm_rate {c.false_alarm_rate:g})')
         # absolute and relative thresholds
         if scores[0] < c.min_score:
-            return rejected('below_min_score', f'below min_score ({scores[0]:.3f} < {c.min_score})', p_value)
+            return rejected('below_min_score', f'below min_score ({scores[0]:.3f} < {c.min_score})')
         keep = scores >= c.min_score
         reason = ''
         if c.relative_score > 0:
             if reference is None or reference <= 0:
-                return rejected('undecided', 'relative_score: no recent frame to compare with yet', p_value)
+                return rejected('undecided', 'relative_score: no recent frame to compare with yet')
             keep &= scores / reference >= c.relative_score
             if not keep.any():
                 return rejected('below_relative_score', f'below relative_score ({float(scores[0]) / reference:.3f} < '
-                                                        f'{c.relative_score})', p_value)
+                                                        f'{c.relative_score})')
         survivors = [(int(i), float(s), r) for r, (i, s) in enumerate(zip(ids, scores)) if keep[r]]
         # non-maximum suppression: drop candidates next to a better one
         if c.nms_radius > 0:
@@ -449,7 +447,7 @@ class LoopClosureDetector:
             if not consistent:
                 longest = max(ch.length for ch in chains)
                 return FrameResult(None, [], decision, best, f'temporal consistency ({longest}/{c.temporal_consistency})',
-                                   'not_consistent', p_value)
+                                   'not_consistent')
             survivors = consistent
         # geometric verification, best first, until max_candidates are accepted
         accepted: list[LoopCandidate] = []
@@ -465,8 +463,8 @@ class LoopClosureDetector:
             if len(accepted) >= c.max_candidates:
                 break
         if not accepted:
-            return FrameResult(None, [], decision, best, reason, 'failed_geometric', p_value)
-        return FrameResult(None, accepted, decision, best, '', 'accepted', p_value)
+            return FrameResult(None, [], decision, best, reason, 'failed_geometric')
+        return FrameResult(None, accepted, decision, best, '', 'accepted')
 
     def _verify(self, image: np.ndarray | None, match_id: int) -> tuple[bool, int, str]:
         if image is None:

@@ -325,8 +325,9 @@ class VprNode(Node):
                                resize_mode=v['model.resize_mode'], precision=v['encoder.precision'], **options)
         if weights is None:
             self._log.warning(f'model {v["model.name"]} has no weights (model.weights is {v["model.weights"]!r} and none '
-                              'ship with it): the network has random weights and its loop closures mean nothing; '
-                              'set model.weights to a trained checkpoint, or use model.name resnet18_nordland')
+                              'ship with it): the network has random weights, so no threshold (fixed or calibrated) '
+                              'can tell places apart and its loop closures mean nothing; set model.weights to a '
+                              'trained checkpoint, or use model.name resnet18_nordland')
         problem = self._attention_problem(v)
         if problem is not None:
             raise ConfigError(f'{problem} (model {self.encoder.config.name})')
@@ -351,9 +352,6 @@ class VprNode(Node):
         self.detector.mapping = self._mapping
         for text in self.detector_config.warnings():
             self._log.warning(f'loop_closure: {text}')
-        if self.encoder.weights is None:
-            self._log.warning('loop_closure: the model has random weights, so no threshold (fixed or calibrated) '
-                              'can tell places apart; published loop closures are noise')
 
     # ------------------------------------------------------------------ detector control
     def _replace_detector(self, config) -> None:

@@ -20,20 +20,17 @@ import shutil
 import sys
 from pathlib import Path
 
+from boq_vpr.commands.bench_recall import NORDLAND_HELD_OUT, frame_name
+
 from .make_train_set import Traversal, build_train_set
 
 SEASONS = ('summer', 'winter')
 FRAME_SPACING_M = 10.0
 TRAIN_FRAMES = range(0, 2200)
 VAL_FRAMES = range(2200, 2350)
-TEST_FRAMES = range(2400, 3576)
+TEST_FRAMES = NORDLAND_HELD_OUT
 PLACE_RADIUS_M = 15.0          # frames c-1, c, c+1
 PLACE_SPACING_M = 40.0         # one place every 4 frames
-
-
-def frame_name(index: int) -> str:
-    """File name of frame ``index`` (file order) in the trimmed Nordland folders."""
-    return f'images-{(index + 1) * 10:05d}.png'
 
 
 def prepare(nordland: Path, out: Path, overwrite: bool = False) -> dict:

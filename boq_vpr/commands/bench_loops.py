@@ -36,14 +36,14 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models.checkpoint import RANDOM_WEIGHTS
-from .bench_recall import DEFAULT_DATA, load_frames, parse_model_spec
+from .bench_recall import DEFAULT_DATA, NORDLAND_HELD_OUT, load_frames, parse_model_spec
 from .common import write_json
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PARAMS = ROOT / 'config' / 'vpr.yaml'
-HELD_OUT = range(2400, 3576)
+HELD_OUT = NORDLAND_HELD_OUT
 SUMMER_ALL = range(0, 3576)
 DRIVES = ('summer', 'synthetic', 'two_season')
 GAP_S = 60.0

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'nordland_trimmed'
 KS = (1, 5, 10)
+# Nordland frames resnet18_nordland never saw in training (training/nordland.py)
+NORDLAND_HELD_OUT = range(2400, 3576)
 
 
 def frame_range(text: str) -> range:
@@ -47,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: the Nordland sample next to the repository)')
     parser.add_argument('--map-folder', default='summer', help='sub-folder of the map images (default: summer)')
     parser.add_argument('--query-folder', default='winter', help='sub-folder of the queries (default: winter)')
-    parser.add_argument('--frames', type=frame_range, default=range(2400, 3576),
+    parser.add_argument('--frames', type=frame_range, default=NORDLAND_HELD_OUT,
                         help='frame indices START:END in file order (default 2400:3576, the held-out section)')
     parser.add_argument('--every', type=int, default=1, help='use every n-th frame of the range (default: 1)')
     parser.add_argument('--tolerance', type=int, default=2, help='true matches within this many frames (default: 2)')
@@ -82,6 +84,7 @@ def aligned_recalls(map_desc: np.ndarray, query_desc: np.ndarray, tolerance: int
 
 
 def frame_name(index: int) -> str:
+    """File name of frame ``index`` (file order) in the trimmed Nordland folders."""
     return f'images-{(index + 1) * 10:05d}.png'
 
 

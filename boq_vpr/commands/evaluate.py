@@ -299,7 +299,7 @@ def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
         i = int(i)
         base = {'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]),
                 'query_id': int(run.map_ids[i]) if run.mode == 'slam' and run.map_ids[i] >= 0 else '',
-                'outcome': run.outcomes[q] if q < len(run.outcomes) else '', 'reason': run.reasons[q],
+                'outcome': run.outcomes[q], 'reason': run.reasons[q],
                 'decision_score': _csv_float(run.decision[q]),
                 'best_frame': int(run.best[q]) if run.best[q] >= 0 else '', 'best_score': _csv_float(run.best_score[q])}
         for cand in by_query.get(i, [{}]):
@@ -307,7 +307,7 @@ def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
     for i, reason in run.skipped:
         rows.append({'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]), 'outcome': 'not_keyframe',
                      'reason': reason})
-    rows.sort(key=lambda r: (r['query_frame'], r.get('rank', '') if r.get('rank', '') != '' else 0))
+    rows.sort(key=lambda r: r['query_frame'])      # stable: a frame's candidates stay best first
     with open(path, 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=list(CANDIDATE_CSV_COLUMNS), restval='')
         w.writeheader()

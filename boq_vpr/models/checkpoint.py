@@ -5,6 +5,7 @@ refused. Keys must match the model exactly; a mismatch lists missing, unexpected
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import pickle
@@ -53,15 +54,22 @@ def is_shipped(path: str | Path) -> bool:
     return Path(path).resolve().parent == WEIGHTS_DIR and Path(path).name in SHIPPED_WEIGHTS.values()
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weight file, unwrapped from Lightning (``state_dict``) and prefixes."""
-    path = Path(path)
+@contextlib.contextmanager
+def _reinstall_hint(path: str | Path):
+    """A CheckpointError about a shipped weight file also says how to reinstall it."""
     try:
-        return _read_state_dict(path)
+        yield
     except CheckpointError as err:
         if is_shipped(path):
             raise CheckpointError(f'{err}; {REINSTALL_HINT}') from err
         raise
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file, unwrapped from Lightning (``state_dict``) and prefixes."""
+    path = Path(path)
+    with _reinstall_hint(path):
+        return _read_state_dict(path)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -126,12 +134,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a weight file strictly into ``model`` (in place) and return it. Tensors stored in
     another floating-point type (the shipped fp16 files) are cast to the model's (fp32)."""
     state = read_state_dict(path)
-    try:
+    with _reinstall_hint(path):
         check_state_dict(model, state, source=str(path))
-    except CheckpointError as err:
-        if is_shipped(path):
-            raise CheckpointError(f'{err}; {REINSTALL_HINT}') from err
-        raise
     model.load_state_dict(state, strict=True)
     log.info('loaded %d tensors from %s', len(state), path)
     return model
