@@ -23,10 +23,10 @@ import numpy as np
 
 from .errors import BagError, ImageError
 from .images import decode_to_rgb8, raw_to_rgb8
+from .values import NS_PER_S
 
 log = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
 STORAGES = ('sqlite3', 'mcap', 'ros1')
 IMAGE_FORMATS = ('raw', 'jpeg', 'png')
 RAW_IMAGE = 'sensor_msgs/msg/Image'

@@ -40,13 +40,13 @@ from .ground_truth import Criterion, GroundTruth
 from .images import decode_to_rgb8
 from .loop_closure import CANDIDATE_COLUMNS, DetectorConfig, FrameResult, LoopClosureDetector
 from .map_db import Keyframe, MapDatabase
+from .values import NS_PER_S
 from .ros.parameters import DETECTOR_PREFIX, detector_values
 
 log = logging.getLogger(__name__)
 
 FRAMES_FORMAT = 'boq_vpr-frames'
 FRAMES_VERSION = 1
-NS_PER_S = 1_000_000_000
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -357,7 +357,7 @@ class Run:
 def _candidate_rows(result: FrameResult, frame: int, index_of: dict[int, int]) -> list[dict]:
     return [{'query_frame': frame, 'query_stamp_ns': c.query_stamp_ns, 'query_id': c.query_id,
              'match_id': c.match_id, 'match_frame': index_of.get(c.match_id, -1), 'match_stamp_ns': c.match_stamp_ns,
-             'score': c.score, 'rank': c.rank, 'verified': c.verified, 'inliers': c.inliers}
+             'session': 'running' if c.same_session else 'earlier', 'kind': c.kind, 'score': c.score, 'rank': c.rank, 'verified': c.verified, 'inliers': c.inliers}
             for c in result.candidates]
 
 

@@ -18,10 +18,11 @@ from typing import Sequence
 import numpy as np
 
 from .errors import BagError, ConfigError
+from .poses import lookup_poses
+from .values import NS_PER_S
 
 log = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
 CRITERIA = ('auto', 'position', 'frame')
 _STAMP_COLUMNS = ('stamp_ns', 'stamp', 'timestamp', 'time', 't')
 
@@ -130,35 +131,6 @@ def positive_matrix(query: GroundTruth, reference: GroundTruth, criterion: Crite
     return ok & (np.abs(qf[:, None] - mf[None, :]) <= criterion.frame_tolerance)
 
 
-def interpolate_positions(stamps_ns: np.ndarray, sample_ns: np.ndarray, sample_pos: np.ndarray,
-                          max_gap_ns: int) -> np.ndarray:
-    """Positions ``[N, 3]`` at ``stamps_ns``: linear interpolation between the two samples around a
-    stamp when they are at most ``max_gap_ns`` apart, else the nearest sample within
-    ``max_gap_ns``, else NaN. ``sample_ns`` must be sorted."""
-    stamps = np.asarray(stamps_ns, np.int64)
-    t = np.asarray(sample_ns, np.int64)
-    p = np.asarray(sample_pos, np.float64).reshape(-1, 3)
-    assert t.ndim == 1 and len(t) == len(p)
-    out = np.full((len(stamps), 3), np.nan)
-    if len(t) == 0:
-        return out
-    assert np.all(np.diff(t) >= 0), 'sample stamps must be sorted'
-    hi = np.searchsorted(t, stamps, side='left')
-    for i, (s, h) in enumerate(zip(stamps, hi)):
-        if h < len(t) and t[h] == s:
-            out[i] = p[h]
-            continue
-        lo = h - 1
-        if 0 <= lo and h < len(t) and t[h] - t[lo] <= max_gap_ns:
-            w = (s - t[lo]) / (t[h] - t[lo])
-            out[i] = (1 - w) * p[lo] + w * p[h]
-            continue
-        best = min((j for j in (lo, h) if 0 <= j < len(t)), key=lambda j: abs(int(t[j]) - int(s)))
-        if abs(int(t[best]) - int(s)) <= max_gap_ns:
-            out[i] = p[best]
-    return out
-
-
 def nearest_labels(stamps_ns: np.ndarray, sample_ns: np.ndarray, labels: np.ndarray, max_dt_ns: int) -> np.ndarray:
     """For each stamp the label of the nearest sample within ``max_dt_ns`` (-1 if none)."""
     stamps = np.asarray(stamps_ns, np.int64)
@@ -183,7 +155,7 @@ def from_poses(samples: Sequence, stamps_ns: np.ndarray, max_gap_s: float = 0.5,
     samples = sorted(samples, key=lambda s: s.stamp_ns)
     t = np.array([s.stamp_ns for s in samples], np.int64)
     p = np.array([s.position for s in samples], np.float64).reshape(-1, 3)
-    pos = interpolate_positions(stamps_ns, t, p, int(max_gap_s * NS_PER_S))
+    pos = lookup_poses(t, p, stamps_ns, int(max_gap_s * NS_PER_S)).positions
     _warn_unmatched(pos, source, max_gap_s)
     return GroundTruth(pos, None, source)
 
@@ -301,15 +273,16 @@ def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
 
 def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,
                label_max_dt_s: float = 0.001) -> GroundTruth:
-    """Ground truth at image stamps from a table matched by time: positions interpolated between
-    rows at most ``max_dt_s`` apart (or the nearest row within it), frame indices from the nearest
+    """Ground truth at image stamps from a table matched by time: positions by ``boq_vpr.poses``
+    (interpolated between the rows around a stamp when both are within ``max_dt_s``, else the nearest
+    row within it), frame indices from the nearest
     row within ``label_max_dt_s`` (frame indices belong to one image: they are not interpolated)."""
     max_dt = int(max_dt_s * NS_PER_S)
     label_dt = int(label_max_dt_s * NS_PER_S)
     pos = frames = None
     order = np.argsort(table.stamps_ns, kind='stable')
     if table.positions is not None:
-        pos = interpolate_positions(stamps_ns, table.stamps_ns[order], table.positions[order], max_dt)
+        pos = lookup_poses(table.stamps_ns[order], table.positions[order], stamps_ns, max_dt).positions
         _warn_unmatched(pos, str(table.path), max_dt_s)
     if table.frames is not None:
         frames = nearest_labels(stamps_ns, table.stamps_ns, table.frames, label_dt)

@@ -1,8 +1,13 @@
 """The loop-closure detector: a descriptor stream in, accepted loop candidates out.
 
 Two modes. ``slam``: each new keyframe queries the keyframes outside an exclusion window (recent
-keyframes of the current session, by time and/or count), then joins the map. ``localization``:
+keyframes of the running session, by time and/or count), then joins the map. ``localization``:
 every frame queries a prebuilt map, which is never modified.
+
+The running session is an identity, not a label: the keyframes this detector added since it was
+attached to the map (or since ``new_session``), i.e. an id range. Keyframes that were already in the
+map (a loaded map, earlier sessions, whatever their label or stamps) are never inside the exclusion
+window, and a match into them is a *relocalization*, not a loop (``KINDS``).
 
 Per query, in order: top-k search -> calibrated threshold (``false_alarm_rate``, see
 ``boq_vpr.calibration``) -> absolute score threshold -> relative score threshold -> non-maximum
@@ -14,6 +19,7 @@ rejected it. The detector counts them (``outcome_counts``).
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import logging
@@ -27,6 +33,7 @@ from .calibration import DEFAULT_K as CALIBRATION_K, DEFAULT_MIN_SAMPLES, signif
 from .errors import ConfigError, MapError
 from .geometric import FEATURES, GeometricVerifier
 from .keyframes import KeyframeSelector
+from .values import NS_PER_S, parse_bool
 from .map_db import Keyframe, MapDatabase, make_thumbnail
 
 log = logging.getLogger(__name__)
@@ -48,8 +55,16 @@ OUTCOMES: dict[str, str] = {
 }
 
 
+# What an accepted match means to a back end. ``loop``: both ends are keyframes of the running slam
+# session (the query and the match share one odometry frame and pose graph). ``relocalization``: the
+# match is a keyframe of another session or of a prebuilt map (its pose is in that map's frame).
+KINDS = ('loop', 'relocalization')
+
 # Columns of a candidate table row (the node's ~/candidates, read back by the evaluator).
-CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers')
+# session: 0 = the match is a keyframe of the running session, 1 = of an earlier session or a
+# prebuilt map (keyframes that were in the map when the session started); kind: index into KINDS.
+CANDIDATE_COLUMNS = ('query_stamp', 'match_stamp', 'match_id', 'session', 'kind', 'score', 'rank', 'verified',
+                     'inliers')
 
 
 @dataclass
@@ -65,6 +80,14 @@ class LoopCandidate:
     verified: bool               # passed geometric verification (False when disabled)
     inliers: int                 # RANSAC inliers (0 when disabled)
     match_keyframe: Keyframe     # carries the matched pose / frame_id when known
+    kind: str = 'loop'           # a key of KINDS
+    same_session: bool = True    # the match is a keyframe of the running session
+
+    def row(self) -> tuple[float, ...]:
+        """The candidate as a row of CANDIDATE_COLUMNS (stamps in seconds)."""
+        return (self.query_stamp_ns / NS_PER_S, self.match_stamp_ns / NS_PER_S, float(self.match_id),
+                0.0 if self.same_session else 1.0, float(KINDS.index(self.kind)), float(self.score),
+                float(self.rank), 1.0 if self.verified else 0.0, float(self.inliers))
 
 
 @dataclass
@@ -74,11 +97,12 @@ class DetectorConfig:
     Fields:
       mode: 'slam' (keyframes query the past outside the exclusion window, then join the map) or
         'localization' (every frame queries a read-only prebuilt map).
-      session: session label given to the keyframes this detector adds (slam mode).
+      session: session label given to the keyframes this detector adds (slam mode). A label only:
+        the exclusion window and the loop/relocalization split go by the session's id range.
       top_k: neighbours retrieved per query before filtering.
-      exclusion_time_s: slam mode: keyframes of the current session younger than this (relative to
+      exclusion_time_s: slam mode: keyframes of the running session younger than this (relative to
         the query stamp) are never matched. 0 = off.
-      exclusion_frames: slam mode: the most recent this-many keyframes of the current session are
+      exclusion_frames: slam mode: the most recent this-many keyframes of the running session are
         never matched. 0 = off. With both set, the larger window wins.
       min_score: absolute threshold on the cosine similarity of a match.
       relative_score: relative threshold: a match is kept only if its score divided by the
@@ -162,9 +186,9 @@ class DetectorConfig:
             default = names[key].default
             try:
                 if key == 'store_thumbnails':
-                    kwargs[key] = None if value is None else _as_bool(key, value)
+                    kwargs[key] = None if value is None else parse_bool(key, value)
                 elif isinstance(default, bool):
-                    kwargs[key] = _as_bool(key, value)
+                    kwargs[key] = parse_bool(key, value)
                 elif isinstance(default, int):
                     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                         raise ValueError
@@ -243,16 +267,6 @@ class DetectorConfig:
         return out
 
 
-def _as_bool(key: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in ('true', 'false', '1', '0', 'yes', 'no'):
-        return value.lower() in ('true', '1', 'yes')
-    raise ValueError
-
-
 @dataclass
 class FrameResult:
     """What the detector made of one frame."""
@@ -279,9 +293,7 @@ class LoopClosureDetector:
     def __init__(self, db: MapDatabase, config: DetectorConfig) -> None:
         self.db = db
         self._lock = threading.RLock()
-        # Keyframes added by this detector since the map was attached belong to the current session;
-        # the exclusion window only ever covers them.
-        self._session_start = db.next_id
+        self.new_session()
         self._warned_no_image = False
         self._warned_no_thumbnail = False
         # slam mode: whether keyframes join the map (False: frames are matched, with the exclusion
@@ -316,20 +328,50 @@ class LoopClosureDetector:
             self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=self.config.relative_window)
             self.selector.reset()
 
+    def new_session(self) -> None:
+        """Start a new session: keyframes already in the map become an earlier session (never inside
+        the exclusion window; matches into them are relocalizations). Called on attaching to a map
+        and after the map was cleared."""
+        with self._lock:
+            self._session_start = self.db.next_id
+            self._session_ids: list[int] = []       # keyframes this session added, in id order
+            self._session_stamps: list[int] = []    # and their stamps (non-decreasing within a session)
+            self._last_stamp_ns: int | None = None
+            if hasattr(self, 'config'):
+                self.reset()
+
+    @property
+    def session_start(self) -> int:
+        """The first keyframe id of the running session."""
+        return self._session_start
+
+    @property
+    def session_keyframes(self) -> int:
+        """Keyframes the running session added to the map."""
+        return len(self._session_ids)
+
     # ------------------------------------------------------------------ helpers
     def search_limit(self, stamp_ns: int) -> int:
         """Matches of a query at ``stamp_ns`` must have ids below this (slam mode: the exclusion window
-        of the current session)."""
+        of the running session). The window covers only this session's own keyframes (its id range),
+        whatever the labels and stamps of the keyframes that were in the map before it."""
         c = self.config
         next_id = self.db.next_id
         cut = next_id
+        ids = self._session_ids
+        if not ids:
+            return cut
         if c.exclusion_frames > 0:
-            cut = min(cut, max(self._session_start, next_id - c.exclusion_frames))
+            cut = min(cut, ids[max(0, len(ids) - c.exclusion_frames)])
         if c.exclusion_time_s > 0:
-            first = self.db.first_id_at_or_after(stamp_ns - int(round(c.exclusion_time_s * 1e9)), session=c.session)
-            if first is not None:
-                cut = min(cut, max(self._session_start, first))
+            first = bisect.bisect_left(self._session_stamps, stamp_ns - int(round(c.exclusion_time_s * NS_PER_S)))
+            if first < len(ids):
+                cut = min(cut, ids[first])
         return cut
+
+    def kind_of(self, match_id: int) -> str:
+        """``loop`` for a keyframe of the running slam session, else ``relocalization``."""
+        return 'loop' if self.config.mode == 'slam' and match_id >= self._session_start else 'relocalization'
 
     def _reference_score(self, q: np.ndarray) -> float | None:
         if not self._recent:
@@ -338,14 +380,18 @@ class LoopClosureDetector:
 
     def _candidate(self, query_id, stamp_ns, match_id, score, rank) -> LoopCandidate:
         kf = self.db.keyframe(int(match_id))
-        return LoopCandidate(query_id, int(stamp_ns), int(match_id), kf.stamp_ns, float(score), rank, False, 0, kf)
+        same = int(match_id) >= self._session_start and self.config.mode == 'slam'
+        return LoopCandidate(query_id, int(stamp_ns), int(match_id), kf.stamp_ns, float(score), rank, False, 0, kf,
+                             self.kind_of(int(match_id)), same)
 
     # ------------------------------------------------------------------ main entry
     def process(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
                 image: np.ndarray | None = None, source: str = '') -> FrameResult:
         """One frame: query the map, filter, and (slam mode with ``mapping`` on, keyframes only) add it
-        to the map. With ``mapping`` off, slam mode queries every frame, outside the exclusion window,
-        and adds nothing."""
+        to the map. With ``mapping`` off, slam mode queries the same frames (the keyframe selector
+        still decides which frames are queried, so every filter keeps its meaning in keyframes) and
+        adds nothing. A stamp before the previous frame's of the same session is a ``MapError``
+        (a new session, e.g. after a simulator restart, starts with ``new_session``)."""
         q = np.asarray(descriptor, np.float32)
         if q.ndim == 2 and q.shape[0] == 1:
             q = q[0]
@@ -358,7 +404,13 @@ class LoopClosureDetector:
         stamp_ns = int(stamp_ns)
         with self._lock:
             c = self.config
-            slam = c.mode == 'slam' and self.mapping
+            if self._last_stamp_ns is not None and stamp_ns < self._last_stamp_ns:
+                raise MapError(f'stamp {stamp_ns / NS_PER_S:.9f} s is before the previous frame\'s '
+                               f'({self._last_stamp_ns / NS_PER_S:.9f} s) within one session; start a new session '
+                               '(restart the node, or clear the map) after a time jump')
+            self._last_stamp_ns = stamp_ns
+            slam = c.mode == 'slam'
+            adding = slam and self.mapping
             if slam:
                 decision = self.selector.check(q, stamp_ns, position)
                 if not decision.accept:
@@ -367,14 +419,17 @@ class LoopClosureDetector:
             result = self._query(q, stamp_ns, image)
             assert result.outcome in OUTCOMES, result.outcome
             self.outcome_counts[result.outcome] += 1
-            if slam:
+            if adding:
                 kf = Keyframe(-1, stamp_ns, _tuple(position, 3), _tuple(orientation, 4), frame_id, source, c.session)
                 thumb = [image] if (self.store_thumbnails and image is not None) else None
                 (kid,) = self.db.add(q, [kf], thumbnails=thumb)
-                self.selector.accept(q, stamp_ns, position)
+                self._session_ids.append(int(kid))
+                self._session_stamps.append(stamp_ns)
                 result.keyframe_id = kid
                 for cand in ([result.best] if result.best else []) + result.candidates:
                     cand.query_id = kid
+            if slam:
+                self.selector.accept(q, stamp_ns, position)
             self._recent.append(q)
             self._last_query_ns = stamp_ns
             return result

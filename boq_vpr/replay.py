@@ -23,10 +23,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from . import bags
 from .errors import BagError, ConfigError
+from .values import NS_PER_S
 
 log = logging.getLogger(__name__)
 
-NS_PER_S = 1_000_000_000
 RELIABILITY = ('reliable', 'best_effort')
 
 

@@ -276,3 +276,91 @@ def test_slam_mode_without_an_exclusion_window_is_refused():
     with pytest.raises(ConfigError, match='slam mode needs an exclusion window'):
         DetectorConfig.from_dict({'exclusion_time_s': 0.0, 'exclusion_frames': 0})
     DetectorConfig.from_dict({'mode': 'localization', 'exclusion_time_s': 0.0, 'exclusion_frames': 0})
+
+
+# ---------------------------------------------------------------------------------------------
+# sessions: identity by id range, loops vs relocalizations
+
+def _loop_drive(places: np.ndarray, laps: int = 2) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [frame(places[i], 0.3, rng) for _ in range(laps) for i in range(len(places))]
+
+
+def _run_session(db: MapDatabase, drive: list[np.ndarray], **kw) -> tuple[LoopClosureDetector, list[FrameResult]]:
+    cfg = {**PLAIN, 'exclusion_time_s': 30.0, 'exclusion_frames': 50, 'min_score': 0.5, **kw}
+    det = LoopClosureDetector(db, DetectorConfig.from_dict(cfg))
+    return det, [det.process(d, t * 10**9) for t, d in enumerate(drive)]   # 1 Hz, stamps from 0 s
+
+
+def test_a_loaded_map_with_the_same_label_and_overlapping_stamps_leaves_the_sessions_loops_alone():
+    """Sim time restarting at 0 beside a loaded map stamped 0-199 s with the same (default) label."""
+    old = place_vectors(200, seed=11)
+    drive = _loop_drive(place_vectors(75, seed=12))        # a 75-place loop, driven twice
+    loaded = MapDatabase(D, 'synthetic')
+    loaded.add(old, [Keyframe(-1, t * 10**9) for t in range(200)])   # session label '' as the node's default
+    _, alone = _run_session(MapDatabase(D, 'synthetic'), drive)
+    det, beside = _run_session(loaded, drive)
+    loops_alone = {t: r.candidates[0].match_id for t, r in enumerate(alone) if r.candidates}
+    loops_beside = {t: r.candidates[0].match_id - 200 for t, r in enumerate(beside) if r.candidates}
+    assert len(loops_alone) == 75 and all(loops_alone[75 + i] == i for i in range(75))
+    assert loops_beside == loops_alone
+    assert all(r.candidates[0].kind == 'loop' and r.candidates[0].same_session for r in beside if r.candidates)
+    assert det.session_start == 200 and det.session_keyframes == 150
+    # the window covers this session's last 50 keyframes (more than 30 s at 1 Hz): ids 300..349
+    assert det.search_limit(150 * 10**9) == 200 + 100
+
+
+def test_matches_into_earlier_sessions_are_relocalizations_and_loops_stay_loops():
+    places = place_vectors(100, seed=21)
+    rng = np.random.default_rng(3)
+    db = MapDatabase(D, 'synthetic')
+    db.add(np.stack([frame(p, 0.3, rng) for p in places[:60]]),
+           [Keyframe(-1, (1000 + t) * 10**9, position=(float(t), 5.0, 0.0), frame_id='old_map') for t in range(60)])
+    # today: places 60..99 (new), then 0..19 (the old map's), then 60..79 again (today's)
+    route = list(range(60, 100)) + list(range(20)) + list(range(60, 80))
+    det, results = _run_session(db, [frame(places[p], 0.3, rng) for p in route])
+    kinds = {}
+    for t, r in enumerate(results):
+        if r.candidates:
+            c = r.candidates[0]
+            kinds[route[t], t >= 60] = c.kind
+            row = dict(zip(('query_stamp', 'match_stamp', 'match_id', 'session', 'kind'), c.row()))
+            if c.kind == 'relocalization':
+                assert c.match_id < 60 and not c.same_session and row['session'] == 1.0 and row['kind'] == 1.0
+                assert c.match_keyframe.frame_id == 'old_map'
+            else:
+                assert c.match_id >= 60 and c.same_session and row['session'] == 0.0 and row['kind'] == 0.0
+    assert sum(k == 'relocalization' for k in kinds.values()) >= 18     # places 0..19 revisited
+    assert sum(k == 'loop' for k in kinds.values()) >= 18                # places 60..79 revisited
+    # localization mode: every match is a relocalization
+    loc = LoopClosureDetector(db, DetectorConfig.from_dict({**PLAIN, 'mode': 'localization', 'min_score': 0.5}))
+    r = loc.process(frame(places[5], 0.3, rng), 0)
+    assert r.candidates and r.candidates[0].kind == 'relocalization' and not r.candidates[0].same_session
+
+
+def test_a_stamp_going_back_within_a_session_is_refused_and_a_new_session_may_restart_time():
+    det = detector()
+    places = place_vectors(3, seed=5)
+    det.process(places[0], 10 * 10**9)
+    with pytest.raises(MapError, match='within one session'):
+        det.process(places[1], 5 * 10**9)
+    det.new_session()
+    assert det.process(places[1], 0).keyframe_id == 1      # a new session: time may start over
+    assert det.session_start == 1
+
+
+def test_paused_mapping_queries_the_frames_the_keyframe_selector_takes():
+    """With mapping off the filters still count keyframes, not camera frames (30 Hz camera, one
+    keyframe per 0.5 s)."""
+    route = Route(distractors=False)
+
+    def outcomes(mapping: bool) -> list[str]:
+        det = detector(keyframe_min_time_s=0.5, exclusion_frames=5, min_score=-1.0)
+        for t in range(40):                         # the map: one keyframe per second
+            det.process(route.desc[t], t * 10**9)
+        det.mapping = mapping
+        start = 100 * 10**9
+        return [det.process(route.desc[t % 40], start + (t * 10**9) // 30).outcome for t in range(60)]   # 2 s
+    on, off = outcomes(True), outcomes(False)
+    assert off.count('not_keyframe') == on.count('not_keyframe') == 56   # 4 of 60 frames queried
+    assert [o == 'not_keyframe' for o in off] == [o == 'not_keyframe' for o in on]

@@ -156,9 +156,10 @@ def test_positive_matrix_by_distance_and_by_frame():
 
 
 def test_interpolation_and_nearest_labels():
+    from boq_vpr.poses import lookup_poses
     t = np.array([0, 10, 20], np.int64)
     p = np.array([[0, 0, 0], [10, 0, 0], [10, 10, 0]], float)
-    out = gt.interpolate_positions(np.array([5, 10, 15, 25, 100]), t, p, max_gap_ns=10)
+    out = lookup_poses(t, p, np.array([5, 10, 15, 25, 100]), max_dt_ns=10).positions
     np.testing.assert_allclose(out[:3], [[5, 0, 0], [10, 0, 0], [10, 5, 0]])
     np.testing.assert_allclose(out[3], [10, 10, 0])       # beyond the end, nearest within 10
     assert np.isnan(out[4]).all()                          # too far from any sample

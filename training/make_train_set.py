@@ -120,23 +120,22 @@ def read_bag_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
     """Frames of a bag traversal: image stamps with interpolated positions (metres, 'xy').
     Images without a pose within ``max_pose_gap_s`` are left out with a warning."""
     from boq_vpr import bags
-    from boq_vpr.ground_truth import from_poses, nearest_labels
-    poses = bags.read_poses(t.bag, t.pose_topic)
+    from boq_vpr.poses import lookup_poses
+    poses = sorted(bags.read_poses(t.bag, t.pose_topic), key=lambda p: p.stamp_ns)
     if not poses:
         raise DatasetError(f'{t.bag}: the pose topic has no messages')
     images = list(bags.iter_images(t.bag, t.image_topic, decode=False, every=t.every))
     if not images:
         raise DatasetError(f'{t.bag}: the image topic has no messages')
     stamps = np.array([im.stamp_ns for im in images], np.int64)
-    gt = from_poses(poses, stamps, max_gap_s=t.max_pose_gap_s, source=f'{t.bag} poses')
-    pose_ns = np.array([p.stamp_ns for p in poses], np.int64)
-    nearest = nearest_labels(stamps, pose_ns, np.arange(len(poses)), int(t.max_pose_gap_s * 1e9))
+    found = lookup_poses([p.stamp_ns for p in poses], [p.position for p in poses], stamps,
+                         int(t.max_pose_gap_s * 1e9), [p.orientation for p in poses])
     frames = []
-    for im, pos, near in zip(images, gt.positions, nearest):
-        if not np.isfinite(pos).all() or near < 0:
+    for im, pos, quat, near in zip(images, found.positions, found.orientations, found.index):
+        if near < 0 or not np.isfinite(pos).all():
             continue
         frames.append(Frame(index, im.index, None, float(pos[0]), float(pos[1]),
-                            yaw_degrees(poses[near].orientation), im.stamp_ns / 1e9))
+                            yaw_degrees(tuple(quat)), im.stamp_ns / 1e9))
     if len(frames) < len(images):
         log.warning('%s: %d of %d images have no pose within %.2f s and are left out',
                     t.bag, len(images) - len(frames), len(images), t.max_pose_gap_s)

@@ -8,7 +8,8 @@ stamps, keyframe ``i`` gets the stamp ``i / --rate`` seconds.
 
 Bags (rosbag2 directory, ``.db3``/``.mcap`` file, ROS 1 ``.bag``): every image of ``--topic``
 becomes a keyframe at its header stamp; ``--pose-topic`` (Odometry, PoseStamped or
-PoseWithCovarianceStamped) gives each keyframe the pose nearest in time within ``--max-pose-dt``,
+PoseWithCovarianceStamped) gives each keyframe its pose at the image stamp (``boq_vpr.poses``: interpolated
+between the two poses around it when both are within ``--max-pose-dt``, else the nearest within it),
 as the node does with odometry.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from .. import bags
 from ..errors import ConfigError, ImageError, MapError
 from ..images import list_images
+from ..values import NS_PER_S
 from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
 from .common import add_encoder_args, encoder_from_args, write_json
 from .encode import iter_loaded
@@ -239,23 +241,27 @@ def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, di
 def _add_bag(args: argparse.Namespace, encoder, db: MapDatabase, session: str) -> dict:
     """Encode the images of one bag topic into ``db``, with poses from ``--pose-topic``."""
     from ..evaluation import read_frames
-    from ..ground_truth import nearest_labels
+    from ..poses import lookup_poses
     frames = read_frames(args.folder, encoder, args.topic, keep_images=args.thumbnails)
     n = len(frames)
     pose_of = np.full(n, -1, np.int64)
     samples: list[bags.PoseSample] = []
     if args.pose_topic:
-        samples = bags.read_poses(args.folder, args.pose_topic)
-        pose_of = nearest_labels(frames.stamps_ns, np.array([p.stamp_ns for p in samples], np.int64),
-                                 np.arange(len(samples)), int(round(args.max_pose_dt * 1e9)))
+        samples = sorted(bags.read_poses(args.folder, args.pose_topic), key=lambda s: s.stamp_ns)
+        found = lookup_poses([s.stamp_ns for s in samples], [s.position for s in samples], frames.stamps_ns,
+                             int(round(args.max_pose_dt * NS_PER_S)),
+                             [s.orientation for s in samples])
+        pose_of = found.index
         if (pose_of < 0).any():
             log.warning('%d of %d images have no %s pose within %.3f s; they are stored without a pose',
                         int((pose_of < 0).sum()), n, args.pose_topic, args.max_pose_dt)
     kfs = []
     for i in range(n):
         pose = samples[pose_of[i]] if pose_of[i] >= 0 else None
-        kfs.append(Keyframe(-1, int(frames.stamps_ns[i]), pose.position if pose else None,
-                            pose.orientation if pose else None, pose.frame_id if pose else frames.frame_ids[i],
+        orientation = found.orientations[i] if pose is not None else None
+        kfs.append(Keyframe(-1, int(frames.stamps_ns[i]), tuple(found.positions[i]) if pose else None,
+                            tuple(orientation) if orientation is not None and np.isfinite(orientation).all() else None,
+                            pose.frame_id if pose else frames.frame_ids[i],
                             f'{frames.source}:{frames.topic}#{int(frames.indices[i])}', session))
     thumbs = [frames.images.get(i) for i in range(n)] if args.thumbnails else None
     db.add(frames.descriptors, kfs, thumbnails=thumbs)

@@ -284,8 +284,8 @@ def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Fr
 
 
 CANDIDATE_CSV_COLUMNS = ('query_frame', 'query_stamp_ns', 'query_id', 'outcome', 'reason', 'decision_score',
-                         'best_frame', 'best_score', 'match_frame', 'match_id', 'match_stamp_ns', 'score', 'rank',
-                         'verified', 'inliers')
+                         'best_frame', 'best_score', 'match_frame', 'match_id', 'match_stamp_ns', 'session', 'kind',
+                         'score', 'rank', 'verified', 'inliers')
 
 
 def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..bags import IMAGE_FORMATS, NS_PER_S, STORAGES, BagWriter, ground_truth_sidecar, list_topics
+from ..values import NS_PER_S
+from ..bags import IMAGE_FORMATS, STORAGES, BagWriter, ground_truth_sidecar, list_topics
 from ..errors import BagError, ConfigError, ImageError
 from ..ground_truth import write_table
 from ..images import list_images, load_image

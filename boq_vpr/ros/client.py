@@ -29,7 +29,7 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from .convert import NS_PER_S
+from ..values import NS_PER_S
 
 
 def stamp_msg(msg: Any, stamp_ns: int, frame_id: str = 'camera') -> Any:

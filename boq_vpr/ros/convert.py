@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError
+from ..values import NS_PER_S
 from ..images import (SUPPORTED_ENCODINGS, ImageTooLarge, array_to_rgb8, check_image_size, decode_to_rgb8,
                       encoding_layout, raw_to_rgb8)
 
@@ -34,7 +35,6 @@ except ImportError:  # pragma: no cover - rosbags-image is a dependency
 
 CONVERTERS = ('auto', 'cv_bridge', 'builtin')
 _PLANAR = ('nv12', 'nv21')  # 4:2:0 planar layouts: not supported
-NS_PER_S = 1_000_000_000
 
 
 class FrameRejected(ImageError):

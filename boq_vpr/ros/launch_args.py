@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..values import parse_bool
+
 # name -> (default, description); a default of None means "computed by the launch file"
 LAUNCH_ARGUMENTS: dict[str, tuple[str | None, str]] = {
     'params_file': (None, 'parameters of vpr_node (YAML, `/**: ros__parameters:`); default: the installed '
@@ -26,15 +28,11 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str | None, str]] = {
                                'sends SIGTERM, and again before SIGKILL (launch default: 5)'),
 }
 
-_BOOL = {'true': True, 'false': False, '1': True, '0': False, 'yes': True, 'no': False}
 LOG_LEVELS = ('debug', 'info', 'warn', 'error', 'fatal')
 
 
 def _bool(name: str, text: str) -> bool:
-    try:
-        return _BOOL[text.strip().lower()]
-    except KeyError:
-        raise ValueError(f'launch argument {name} must be true or false, got {text!r}') from None
+    return parse_bool(f'launch argument {name}', text)
 
 
 def node_overrides(values: dict[str, str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
