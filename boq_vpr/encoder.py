@@ -15,11 +15,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .backends import EncoderBackend, make_backend
-from .errors import ImageError
+from .backends import FIXED_SIZE_BACKENDS, EncoderBackend, make_backend
+from .errors import BackendError, ConfigError, ImageError
 from .models.checkpoint import file_sha256, resolve_weights
 from .models.config import ModelConfig, get_config
-from .models.vpr import RANDOM_SEED
+from .models.vpr import RANDOM_SEED, feature_shape
 from .preprocessing import Preprocessor
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,21 @@ class Encoder:
         self.weights = resolve_weights(config.name, weights)   # the shipped file when None
         self.batch_size = batch_size
         self.preprocessor = Preprocessor(config.image_size, resize_mode, config.stride if config.is_vit else 1)
+        if resize_mode == 'keep_aspect':
+            # The input width follows the camera's aspect ratio: exported graphs need a dynamic size.
+            if backend in FIXED_SIZE_BACKENDS:
+                raise ConfigError(f'resize_mode keep_aspect needs inputs of any width, but the {backend} backend '
+                                  f'builds its engine for one input size ({config.image_size[0]}x'
+                                  f'{config.image_size[1]}); use resize_mode fixed with {backend}, or backend '
+                                  'onnxruntime/openvino/torch with keep_aspect')
+            backend_options.setdefault('dynamic_size', True)
         self.backend: EncoderBackend = make_backend(backend, config, self.weights, device=device,
                                                     **backend_options)
+        spec = getattr(self.backend, 'spec', None)
+        if resize_mode == 'keep_aspect' and spec is not None and spec.image_size is not None:
+            raise ConfigError(f'resize_mode keep_aspect: {getattr(self.backend, "onnx_path", "the ONNX file")} is fixed '
+                              f'to input {spec.image_size[0]}x{spec.image_size[1]}; export it with --dynamic-size '
+                              'or leave onnx_path unset')
         self.times = StageTimes()
         self._fingerprint: str | None = None
         log.info('encoder %s (%d-D) on %s', config.name, self.descriptor_dim, self.backend.describe())
@@ -109,6 +122,46 @@ class Encoder:
         if desc.shape != (len(images), self.descriptor_dim):
             raise ImageError(f'backend returned {desc.shape}, expected ({len(images)}, {self.descriptor_dim})')
         return l2_normalize(desc)
+
+    @property
+    def supports_attention(self) -> bool:
+        """Whether ``encode_with_attention`` works on this backend (torch always; onnxruntime and
+        openvino when created with ``attention=True``; tensorrt never)."""
+        return bool(getattr(self.backend, 'supports_attention', False))
+
+    def encode_with_attention(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """One image ``H x W x 3`` -> (descriptor ``[D]``, cross-attention ``[blocks, Q, h*w]``, grid
+        ``(h, w)``), both from one pass of this encoder's backend at its precision: the descriptor
+        equals what ``encode`` returns for the image. BackendError where the backend has no
+        attention output (see ``supports_attention``)."""
+        if not self.supports_attention:
+            raise BackendError(f'{self.backend.name} backend gives no attention maps: use backend torch, or '
+                               'onnxruntime/openvino created with attention=True (tensorrt: not supported)')
+        t0 = time.perf_counter()
+        batch = self.preprocessor.batch([image])
+        t1 = time.perf_counter()
+        desc, attn = self.backend.infer_with_attention(batch)
+        t2 = time.perf_counter()
+        self.times.preprocess += t1 - t0
+        self.times.infer += t2 - t1
+        self.times.images += 1
+        grid = feature_shape(self.config, int(batch.shape[-2]), int(batch.shape[-1]))
+        attn = np.asarray(attn, np.float32)
+        if desc.shape != (1, self.descriptor_dim) or attn.ndim != 4 or attn.shape[-1] != grid[0] * grid[1]:
+            raise ImageError(f'backend returned descriptor {desc.shape} and attention {attn.shape}, expected '
+                             f'(1, {self.descriptor_dim}) and [1, blocks, queries, {grid[0] * grid[1]}]')
+        return l2_normalize(desc)[0], attn[0], grid
+
+    def warmup(self, height: int | None = None, width: int | None = None, attention: bool = False) -> None:
+        """Run one black frame of ``height x width`` (default: the configured input size) through
+        the backend, so that the first real frame pays no lazy initialization; give the camera's
+        frame size with resize_mode keep_aspect, so that the warm-up runs the input size the frames
+        will have. ``attention`` also warms up ``encode_with_attention``."""
+        h0, w0 = self.config.image_size
+        frame = np.zeros((int(height or h0), int(width or w0), 3), np.uint8)
+        self.encode(frame)
+        if attention and self.supports_attention:
+            self.encode_with_attention(frame)
 
     def encode_iter(self, images: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
         """Stream images through in batches; yields ``[n, D]`` blocks."""

@@ -198,3 +198,26 @@ def test_verify_and_bench_commands(nordland_dir, tmp_path, capsys):
     assert all(r['infer']['p50_ms'] > 0 and r['speedup_vs_eager_fp32'] > 0 and r['cosine_vs_eager_min'] > 0.9999
                for r in rows)
     assert 'x1.00 vs eager' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', pytest.param('openvino', marks=needs_openvino)])
+def test_keep_aspect_frames_of_another_aspect_on_exported_backends(backend):
+    """Issue 13, defect 1: keep_aspect feeds 64x85 for a 640x480 frame; the exported graph must take
+    it (it was fixed to 64x64, so every frame failed after a warm-up at the configured size)."""
+    enc = Encoder(MODEL, backend=backend, device='cpu', precision='fp32', image_size=(64, 64),
+                  resize_mode='keep_aspect')
+    enc.warmup(480, 640)
+    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    desc = enc.encode(frame)
+    ref = Encoder(MODEL, backend='torch', device='cpu', precision='fp32', image_size=(64, 64),
+                  resize_mode='keep_aspect').encode(frame)
+    assert desc.shape == (1, 1024)
+    assert float((desc * ref).sum()) >= 0.9999
+
+
+def test_keep_aspect_on_tensorrt_is_refused_at_construction():
+    """TensorRT engines have a fixed input size here: keep_aspect is refused before any engine is built."""
+    with pytest.raises(ConfigError, match='keep_aspect.*tensorrt|tensorrt.*keep_aspect'):
+        Encoder(MODEL, backend='tensorrt', device='cuda', resize_mode='keep_aspect')
+    assert 'tensorrt' not in [b for b, _ in auto_candidates('cpu', 'fp32', dynamic_size=True)]
+    assert all(b != 'tensorrt' for b, _ in auto_candidates('auto', 'fp32', dynamic_size=True))

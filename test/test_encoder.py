@@ -71,3 +71,46 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
         pytest.skip('CUDA is available here')
     with pytest.raises(BackendError, match='CUDA is not available'):
         Encoder('resnet18_1024', backend='torch', device='cuda')
+
+
+@pytest.mark.parametrize('mode', ['graph', 'eager'])
+def test_attention_comes_from_the_same_pass_as_the_descriptor(nordland_dir, mode):
+    """Issue 13, defect 7: attention frames ran the eager FP32 model while other frames ran the
+    plain-op graph (bf16/fp16 where chosen); now the descriptor of an attention frame is the one
+    ``encode`` gives (same graph, precision and layout), and the maps match the eager model's."""
+    from boq_vpr.backends.capabilities import cpu_supports_bf16
+    precision = 'bf16' if cpu_supports_bf16() else 'fp32'
+    enc = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision=precision, mode=mode)
+    img = load_image(list_images(nordland_dir / 'summer')[0])
+    desc, attn, grid = enc.encode_with_attention(img)
+    batch = enc.preprocessor.batch([img])
+    d, attns = enc.backend.attention(batch)   # the backend-level call the node used so far
+    if mode == 'graph':   # the node's path: bitwise the descriptor of encode
+        np.testing.assert_array_equal(desc, enc.encode(img)[0])
+        np.testing.assert_array_equal(d, enc.backend.infer(batch))
+    else:   # eager attention takes MultiheadAttention's unfused path (need_weights): same precision
+        assert float(desc @ enc.encode(img)[0]) >= (0.999 if precision == 'bf16' else 0.99999)
+    assert grid == enc.backend.model.feature_shape(96, 128) and attn.shape == (enc.config.num_layers, enc.config.num_queries, grid[0] * grid[1])
+    np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-2)
+    eager = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision='fp32',
+                    mode='eager')
+    ref = enc.backend.model(batch, return_attention=True)[1]
+    np.testing.assert_allclose(attn, np.stack([a[0].detach().numpy() for a in ref]), atol=2e-2 if precision == 'bf16' else 1e-4)
+    assert eager.supports_attention
+
+
+def test_attention_on_onnxruntime_needs_the_attention_export(tmp_path, monkeypatch, nordland_dir):
+    monkeypatch.setenv('BOQ_VPR_CACHE', str(tmp_path))
+    img = load_image(list_images(nordland_dir / 'summer')[0])
+    plain = Encoder('resnet18_1024', backend='onnxruntime', device='cpu', precision='fp32', image_size=(64, 64))
+    assert not plain.supports_attention
+    with pytest.raises(BackendError, match='attention'):
+        plain.encode_with_attention(img)
+    enc = Encoder('resnet18_1024', backend='onnxruntime', device='cpu', precision='fp32', image_size=(64, 64),
+                  attention=True)
+    desc, attn, grid = enc.encode_with_attention(img)
+    np.testing.assert_allclose(desc, enc.encode(img)[0], atol=1e-6)
+    np.testing.assert_allclose(desc, plain.encode(img)[0], atol=1e-5)
+    assert attn.shape == (enc.config.num_layers, enc.config.num_queries, grid[0] * grid[1])
+    ref = Encoder('resnet18_1024', backend='torch', device='cpu', precision='fp32', image_size=(64, 64))
+    np.testing.assert_allclose(attn, ref.encode_with_attention(img)[1], atol=1e-4)

@@ -76,10 +76,18 @@ def backend_names() -> list[str]:
     return ['auto', *sorted(BACKENDS)]
 
 
-def auto_candidates(device: str = 'auto', precision: str = 'auto') -> list[tuple[str, str]]:
-    """(backend, device) pairs that ``auto`` tries for a requested device and precision, in order."""
+# Backends whose input size is fixed when built (no dynamic height/width): skipped by ``auto`` and
+# refused by the Encoder when the preprocessing keeps the camera's aspect ratio (keep_aspect).
+FIXED_SIZE_BACKENDS = ('tensorrt',)
+
+
+def auto_candidates(device: str = 'auto', precision: str = 'auto', dynamic_size: bool = False
+                    ) -> list[tuple[str, str]]:
+    """(backend, device) pairs that ``auto`` tries for a requested device and precision, in order;
+    with ``dynamic_size`` only backends that take inputs of any height and width."""
     from .capabilities import cpu_supports_bf16
-    gpu = [c for c in AUTO_ORDER if c.endswith(':cuda')]
+    gpu = [c for c in AUTO_ORDER if c.endswith(':cuda')
+           and not (dynamic_size and c.partition(':')[0] in FIXED_SIZE_BACKENDS)]
     cpu = [c for c in AUTO_ORDER if c.endswith(':cpu')]
     if precision in ('auto', 'bf16') and cpu_supports_bf16():
         cpu = AUTO_ORDER_CPU_BF16
@@ -107,7 +115,7 @@ def make_backend(name: str, config: ModelConfig, weights: str | Path | None = No
                      'run bf16' if cpu_supports_bf16() else 'this CPU has no native bf16 (AVX512_BF16/AMX-BF16): '
                      'CPU backends run FP32 (int8 on request, with calibration images)')
         reasons = []
-        for candidate, dev in auto_candidates(device, options['precision']):
+        for candidate, dev in auto_candidates(device, options['precision'], bool(options.get('dynamic_size'))):
             if dev == 'cuda' and not _cuda_present():
                 reasons.append(f'{candidate}:{dev}: no CUDA GPU')
                 continue

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ExportError, ImageError
-from ..export import DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
 from ..models.config import ModelConfig
 from .capabilities import physical_cores
 from .engine_cache import cache_dir, cached_onnx
@@ -90,7 +90,8 @@ class OnnxRuntimeBackend:
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'auto', onnx_path: str | Path | None = None, threads: int | None = None,
                  calibration: str | Path | None = None, dynamic_size: bool = False, spin: bool = False,
-                 use_trt_ep: bool = False, optimization: str = 'all', **_ignored) -> None:
+                 use_trt_ep: bool = False, optimization: str = 'all', attention: bool = False,
+                 **_ignored) -> None:
         ort = _ort()
         available = ort.get_available_providers()
         if device == 'auto':
@@ -130,7 +131,7 @@ class OnnxRuntimeBackend:
                 raise BackendError(f'{path} is a {spec.precision} export but precision {precision} was asked for; '
                                    f'use precision {spec.precision} or `boq-vpr export --precision {precision}`')
         else:
-            path = cached_onnx(config, weights, dynamic_size=dynamic_size,
+            path = cached_onnx(config, weights, dynamic_size=dynamic_size, attention=attention,
                                precision='fp16' if precision == 'fp16' else 'fp32')
             if precision == 'int8':
                 if calibration is None:
@@ -177,6 +178,10 @@ class OnnxRuntimeBackend:
         if INPUT_NAME not in inputs or DESCRIPTOR_NAME not in outputs:
             raise ExportError(f'{path}: expected input {INPUT_NAME!r} and output {DESCRIPTOR_NAME!r}, found inputs '
                               f'{list(inputs)} and outputs {list(outputs)}')
+        if attention and ATTENTION_NAME not in outputs:
+            raise BackendError(f'{path} has no {ATTENTION_NAME!r} output; export it with attention '
+                               '(`boq-vpr export --attention`) or leave onnx_path unset')
+        self.supports_attention = ATTENTION_NAME in outputs
         self.input_shape = inputs[INPUT_NAME].shape
         self.descriptor_dim = int(self.spec.config.descriptor_dim)
         self.providers = self.session.get_providers()
@@ -189,6 +194,17 @@ class OnnxRuntimeBackend:
         x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([DESCRIPTOR_NAME], {INPUT_NAME: x})[0]
+
+    def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` from one run of the
+        same session (needs an export with the attention output: ``attention=True``)."""
+        if not self.supports_attention:
+            raise BackendError(f'onnxruntime: {self.onnx_path} has no {ATTENTION_NAME!r} output; create the '
+                               'backend with attention=True to export one')
+        check_input(batch, self.spec.image_size, self.name)
+        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        desc, attn = self.session.run([DESCRIPTOR_NAME, ATTENTION_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+        return desc, attn
 
     def describe(self) -> dict:
         import onnxruntime

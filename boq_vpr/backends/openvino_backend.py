@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ExportError
-from ..export import DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
 from ..models.config import ModelConfig
 from .capabilities import physical_cores
 from .engine_cache import cached_onnx
@@ -33,7 +33,8 @@ class OpenVinoBackend:
 
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'auto', onnx_path: str | Path | None = None, threads: int | None = None,
-                 calibration: str | Path | None = None, dynamic_size: bool = False, **_ignored) -> None:
+                 calibration: str | Path | None = None, dynamic_size: bool = False, attention: bool = False,
+                 **_ignored) -> None:
         try:
             import openvino as ov
         except ImportError as err:
@@ -59,7 +60,7 @@ class OpenVinoBackend:
             _, spec = read_onnx(path)
             check_spec_matches(spec, config, weights, str(path))
         else:
-            path = cached_onnx(config, weights, dynamic_size=dynamic_size)
+            path = cached_onnx(config, weights, dynamic_size=dynamic_size, attention=attention)
             _, spec = read_onnx(path)
         if precision == 'int8' and spec.precision != 'int8':
             if calibration is None:
@@ -83,6 +84,10 @@ class OpenVinoBackend:
         if INPUT_NAME not in names or DESCRIPTOR_NAME not in outs:
             raise ExportError(f'{path}: expected input {INPUT_NAME!r} and output {DESCRIPTOR_NAME!r}, found '
                               f'{sorted(names)} -> {sorted(outs)}')
+        if attention and ATTENTION_NAME not in outs:
+            raise BackendError(f'{path} has no {ATTENTION_NAME!r} output; export it with attention '
+                               '(`boq-vpr export --attention`) or leave onnx_path unset')
+        self.supports_attention = ATTENTION_NAME in outs
         self._output = self.compiled.output(DESCRIPTOR_NAME)
         self.request = self.compiled.create_infer_request()
         self.descriptor_dim = int(self.spec.config.descriptor_dim)
@@ -96,6 +101,16 @@ class OpenVinoBackend:
         x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
         self.request.infer({INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
         return np.array(self.request.get_tensor(self._output).data, dtype=np.float32, copy=True)
+
+    def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` from one inference of
+        the same compiled model (needs the attention output: ``attention=True``)."""
+        if not self.supports_attention:
+            raise BackendError(f'openvino: {self.onnx_path} has no {ATTENTION_NAME!r} output; create the '
+                               'backend with attention=True to export one')
+        desc = self.infer(batch)
+        attn = np.array(self.request.get_tensor(self.compiled.output(ATTENTION_NAME)).data, dtype=np.float32, copy=True)
+        return desc, attn
 
     def describe(self) -> dict:
         return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'openvino': self.version,

@@ -56,6 +56,7 @@ class TorchBackend:
     """PyTorch inference (eager reference or plain-op graph)."""
 
     name = 'torch'
+    supports_attention = True
 
     def __init__(self, config: ModelConfig, weights: str | Path | None = None, device: str = 'auto',
                  precision: str = 'fp32', model: torch.nn.Module | None = None, mode: str = 'graph',
@@ -81,24 +82,36 @@ class TorchBackend:
         log.info('torch %s backend on %s, %s', mode, self.device, self.precision)
 
     def infer(self, batch: torch.Tensor) -> np.ndarray:
+        return self._run(batch, attention=False)[0]
+
+    def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptors ``[N, D]`` and cross-attention maps ``[N, blocks, Q, h*w]`` (averaged over
+        heads) from one pass of the same graph, precision and memory layout as ``infer``."""
+        desc, attn = self._run(batch, attention=True)
+        return desc, attn
+
+    def _run(self, batch: torch.Tensor, attention: bool) -> tuple[np.ndarray, np.ndarray | None]:
         check_input(batch, None, self.name)
         batch = batch.to(self.device_obj, non_blocking=True)
+        attn = None
         with torch.inference_mode():
             if self.graph is not None:
                 x = batch.to(dtype=self.dtype).contiguous(memory_format=torch.channels_last)
-                out = self.graph(x)
-            elif self.precision == 'fp32':
-                out = self.model(batch)
+                out = self.graph(x, return_attention=attention)
+                if attention:
+                    out, attn = out
             else:
-                with torch.autocast(self.device_obj.type, dtype=self.dtype):
-                    out = self.model(batch)
-        return out.float().cpu().numpy()
+                with torch.autocast(self.device_obj.type, dtype=self.dtype, enabled=self.precision != 'fp32'):
+                    out = self.model(batch, return_attention=attention)
+                if attention:
+                    out, attns = out
+                    attn = torch.stack([a.float() for a in attns], dim=1)
+        return out.float().cpu().numpy(), (attn.float().cpu().numpy() if attn is not None else None)
 
     def attention(self, batch: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Descriptors and the cross-attention maps ``[N, Q, h*w]`` of each block (eager FP32 model)."""
-        with torch.inference_mode():
-            desc, attns = self.model(batch.to(self.device_obj), return_attention=True)
-        return desc.float().cpu().numpy(), [a.float().cpu().numpy() for a in attns]
+        """Descriptors and the cross-attention maps ``[N, Q, h*w]`` of each block (same path as ``infer``)."""
+        desc, attn = self.infer_with_attention(batch)
+        return desc, [attn[:, i] for i in range(attn.shape[1])]
 
     def describe(self) -> dict:
         return {'backend': self.name, 'mode': self.mode, 'device': self.device, 'precision': self.precision,

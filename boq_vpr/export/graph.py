@@ -267,18 +267,21 @@ class InferenceGraph(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, return_attention: bool | None = None):
+        """``return_attention`` (None: as constructed) also returns the cross-attention maps
+        ``[N, blocks, queries, h*w]`` from the same pass (same weights, precision and layout)."""
+        want = self.return_attention if return_attention is None else bool(return_attention)
         x = self.proj_c(self.backbone(images.to(self.proj_c.weight.dtype)))
         x = self.norm_input(x.flatten(2).transpose(1, 2))
         outs, attns = [], []
         for blk in self.blocks:
             x, out, attn = blk(x)
             outs.append(out)
-            if self.return_attention:
+            if want:
                 attns.append(attn.mean(dim=1))
         out = self.fc(torch.cat(outs, dim=1).transpose(1, 2)).flatten(1).float()
         desc = out / out.norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
-        if self.return_attention:
+        if want:
             return desc, torch.stack(attns, dim=1).float()
         return desc
 

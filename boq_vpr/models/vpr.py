@@ -38,17 +38,22 @@ class VPRModel(nn.Module):
 
     def feature_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of the local feature map (the attention maps' grid) for an input size."""
-        s = self.config.stride
-        if self.config.is_vit:
-            return height // s, width // s
-        # conv1 (stride 2, pad 3, k 7) -> maxpool (stride 2, pad 1, k 3) -> layer2, layer3 (stride 2 each)
-        def down(n: int, k: int, s_: int, p: int) -> int:
-            return (n + 2 * p - k) // s_ + 1
-        h, w = down(height, 7, 2, 3), down(width, 7, 2, 3)
+        return feature_shape(self.config, height, width)
+
+
+def feature_shape(config: ModelConfig, height: int, width: int) -> tuple[int, int]:
+    """Spatial size of the local feature map (the attention maps' grid) of ``config`` for an input size."""
+    s = config.stride
+    if config.is_vit:
+        return height // s, width // s
+    # conv1 (stride 2, pad 3, k 7) -> maxpool (stride 2, pad 1, k 3) -> layer2, layer3 (stride 2 each)
+    def down(n: int, k: int, s_: int, p: int) -> int:
+        return (n + 2 * p - k) // s_ + 1
+    h, w = down(height, 7, 2, 3), down(width, 7, 2, 3)
+    h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
+    for _ in range(2):
         h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
-        for _ in range(2):
-            h, w = down(h, 3, 2, 1), down(w, 3, 2, 1)
-        return h, w
+    return h, w
 
 
 RANDOM_SEED = 0
