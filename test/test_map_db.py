@@ -17,6 +17,7 @@ import pytest
 
 from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.map_db import INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
+from boq_vpr.map.index import GrowableArray, VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 64
@@ -212,9 +213,9 @@ def test_a_failed_training_leaves_the_map_as_it_was(monkeypatch):
     db = MapDatabase(D, 'm', 'ivfpq', nlist=16, pq_m=8, pq_nbits=4, train_size=100)
     db.add(structured(60), keyframes(60))
 
-    def broken(self):
+    def broken(self, x, ids):
         raise RuntimeError('FAISS ran out of memory')
-    monkeypatch.setattr(MapDatabase, '_train_and_flush', broken)
+    monkeypatch.setattr(VectorIndex, '_trained_index', broken)
     with pytest.raises(RuntimeError):
         db.add(structured(50, seed=1), keyframes(50, start=60))
     assert len(db) == 60 and db.ids().tolist() == list(range(60)) and db.next_id == 60
@@ -433,3 +434,157 @@ def test_search_options_change_at_run_time_and_persist(tmp_path):
         db.set_search_options(nprobe=4)
     with pytest.raises(ConfigError, match='ef_search must be >= 1'):
         db.set_search_options(ef_search=0)
+
+
+# ------------------------------------------------------------------ issue 13: slam-mode adds, training, save
+# Options with a PQ coarse enough (4 bits) that the compressed scores are far from the cosine.
+COARSE = {'nlist': 8, 'pq_m': 8, 'pq_nbits': 4, 'nprobe': 8, 'train_size': 300}
+
+
+@pytest.mark.parametrize('index_type,options', [('pca', {'pca_dim': 16, 'train_size': 100_000}),
+                                                ('ivfpq', {**COARSE, 'train_size': 100_000})])
+def test_adds_do_not_copy_the_whole_map(index_type, options, monkeypatch):
+    """Issue 13, defect 2: every add re-concatenated the pending matrix and the id array (cost
+    linear in the map size). Adds now append to buffers that grow by doubling: no concatenation,
+    and a number of buffer copies logarithmic in the number of adds."""
+    db = MapDatabase(D, 'm', index_type, **options)
+    x = structured(3000)
+    calls = []
+    real = np.concatenate
+    monkeypatch.setattr(np, 'concatenate', lambda *a, **k: calls.append(1) or real(*a, **k))
+    for i in range(3000):
+        db.add(x[i], keyframes(1, start=i))
+    monkeypatch.undo()
+    assert not calls, f'{len(calls)} concatenations for 3000 adds'
+    index = db._index
+    assert index._ids.reallocations <= 6 and index._pending.reallocations <= 6   # 256 * 2**4 > 3000
+    assert db.ids().tolist() == list(range(3000))
+    assert db.search(x[1234], 1)[1][0, 0] == 1234
+
+
+def test_growable_array_keeps_handed_out_views():
+    a = GrowableArray((2,), np.float32, capacity=2)
+    a.append(np.ones((2, 2)))
+    view = a.view()
+    a.append(np.full((3, 2), 2.0))     # grows: a new buffer, the view keeps its rows
+    a.truncate(4)
+    assert view.tolist() == [[1, 1], [1, 1]] and len(a) == 4 and a.reallocations == 1
+
+
+def test_training_runs_in_the_background_while_adds_and_exact_search_go_on(monkeypatch):
+    """Issue 13, defect 2: the add that reached the training size trained the index inside the
+    caller (and the detector's lock). With background training the add returns while training
+    runs, searches stay exact meanwhile, and vectors added during training are in the trained index."""
+    release, started = threading.Event(), threading.Event()
+    real = VectorIndex._trained_index
+
+    def gated(self, x, ids):
+        started.set()
+        assert release.wait(60), 'test never released the training'
+        return real(self, x, ids)
+    monkeypatch.setattr(VectorIndex, '_trained_index', gated)
+    db = MapDatabase(D, 'm', 'ivfpq', background_training=True, **COARSE)
+    x = structured(600, seed=5)
+    for i in range(300):                               # the 300th add reaches train_size
+        db.add(x[i], keyframes(1, start=i))
+    assert started.wait(60) and db.training and not db.is_trained   # the add returned, training runs
+    for i in range(300, 600):                          # adds go on during training
+        db.add(x[i], keyframes(1, start=i))
+    scores, ids = db.search(x[[5, 450]], 1)            # exact meanwhile
+    assert ids[:, 0].tolist() == [5, 450] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    release.set()
+    assert db.wait_for_training(60) and db.is_trained and not db.training
+    scores, ids = db.search(x[[5, 450, 599]], 1)       # vectors of every phase in the trained index
+    assert ids[:, 0].tolist() == [5, 450, 599] and np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert len(db) == 600 and db._index.pending_count == 0
+
+
+def test_a_removal_during_background_training_drops_that_training(monkeypatch):
+    release = threading.Event()
+    real = VectorIndex._trained_index
+    monkeypatch.setattr(VectorIndex, '_trained_index',
+                        lambda self, x, ids: release.wait(60) and real(self, x, ids))
+    db = MapDatabase(D, 'm', 'ivfpq', background_training=True, **COARSE)
+    x = structured(400, seed=6)
+    db.add(x[:300], keyframes(300))
+    trainer = db._index._trainer
+    assert db.training
+    db.remove([3, 4])
+    release.set()
+    trainer.join(60)
+    assert not db.is_trained and len(db) == 298        # the old training's result was dropped
+    monkeypatch.undo()
+    db.add(x[300:], keyframes(100, start=300))         # ... and a new one starts
+    assert db.wait_for_training(60) and db.is_trained
+    assert db.search(x[3], 1)[1][0, 0] != 3 and db.search(x[5], 1)[1][0, 0] == 5
+
+
+@pytest.mark.parametrize('index_type,options', [('ivfpq', COARSE), ('pca', {'pca_dim': 8, 'train_size': 300})])
+def test_scores_keep_one_scale_across_training(index_type, options):
+    """Issue 13, defect 2: scores jumped when the index trained (exact cosines before, PCA or PQ
+    approximations after), so a tuned threshold changed meaning mid-run. The candidates are now
+    re-scored with the stored full descriptors: the same queries score the same before and after."""
+    x = structured(400, seed=7)
+    q = x[[10, 120, 250]] + 0.3 * np.random.default_rng(8).standard_normal((3, D)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    db = MapDatabase(D, 'm', index_type, **options)
+    db.add(x[:299], keyframes(299))
+    assert not db.is_trained
+    before = db.search(np.concatenate([x[[10, 120]], q]), 3)
+    db.add(x[299:], keyframes(101, start=299))
+    assert db.is_trained
+    after = db.search(np.concatenate([x[[10, 120]], q]), 3)
+    np.testing.assert_allclose(after[0][:2, 0], 1.0, atol=1e-5)          # an exact copy scores 1 on both sides
+    np.testing.assert_allclose(after[0][:, 0], before[0][:, 0], atol=1e-5)
+    assert db.descriptors([10]) == pytest.approx(x[[10]], abs=1e-6)       # exact, not a reconstruction
+    # without re-ranking the scale changes at training (the documented trade-off of rerank=0)
+    raw = MapDatabase(D, 'm', index_type, rerank=0, **options)
+    raw.add(x, keyframes(400))
+    assert np.abs(raw.search(q, 1)[0][:, 0] - before[0][2:, 0]).max() > 1e-3
+
+
+def test_save_writes_outside_the_map_lock(tmp_path, monkeypatch):
+    """Issue 13, defect 8: save held the map lock while it wrote, fsynced and checksummed the
+    files, so frame processing stopped for the length of a save. Now adds and searches run while
+    a save is in its writing phase; the saved map is the snapshot taken when the save began."""
+    from boq_vpr.map import persist
+    db = MapDatabase(D, 'm', 'ivfpq', background_training=False, **COARSE)
+    x = structured(500, seed=9)
+    db.add(x[:400], keyframes(400), thumbnails=[np.zeros((8, 8), np.uint8)] * 400)
+    writing, release = threading.Event(), threading.Event()
+    real = persist.file_digest
+
+    def slow_digest(path):
+        writing.set()
+        assert release.wait(60), 'test never released the save'
+        return real(path)
+    monkeypatch.setattr(persist, 'file_digest', slow_digest)
+    saver = threading.Thread(target=db.save, args=(tmp_path / 'map',))
+    saver.start()
+    assert writing.wait(60)
+    worker = threading.Thread(target=lambda: (db.add(x[400:], keyframes(100, start=400)), db.search(x[0], 3)))
+    worker.start()
+    worker.join(60)      # a hang guard, not a timing threshold: with the lock held it never returns
+    blocked = worker.is_alive()
+    release.set()
+    saver.join()
+    worker.join()
+    assert not blocked, 'add/search waited for the save'
+    monkeypatch.undo()
+    back = MapDatabase.load(tmp_path / 'map')
+    assert len(back) == 400 and back.next_id == 400 and back.keyframe_image(399) is not None
+    assert len(db) == 500
+    np.testing.assert_allclose(back.search(x[:3], 1)[0][:, 0], 1.0, atol=1e-5)
+
+
+def test_keyframe_images_live_on_disk_and_queries_are_prepared_alike(tmp_path):
+    db = MapDatabase(D, 'm', thumbnail_size=32)
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    (kid,) = db.add(structured(1), keyframes(1), thumbnails=[rgb])
+    assert db._store._file.is_file()                   # an SQLite file, not an in-memory database
+    img = db.keyframe_image(kid)
+    np.testing.assert_array_equal(img, db.query_image(rgb))
+    assert img.shape == (24, 32) and db.thumbnail(kid) is not None and db.keyframe_image(kid + 1) is None
+    scratch = db._store._dir
+    db.close()
+    assert not scratch.exists()
