@@ -1,6 +1,9 @@
 """``boq-vpr bench map``: the map database per index type and size: build time, index memory,
 single-query latency (p50/p99) through ``MapDatabase.search``, and recall@1 against exact search
-over the full-dimensional descriptors. Also times the exact single-query paths (numpy matrix-vector
+over the full-dimensional descriptors. ``--slam``: the cost of one add at 100, 1k and 10k keyframes
+in slam mode (flat, pca, ivfpq; training in the background and, for comparison, inside the add),
+the longest stall across the training point, and how long a frame loop stops while a 100k x 1024
+map is saved, with the lock held for the whole save (as before) and with the snapshot save. Also times the exact single-query paths (numpy matrix-vector
 product vs ``IndexFlatIP.search``) to show which is faster and why.
 
 Descriptors are synthetic unless ``--descriptors`` gives real ones (a ``.npy`` from ``boq-vpr
@@ -264,6 +267,143 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
     return out
 
 
+def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent: int, noise: float,
+              seed: int, windows: tuple[int, ...] = (100, 1000, 10_000), window: int = 100) -> dict:
+    """Keyframes added one at a time, each after a search (the detector's slam loop): the cost
+    per add in windows ending at ``windows`` keyframes, the longest add (stall) and what the
+    trainable indexes did meanwhile (when training started and ended, adds made during it)."""
+    index_type = 'flat' if variant == 'flat' else variant
+    source = Synthetic(n, d, latent, noise, seed)
+    x = np.concatenate([c for _, c in source.chunks()])
+    db = MapDatabase(d, 'bench', index_type, background_training=background, **opts)
+    adds = np.zeros(n)
+    training_from = training_to = None
+    during = 0
+    for i in range(n):
+        db.search(x[i], 5)
+        t0 = time.perf_counter()
+        db.add(x[i], [Keyframe(-1, i)])
+        adds[i] = time.perf_counter() - t0
+        if db.training:
+            during += 1
+            if training_from is None:
+                training_from = i
+        elif training_from is not None and training_to is None:
+            training_to = i
+    db.wait_for_training()
+    if training_from is not None and training_to is None:
+        training_to = n
+    trained_at = int(np.argmax(adds)) if index_type != 'flat' else None
+    out = {'variant': variant, 'index_type': index_type, 'options': opts, 'd': d, 'n': n,
+           'background_training': background, 'trained': db.is_trained}
+    for w in windows:
+        if w <= n:
+            seg = adds[w - window:w] * 1e3
+            out[f'add_ms_mean_{w}'] = round(float(seg.mean()), 4)
+            out[f'add_ms_p99_{w}'] = round(float(np.percentile(seg, 99)), 4)
+    first, last = [w for w in windows if w <= n][0], [w for w in windows if w <= n][-1]
+    out['ratio_last_first_window'] = round(out[f'add_ms_mean_{last}'] / out[f'add_ms_mean_{first}'], 3)
+    out['longest_add_ms'] = round(float(adds.max()) * 1e3, 3)
+    out['longest_add_at'] = int(np.argmax(adds))
+    if index_type != 'flat':
+        out['training_started_at_keyframe'] = training_from if background else db.train_size - 1
+        out['training_ended_at_keyframe'] = training_to
+        out['adds_during_training'] = during
+        out['longest_add_ms_excluding_trigger'] = round(float(np.delete(adds, trained_at).max()) * 1e3, 3)
+    db.close()
+    return out
+
+
+def save_stall(n: int, d: int, latent: int, noise: float, seed: int) -> dict:
+    """How long a frame loop (add + search, another thread) stops while the map is saved: with the
+    map lock held for the whole save (how save worked before issue 13) and with the snapshot save."""
+    import threading
+    source = Synthetic(n, d, latent, noise, seed)
+    db = MapDatabase(d, 'bench', 'flat')
+    for start, x in source.chunks():
+        db.add(x, [Keyframe(-1, start + i) for i in range(len(x))])
+    probe = source.queries(64)
+    out = {'n': n, 'd': d, 'index_type': 'flat'}
+    with tempfile.TemporaryDirectory(prefix='bench-map-save-') as tmp:
+        db.save(Path(tmp) / 'warm')    # first save of the run: page cache and folders warm
+        for mode in ('lock_held_whole_save', 'snapshot_then_write'):
+            stop = threading.Event()
+            loop: list[tuple[float, float]] = []
+
+            def frames() -> None:
+                i = 0
+                while not stop.is_set():
+                    t0 = time.perf_counter()
+                    db.search(probe[i % len(probe)], 5)
+                    db.add(probe[i % len(probe)], [Keyframe(-1, 10**12 + i)])
+                    loop.append((t0, time.perf_counter()))
+                    i += 1
+                    time.sleep(0.002)    # a camera's pace, leaving the CPU to the save
+            worker = threading.Thread(target=frames)
+            worker.start()
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            if mode == 'lock_held_whole_save':
+                with db._lock:           # the map lock held around write, fsync and checksums
+                    db.save(Path(tmp) / mode)
+            else:
+                db.save(Path(tmp) / mode)
+            t1 = time.perf_counter()
+            time.sleep(0.3)
+            stop.set()
+            worker.join()
+            inside = [b - a for a, b in loop if b >= t0 and a <= t1]
+            gaps = [loop[j + 1][0] - loop[j][1] - 0.002 for j in range(len(loop) - 1)
+                    if loop[j + 1][0] >= t0 and loop[j][1] <= t1]
+            stall = max(inside + gaps + [0.0])
+            out[mode] = {'save_s': round(t1 - t0, 3), 'longest_frame_stall_ms': round(stall * 1e3, 1),
+                         'frames_during_save': len(inside)}
+    out['stall_ratio_before_after'] = round(out['lock_held_whole_save']['longest_frame_stall_ms'] /
+                                            max(out['snapshot_then_write']['longest_frame_stall_ms'], 1e-3), 1)
+    db.close()
+    return out
+
+
+def run_slam(args: argparse.Namespace) -> int:
+    """``--slam``: per-add cost and stalls in slam mode, and the save stall, in one run."""
+    d, n = args.slam_dim, args.slam_keyframes
+    pca_dim = min(args.pca_dim, d // 2)
+    train = args.slam_train_size
+    variants = [('flat', {}, True),
+                ('pca', {'pca_dim': pca_dim, 'train_size': train}, True),
+                ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
+                           'train_size': train}, True),
+                ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
+                           'train_size': train}, False)]
+    report: dict = {'machine': machine_info(), 'faiss': faiss.__version__, 'faiss_threads': faiss.omp_get_max_threads(),
+                    'load_average_at_start': list(os.getloadavg()),
+                    'command': f'boq-vpr bench map --slam --slam-dim {d} --slam-keyframes {n} '
+                               f'--slam-train-size {train} --save-stall-size {args.save_stall_size}',
+                    'slam_adds': [], 'save_stall': None}
+    for variant, opts, background in variants:
+        row = slam_adds(d, n, variant, opts, background, args.latent, args.noise, args.seed)
+        report['slam_adds'].append(row)
+        print(f'slam adds {variant:<6} {"background" if background else "in the add":<10} d={d} ' +
+              '  '.join(f'{w}: {row[f"add_ms_mean_{w}"]:.3f} ms' for w in (100, 1000, 10_000)
+                        if f'add_ms_mean_{w}' in row) +
+              f'  ratio {row["ratio_last_first_window"]:.2f}  longest add {row["longest_add_ms"]:.1f} ms' +
+              (f' (training keyframes {row["training_started_at_keyframe"]}-{row["training_ended_at_keyframe"]}, '
+               f'{row["adds_during_training"]} adds during it)' if 'adds_during_training' in row else ''), flush=True)
+        write_json(args.out, report)
+    if args.save_stall_size:
+        st = save_stall(args.save_stall_size, 1024, args.latent, args.noise, args.seed)
+        report['save_stall'] = st
+        for mode in ('lock_held_whole_save', 'snapshot_then_write'):
+            print(f'save {st["n"]} x {st["d"]} {mode:<22} save {st[mode]["save_s"]:.2f} s  longest frame stall '
+                  f'{st[mode]["longest_frame_stall_ms"]:.1f} ms  frames during save {st[mode]["frames_during_save"]}')
+        print(f'save stall ratio before/after: {st["stall_ratio_before_after"]}')
+    report['peak_rss_mib'] = round(peak_rss_mib(), 1)
+    report['load_average_at_end'] = list(os.getloadavg())
+    write_json(args.out, report)
+    print(f'figures saved to {args.out}')
+    return 0
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000],
                         help='map sizes (keyframes)')
@@ -290,6 +430,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--nprobe', type=int, nargs='*', default=[],
                         help='also time these nprobe values on each ivfpq map')
     parser.add_argument('--no-save-load', action='store_true', help='skip timing save and load of each map')
+    parser.add_argument('--slam', action='store_true',
+                        help='slam-mode adds instead: cost per add at 100, 1k, 10k keyframes for flat, pca and '
+                             'ivfpq, the longest stall across the training point, and the save stall before/after')
+    parser.add_argument('--slam-dim', type=int, default=1024, help='descriptor size of --slam (default 1024)')
+    parser.add_argument('--slam-keyframes', type=int, default=10_000, help='keyframes added by --slam (default 10000)')
+    parser.add_argument('--slam-train-size', type=int, default=5000,
+                        help='train_size of the trainable indexes in --slam (default 5000: training mid-run)')
+    parser.add_argument('--save-stall-size', type=int, default=100_000,
+                        help='map size (x 1024) of the save-stall measurement of --slam (0 = skip; default 100000)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', type=Path, default=Path('bench/map.json'), help='JSON output')
 
@@ -297,6 +446,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    if args.slam:
+        return run_slam(args)
     report: dict = {'machine': machine_info(), 'faiss': faiss.__version__, 'faiss_threads': faiss.omp_get_max_threads(),
                     'load_average_at_start': list(os.getloadavg()),
                     'settings': {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
