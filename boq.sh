@@ -17,6 +17,11 @@ setup() {
     # torch first, pinned to the release the project is tested with; JetPack users keep their own.
     "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
     "$VENV/bin/pip" install -q -e '.[ros,training,test]'
+    # TensorRT's Python API as type stubs, for the static TensorRT check (test/test_trt_static.py). With
+    # --no-deps (they name TensorRT itself as a dependency) and outside site-packages, where their
+    # tensorrt/ folder of .pyi files would import as an empty tensorrt package.
+    [ -d "$VENV/trt-stubs/tensorrt_stubs-10.13.0.35.1.dist-info" ] || \
+      "$VENV/bin/pip" install -q --no-deps --upgrade --target "$VENV/trt-stubs" tensorrt-stubs==10.13.0.35.1
   fi
 }
 

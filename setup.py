@@ -71,6 +71,8 @@ setup(
             'pytest>=7',
             'psutil>=5.9',
             'colcon-common-extensions',
+            # the static TensorRT API check; its stubs come with --no-deps (boq.sh): tensorrt-stubs==10.13.0.35.1
+            'mypy>=1.10',
         ],
     },
     zip_safe=False,   # the shipped weights are read from the installed folder

@@ -59,11 +59,14 @@ def cpu_supports_bf16() -> bool:
 
 
 def has_module(name: str) -> bool:
-    """Whether a Python package is importable (without importing it)."""
+    """Whether a Python package is importable (without importing it). A folder without code does not
+    count: a namespace package, such as the ``tensorrt/`` of .pyi files that ``tensorrt-stubs`` puts
+    into site-packages, imports but holds nothing to run."""
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return False
+    return spec is not None and spec.origin not in (None, 'namespace')
 
 
 def check_precision(precision: str, backend: str, valid: tuple[str, ...]) -> None:

@@ -2,8 +2,11 @@
 
 ONNX exports are cached by what they hold (configuration, weights hash, input size, outputs).
 TensorRT engines are cached by (ONNX sha256, TensorRT version, GPU name, precision, input shape
-profile): the key is written beside the engine as JSON; an engine whose key does not match the
-current machine and request, or that has no key (built elsewhere), is rebuilt with the reason logged.
+profile, builder settings: workspace, strongly typed, layer precision constraints; for INT8 the
+digest of the calibration set): the key is written beside the engine as JSON; an engine whose key
+does not match the current machine and request, or that has no key (built elsewhere), is rebuilt
+with the reason logged. A key written before a field existed reads that field as None, so such an
+engine does not fit and is rebuilt, with the missing field named.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def cached_onnx(config: ModelConfig, weights: str | Path | None, *, dynamic_size
     """The ONNX export (FP32, or mixed FP16) of ``config`` + ``weights``, exported on first use."""
     from ..export import ExportSpec, export_onnx, read_onnx, weights_id
     wid = weights_id(weights)
-    spec = ExportSpec(config=config, weights=wid, image_size=None if dynamic_size else tuple(config.image_size),
+    spec = ExportSpec(config=config, weights=wid, image_size=None if dynamic_size else (int(config.image_size[0]), int(config.image_size[1])),
                       attention=attention, precision=precision)
     path = Path(directory or cache_dir() / 'onnx') / f'{config.name}-{spec.key()}.onnx'
     if path.is_file():
@@ -67,6 +70,12 @@ class EngineKey:
     min_shape: tuple[int, ...]
     opt_shape: tuple[int, ...]
     max_shape: tuple[int, ...]
+    # builder settings
+    workspace_bytes: int | None = None
+    strongly_typed: bool | None = None
+    precision_constraints: str | None = None   # e.g. 'prefer:NORMALIZATION,REDUCE,SOFTMAX=fp32'; '' none
+    # INT8: digest of the calibration images and settings (tensorrt_backend.calibration_digest); '' otherwise
+    calibration: str | None = None
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -83,6 +92,7 @@ class EngineKey:
 
     @classmethod
     def from_json(cls, d: dict) -> 'EngineKey':
+        """The key from its JSON; fields missing in an older key read as None, unknown fields are an error."""
         d = dict(d)
         for k in ('min_shape', 'opt_shape', 'max_shape'):
             d[k] = tuple(d[k])
@@ -90,7 +100,9 @@ class EngineKey:
 
     def mismatches(self, other: 'EngineKey') -> list[str]:
         """Human-readable differences ``self`` (wanted) vs ``other`` (found)."""
-        return [f'{k}: engine has {getattr(other, k)!r}, this machine/request needs {getattr(self, k)!r}'
+        return [f'{k}: engine has {getattr(other, k)!r}' + (' (key written before this field existed)'
+                                                             if getattr(other, k) is None else '')
+                + f', this machine/request needs {getattr(self, k)!r}'
                 for k in asdict(self) if getattr(self, k) != getattr(other, k)]
 
 

@@ -3,22 +3,31 @@
 Steps kept apart as in TensorRT's samples and Polygraphy:
 
 - ``build_engine``: parse the ONNX file, set FP32/FP16/INT8 (INT8 calibrated with an entropy
-  calibrator on a folder of images), one optimization profile (batch 1..max_batch at the fixed
-  input size), a persistent timing cache; returns the serialized engine;
-- ``load_or_build``: the engine cache (``engine_cache.EngineKey``: ONNX sha256, TensorRT version,
-  GPU name, precision, input shapes); a stale or foreign engine is rebuilt with the reason logged,
-  one that TensorRT cannot deserialize is refused naming the file; ``force_rebuild`` rebuilds;
+  calibrator on a folder of images, at a calibration profile of exactly the calibration batch),
+  one optimization profile (batch 1..max_batch at the fixed input size), a persistent timing cache;
+  returns the serialized engine;
+- ``TensorRTBackend._load_or_build``: the engine cache (``engine_cache.EngineKey``: ONNX sha256,
+  TensorRT version, GPU name, precision, input shapes, builder settings and, for INT8, the digest
+  of the calibration set); a stale or foreign engine is rebuilt with the reason logged, one that
+  TensorRT cannot deserialize is refused naming the file; ``force_rebuild`` rebuilds;
 - ``TensorRTBackend``: deserializes, finds the input and output tensors by name and logs them,
-  allocates device buffers once, runs on one CUDA stream and copies back only the descriptor.
+  allocates device buffers once, runs on its own CUDA stream (ordered after the caller's stream for
+  CUDA inputs) and copies back only the descriptor.
 
 Device memory and the stream come from PyTorch (already a dependency, and JetPack ships a CUDA
 build of it), so no separate CUDA Python binding is needed.
+
+Static check: every TensorRT call here goes through ``import tensorrt as trt`` inside the function
+that uses it, which mypy resolves against ``tensorrt-stubs`` (``scripts/check_tensorrt_types.py``,
+run by ``test/test_trt_static.py``): a misspelled or removed TensorRT API fails CI without a GPU.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
-from typing import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -29,14 +38,22 @@ from ..models.config import ModelConfig
 from .engine_cache import EngineKey, cache_dir, cached_onnx, read_engine_key, write_engine
 from .onnxruntime_backend import check_input, folder_digest
 
+if TYPE_CHECKING:  # the static check sees the real API (tensorrt-stubs); at run time TensorRT is optional
+    import tensorrt as trt
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
 DEFAULT_MAX_BATCH = 8
 WORKSPACE_BYTES = 2 << 30
+# Layers kept in FP32 in fp16/int8 engines of TensorRT 10 (LayerNorm over 512 channels overflows in FP16).
+KEEP_FP32_LAYERS = ('NORMALIZATION', 'REDUCE', 'SOFTMAX')
+CALIBRATION_BATCH = 8
+CALIBRATION_MAX_IMAGES = 256
+CALIBRATOR = 'entropy2'
 
 
-def import_tensorrt():
+def import_tensorrt() -> ModuleType:
     """The ``tensorrt`` module, or BackendError saying how to install it.
 
     Written for the TensorRT 10 API. With TensorRT 11, which removed the FP16/INT8 builder flags
@@ -44,21 +61,29 @@ def import_tensorrt():
     the FP32 or mixed-FP16 export; int8 needs TensorRT 10.
     """
     try:
-        import tensorrt as trt
+        import tensorrt
     except ImportError as err:
         raise BackendError('TensorRT is not installed: on a desktop GPU pip install tensorrt (pulls NVIDIA\'s '
                            'libraries; see README), on a Jetson use JetPack\'s python3-libnvinfer') from err
-    major = int(trt.__version__.split('.')[0])
-    if major < 10:
-        raise BackendError(f'TensorRT {trt.__version__} found; this backend needs TensorRT 10 '
+    version = getattr(tensorrt, '__version__', None)
+    if not isinstance(version, str):
+        # tensorrt-stubs installed into site-packages leaves a 'tensorrt' folder holding only .pyi files
+        raise BackendError(f'the tensorrt module found at {list(getattr(tensorrt, "__path__", []))} is not TensorRT '
+                           '(no __version__; type stubs only?): install TensorRT itself (pip install tensorrt, '
+                           'or JetPack)')
+    if int(version.split('.')[0]) < 10:
+        raise BackendError(f'TensorRT {version} found; this backend needs TensorRT 10 '
                            '(JetPack 6.1+, or pip install "tensorrt>=10,<11")')
-    return trt
+    return tensorrt
 
 
-def weak_typing(trt) -> bool:
+def weak_typing(module: ModuleType) -> bool:
     """Whether this TensorRT has the FP16/INT8 builder flags and implicit INT8 calibration (TensorRT 10)
-    or builds strongly typed networks only, taking precisions from the graph (TensorRT 11)."""
-    return hasattr(trt.BuilderFlag, 'FP16') and hasattr(trt, 'IInt8EntropyCalibrator2')
+    or builds strongly typed networks only, taking precisions from the graph (TensorRT 11).
+
+    A feature probe by name on purpose: TensorRT 11 removed these names.
+    """
+    return hasattr(module.BuilderFlag, 'FP16') and hasattr(module, 'IInt8EntropyCalibrator2')
 
 
 def gpu_name(device: torch.device) -> str:
@@ -67,7 +92,23 @@ def gpu_name(device: torch.device) -> str:
     return f'{torch.cuda.get_device_name(device)} sm_{major}{minor}'
 
 
-def _make_logger(trt):
+def precision_constraints(precision: str, strongly_typed: bool) -> str:
+    """The layer precision constraints a build applies, as stored in the engine key ('' for none)."""
+    if precision in ('fp16', 'int8') and not strongly_typed:
+        return 'prefer:' + ','.join(KEEP_FP32_LAYERS) + '=fp32'
+    return ''
+
+
+def calibration_digest(folder: Path, max_images: int = CALIBRATION_MAX_IMAGES,
+                       batch_size: int = CALIBRATION_BATCH) -> str:
+    """Identifies an INT8 calibration: the image set (names and sizes), how many images are used, the
+    batch and the calibrator. Part of the engine key and of the calibration cache's file name."""
+    blob = f'{folder_digest(folder)}:max{max_images}:b{batch_size}:{CALIBRATOR}'
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _make_logger() -> 'trt.ILogger':
+    import tensorrt as trt
     levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
               trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG,
               trt.ILogger.Severity.VERBOSE: logging.DEBUG}
@@ -78,14 +119,15 @@ def _make_logger(trt):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
-        def log(self, severity, msg):  # noqa: D401 - TensorRT callback
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:  # noqa: D401 - TensorRT callback
             log.log(levels.get(severity, logging.INFO), 'TensorRT: %s', msg)
 
     return Logger()
 
 
-def _calibrator(trt, batches: Sequence[np.ndarray], cache_file: Path, device: torch.device):
-    """An entropy calibrator feeding preprocessed batches from device memory."""
+def _calibrator(batches: Sequence[np.ndarray], cache_file: Path, device: torch.device) -> 'trt.IInt8Calibrator':
+    """An entropy calibrator feeding preprocessed batches (all of one shape) from device memory."""
+    import tensorrt as trt
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -97,21 +139,31 @@ def _calibrator(trt, batches: Sequence[np.ndarray], cache_file: Path, device: to
         def get_batch_size(self) -> int:
             return int(self.batches[0].shape[0])
 
-        def get_batch(self, names):
+        def get_batch(self, names: list[str]) -> list[int]:
             if self.index >= len(self.batches):
-                return None
+                return None  # type: ignore[return-value]  # TensorRT: None ends the calibration
             self.buffer.copy_(torch.from_numpy(self.batches[self.index]))
+            torch.cuda.synchronize(device)   # TensorRT reads the buffer on its own stream
             self.index += 1
             return [int(self.buffer.data_ptr())]
 
-        def read_calibration_cache(self):
-            return cache_file.read_bytes() if cache_file.is_file() else None
+        def read_calibration_cache(self) -> bytes:
+            return cache_file.read_bytes() if cache_file.is_file() else None  # type: ignore[return-value]
 
-        def write_calibration_cache(self, cache) -> None:
+        def write_calibration_cache(self, cache) -> None:  # noqa: ANN001 - a buffer
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             cache_file.write_bytes(bytes(cache))
 
     return Calibrator()
+
+
+def _dims(shape: Sequence[int]) -> 'trt.Dims':
+    import tensorrt as trt
+    return trt.Dims([int(v) for v in shape])
+
+
+def _shape(dims: 'trt.Dims') -> tuple[int, ...]:
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...], ...], *,
@@ -122,13 +174,15 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
     input ``shapes``. Raises ExportError with the parser's messages if the graph is refused.
 
     ``strongly_typed``: precisions come from the graph (the mixed FP16 export for fp16) instead of
-    builder flags; required by TensorRT 11.
+    builder flags; required by TensorRT 11. INT8 calibration runs at a profile of exactly the
+    calibration batch's shape (min = opt = max), since TensorRT calibrates at the profile's opt shape.
     """
-    trt = import_tensorrt()
-    logger = _make_logger(trt)
+    import_tensorrt()
+    import tensorrt as trt
+    logger = _make_logger()
     builder = trt.Builder(logger)
-    flag = getattr(trt.NetworkDefinitionCreationFlag, 'STRONGLY_TYPED', None)
-    network = builder.create_network(1 << int(flag) if strongly_typed and flag is not None else 0)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = '; '.join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -139,13 +193,12 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
     tcache = config.create_timing_cache(cache_blob)
     config.set_timing_cache(tcache, ignore_mismatch=True)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *shapes)
+    profile.set_shape(INPUT_NAME, *(_dims(s) for s in shapes))
     config.add_optimization_profile(profile)
-    if precision in ('fp16', 'int8') and not strongly_typed:
+    if precision_constraints(precision, strongly_typed):
         config.set_flag(trt.BuilderFlag.FP16)
-        # Keep normalizations and softmax in FP32: LayerNorm over 512 channels overflows in FP16.
         config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
-        keep = {trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE}
+        keep = {getattr(trt.LayerType, name) for name in KEEP_FP32_LAYERS}
         for i in range(network.num_layers):
             layer = network.get_layer(i)
             if layer.type in keep:
@@ -155,10 +208,18 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
             raise BackendError('int8 engines need TensorRT 10 (implicit INT8 calibration was removed in TensorRT 11)')
         if not calibration_batches:
             raise BackendError('TensorRT int8 needs calibration images (calibration=FOLDER, --calibration)')
+        calib_shape = tuple(int(v) for v in calibration_batches[0].shape)
+        if any(tuple(b.shape) != calib_shape for b in calibration_batches):
+            raise BackendError(f'calibration batches must all have the shape {calib_shape}')
+        if not shapes[0][0] <= calib_shape[0] <= shapes[2][0] or tuple(calib_shape[1:]) != tuple(shapes[2][1:]):
+            raise BackendError(f'calibration batch {calib_shape} does not fit the engine profile {shapes}')
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, calibration_batches, calibration_cache or
-                                             onnx_path.with_suffix('.calib'), device or torch.device('cuda'))
-        config.set_calibration_profile(profile)
+        config.int8_calibrator = _calibrator(calibration_batches, calibration_cache or onnx_path.with_suffix('.calib'),
+                                             device or torch.device('cuda'))
+        calib_profile = builder.create_optimization_profile()
+        calib_profile.set_shape(INPUT_NAME, _dims(calib_shape), _dims(calib_shape), _dims(calib_shape))
+        if not config.set_calibration_profile(calib_profile):
+            raise ExportError(f'TensorRT refused the calibration profile {calib_shape}')
     log.info('TensorRT %s: building %s engine from %s for input %s (min/opt/max); this can take minutes',
              trt.__version__, precision, onnx_path, shapes)
     serialized = builder.build_serialized_network(network, config)
@@ -170,10 +231,12 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
     return bytes(serialized)
 
 
-def load_engine(data: bytes, source: str, device: torch.device | None = None):
+def load_engine(data: bytes, source: str,
+                device: torch.device | None = None) -> tuple['trt.Runtime', 'trt.ICudaEngine']:
     """Deserialize an engine; ExportError naming ``source`` when TensorRT refuses it."""
-    trt = import_tensorrt()
-    runtime = trt.Runtime(_make_logger(trt))
+    import_tensorrt()
+    import tensorrt as trt
+    runtime = trt.Runtime(_make_logger())
     with torch.cuda.device(device or torch.device('cuda')):
         engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
@@ -191,8 +254,8 @@ class TensorRTBackend:
                  precision: str = 'auto', onnx_path: str | Path | None = None, engine_path: str | Path | None = None,
                  engine_cache_dir: str | Path | None = None, force_rebuild: bool = False,
                  max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int = 1, calibration: str | Path | None = None,
-                 **_ignored) -> None:
-        trt = import_tensorrt()
+                 workspace: int = WORKSPACE_BYTES, **_ignored) -> None:
+        trt_module = import_tensorrt()
         if device == 'auto':
             device = 'cuda'
         if not device.startswith('cuda'):
@@ -208,34 +271,48 @@ class TensorRTBackend:
         self.device = str(self.device_obj)
         self.config = config
         self.precision = 'fp16' if precision == 'auto' else precision
-        self.strongly_typed = not weak_typing(trt)
+        self.strongly_typed = not weak_typing(trt_module)
+        version = str(trt_module.__version__)
         if self.strongly_typed and self.precision == 'int8':
-            raise BackendError(f'TensorRT {trt.__version__} builds strongly typed networks only and has no implicit '
+            raise BackendError(f'TensorRT {version} builds strongly typed networks only and has no implicit '
                                'INT8 calibration; for int8 install TensorRT 10 (pip install "tensorrt-cu13>=10.13,<11", '
                                'or tensorrt-cu12 to match the CUDA of torch; JetPack 6.1+ ships TensorRT 10)')
+        self.calibration = Path(calibration) if calibration is not None else None
+        if self.precision == 'int8' and self.calibration is None:
+            raise BackendError('tensorrt int8 needs calibration images of the deployment camera: calibration=FOLDER '
+                               '(--calibration); their digest is part of the engine cache key')
+        if max_batch < CALIBRATION_BATCH and self.precision == 'int8':
+            raise BackendError(f'tensorrt int8: max_batch ({max_batch}) must be at least the calibration batch '
+                               f'({CALIBRATION_BATCH})')
         # TensorRT 10: build from the FP32 graph with precision flags. Strongly typed: the graph's own types.
         graph_precision = 'fp16' if self.strongly_typed and self.precision == 'fp16' else 'fp32'
         onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights, precision=graph_precision)
         _, spec = read_onnx(onnx)
         check_spec_matches(spec, config, weights, str(onnx))
         if spec.precision != graph_precision:
-            raise BackendError(f'{onnx} is a {spec.precision} export; TensorRT {trt.__version__} builds {self.precision} '
+            raise BackendError(f'{onnx} is a {spec.precision} export; TensorRT {version} builds {self.precision} '
                                f'engines from the {graph_precision} export (`boq-vpr export --precision '
                                f'{graph_precision}`)')
         h, w = config.image_size
         shapes = ((1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
-        key = EngineKey(onnx_sha256=_sha(onnx), tensorrt=trt.__version__, gpu=gpu_name(self.device_obj),
-                        precision=self.precision, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2])
+        self.workspace = int(workspace)
+        calib = calibration_digest(self.calibration) if self.precision == 'int8' and self.calibration else ''
+        key = EngineKey(onnx_sha256=_sha(onnx), tensorrt=version, gpu=gpu_name(self.device_obj),
+                        precision=self.precision, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2],
+                        workspace_bytes=self.workspace, strongly_typed=self.strongly_typed,
+                        precision_constraints=precision_constraints(self.precision, self.strongly_typed),
+                        calibration=calib)
         folder = Path(engine_cache_dir) if engine_cache_dir else cache_dir() / 'engines'
         engine_file = Path(engine_path) if engine_path is not None else folder / key.file_name(onnx.stem)
         self.engine_path = engine_file
-        data = self._load_or_build(engine_file, key, onnx, shapes, folder, force_rebuild, calibration)
+        self.tensorrt_version = version
+        data = self._load_or_build(engine_file, key, onnx, shapes, folder, force_rebuild)
         self.runtime, self.engine = load_engine(data, str(engine_file), self.device_obj)
         self.context = self.engine.create_execution_context()
-        self._bind(trt, max_batch)
+        self._bind()
 
-    def _load_or_build(self, engine_file: Path, key: EngineKey, onnx: Path, shapes, folder: Path,
-                       force_rebuild: bool, calibration) -> bytes:
+    def _load_or_build(self, engine_file: Path, key: EngineKey, onnx: Path, shapes: tuple[tuple[int, ...], ...],
+                       folder: Path, force_rebuild: bool) -> bytes:
         reason = 'forced rebuild' if force_rebuild else None
         if reason is None and engine_file.is_file():
             found = read_engine_key(engine_file)
@@ -252,20 +329,19 @@ class TensorRTBackend:
         batches = None
         calib_cache = None
         if key.precision == 'int8':
-            if calibration is None:
-                raise BackendError('tensorrt int8 needs calibration images of the deployment camera: '
-                                   'calibration=FOLDER (--calibration)')
-            batches = _calibration_batches(self.config, Path(calibration))
-            calib_cache = folder / f'{onnx.stem}-{folder_digest(Path(calibration))}.calib'
+            assert self.calibration is not None   # checked in __init__
+            batches = _calibration_batches(self.config, self.calibration)
+            calib_cache = folder / f'{onnx.stem}-{key.calibration}.calib'
         data = build_engine(onnx, key.precision, shapes, timing_cache=folder / 'timing.cache',
                             calibration_batches=batches, calibration_cache=calib_cache, device=self.device_obj,
-                            strongly_typed=self.strongly_typed)
+                            workspace=self.workspace, strongly_typed=self.strongly_typed)
         write_engine(engine_file, data, key)
         log.info('TensorRT: saved engine %s (%.1f MiB) and its key', engine_file, len(data) / 2**20)
         return data
 
-    def _bind(self, trt, max_batch: int) -> None:
+    def _bind(self) -> None:
         """Find tensors by name, log them, allocate device buffers once and bind their addresses."""
+        import tensorrt as trt
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -274,7 +350,7 @@ class TensorRTBackend:
                               f'found inputs {inputs} and outputs {outputs}')
         for n in names:
             log.info('TensorRT tensor %-10s %-6s %s %s', n, 'input' if n in inputs else 'output',
-                     self.engine.get_tensor_dtype(n), tuple(self.engine.get_tensor_shape(n)))
+                     self.engine.get_tensor_dtype(n), _shape(self.engine.get_tensor_shape(n)))
         profile = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
         self.max_batch = int(profile[2][0])
         self.image_size = (int(profile[2][2]), int(profile[2][3]))
@@ -283,7 +359,7 @@ class TensorRTBackend:
         self.context.set_input_shape(INPUT_NAME, tuple(self.input.shape))
         self.buffers = {INPUT_NAME: self.input}
         for n in outputs:
-            shape = tuple(self.context.get_tensor_shape(n))
+            shape = _shape(self.context.get_tensor_shape(n))
             dtype = torch.float16 if self.engine.get_tensor_dtype(n) == trt.DataType.HALF else torch.float32
             self.buffers[n] = torch.empty(shape, dtype=dtype, device=self.device_obj)
         for n, buf in self.buffers.items():
@@ -303,6 +379,11 @@ class TensorRTBackend:
 
     def _run(self, chunk: torch.Tensor) -> np.ndarray:
         n = int(chunk.shape[0])
+        if chunk.is_cuda:
+            # The caller wrote ``chunk`` on its current stream: order our copy after that work, and keep
+            # the caller's allocator from reusing the memory before our stream has read it.
+            self.stream.wait_stream(torch.cuda.current_stream(chunk.device))
+            chunk.record_stream(self.stream)
         with torch.cuda.stream(self.stream):
             if chunk.is_cuda:
                 self.input[:n].copy_(chunk, non_blocking=True)
@@ -317,10 +398,10 @@ class TensorRTBackend:
         return self.host_out[:n].numpy().copy()
 
     def describe(self) -> dict:
-        import tensorrt as trt
-        return {'backend': self.name, 'device': self.device, 'precision': self.precision, 'tensorrt': trt.__version__,
-                'gpu': gpu_name(self.device_obj), 'engine': str(self.engine_path), 'max_batch': self.max_batch,
-                'input': INPUT_NAME, 'output': DESCRIPTOR_NAME}
+        return {'backend': self.name, 'device': self.device, 'precision': self.precision,
+                'tensorrt': self.tensorrt_version, 'gpu': gpu_name(self.device_obj), 'engine': str(self.engine_path),
+                'max_batch': self.max_batch, 'input': INPUT_NAME, 'output': DESCRIPTOR_NAME,
+                'calibration': str(self.calibration) if self.calibration else None}
 
 
 def _sha(path: Path) -> str:
@@ -328,12 +409,18 @@ def _sha(path: Path) -> str:
     return onnx_sha256(path)
 
 
-def _calibration_batches(config: ModelConfig, folder: Path, max_images: int = 256) -> list[np.ndarray]:
+def _calibration_batches(config: ModelConfig, folder: Path, max_images: int = CALIBRATION_MAX_IMAGES,
+                         batch_size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
+    """Preprocessed calibration batches of exactly ``batch_size`` images (a shorter last batch is dropped)."""
     from ..export import calibration_batches
     from ..images import list_images, load_image
     from ..preprocessing import Preprocessor
     files = list_images(folder, recursive=True)
     files = files[::max(1, len(files) // max_images)][:max_images]
-    pre = Preprocessor(tuple(config.image_size), 'fixed', config.stride if config.is_vit else 1)
-    batches = calibration_batches([load_image(p) for p in files], pre, batch_size=8)
-    return [b for b in batches if b.shape[0] == batches[0].shape[0]]
+    h, w = config.image_size
+    pre = Preprocessor((int(h), int(w)), 'fixed', config.stride if config.is_vit else 1)
+    batches = calibration_batches([load_image(p) for p in files], pre, batch_size=batch_size)
+    full = [b for b in batches if b.shape[0] == batch_size]
+    if not full:
+        raise BackendError(f'{folder}: {len(files)} calibration images make no full batch of {batch_size}')
+    return full
