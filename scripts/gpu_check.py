@@ -117,7 +117,7 @@ def make_plan(dry_run: bool) -> Plan:
         return Plan(False, 'cuda', places=40, frame_size=(480, 640), rounds=30, warmup=5,
                     train_places_per_batch=(160, 128, 96, 64, 32, 16), train_steps=12, train_size=(320, 320),
                     node_frames=200, run_places=800, run_epochs=6, run_steps_per_epoch=50, run_size=(160, 160),
-                    run_places_per_batch=16, run_workers=min(8, os.cpu_count() or 1), compile_backend='inductor',
+                    run_places_per_batch=16, run_workers=min(6, os.cpu_count() or 1), compile_backend='inductor',
                     models={'resnet50_16384': get_config('resnet50_16384'),
                             'dinov2_12288': get_config('dinov2_12288')})
     tiny_dino = ModelConfig('dinov2_tiny', 'dinov2_tiny', (56, 56), 96, 64, 8, 2, 4,
@@ -192,9 +192,12 @@ class Report:
         return result
 
     def save(self) -> None:
-        """Write the JSON as it stands (after every step, so a run stopped from outside keeps its results)."""
+        """Write the JSON and the table as they stand (after every step, so a run stopped from outside
+        keeps what it measured)."""
         if self.out is not None:
-            (self.out / JSON_NAME).write_text(json.dumps(_jsonable(self.data), indent=2) + '\n')
+            data = _jsonable(self.data)
+            (self.out / JSON_NAME).write_text(json.dumps(data, indent=2) + '\n')
+            (self.out / TABLE_NAME).write_text(table(data))
 
     @property
     def failed(self) -> bool:
@@ -948,7 +951,6 @@ def main(argv: list[str] | None = None) -> int:
     report.save()
     report.data = _jsonable(report.data)
     text = table(report.data)
-    (args.out / TABLE_NAME).write_text(text)
     print(f'\nsaved {args.out / JSON_NAME} ({report.data["seconds"]} s)\n')
     print(text, end='')
     return 1 if report.failed else 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check: on a machine with an NVIDIA GPU, set up a fresh virtual environment with the CUDA
-# runtimes (torch CUDA, TensorRT 10, onnxruntime-gpu), run the GPU-gated tests and the CUDA
-# benchmarks, and save everything under $OUT (default: ./gpu_check_out).
+# GPU check for a machine WITH network access and an NVIDIA GPU: set up a fresh virtual environment
+# with the CUDA runtimes (torch CUDA, TensorRT 10, onnxruntime-gpu), run the GPU-gated tests, the
+# CUDA benchmarks (TensorRT and ONNX Runtime CUDA included) and scripts/gpu_check.py, and save
+# everything under $OUT (default: ./gpu_check_out).
+# On an offline GPU machine with a preinstalled CUDA torch use scripts/gpu_check_offline.sh instead.
 #
 #   scripts/gpu_check.sh            # everything
 #   QUICK=1 scripts/gpu_check.sh    # fewer benchmark rounds, resnet50 only
@@ -57,8 +59,9 @@ import onnxruntime
 print('onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())
 EOF
 
-step "tests (GPU-gated, then the export/backend/op tests)"
-"$PYV" -m pytest -q -rs test/test_gpu.py test/test_trt_ops.py test/test_export.py test/test_backends.py \
+step "tests (GPU-gated, then the export/backend/op tests and the static TensorRT check)"
+"$PYV" -m pytest -q -rs test/test_gpu.py test/test_trt_ops.py test/test_trt_static.py test/test_trt_engine_build.py \
+  test/test_export.py test/test_backends.py \
   --junitxml "$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -84,6 +87,10 @@ if [ -d "$DATA/summer" ]; then
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done
 fi
+
+step "GPU check (scripts/gpu_check.py: torch CUDA variants, parity, training steps, node latency, training run)"
+"$PYV" scripts/gpu_check.py --out "$OUT/check" --budget-s "${BUDGET_S:-900}" 2>&1 | tee "$OUT/gpu_check.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "done: status $status, results in $OUT"
 exit $status

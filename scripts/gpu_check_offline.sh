@@ -100,8 +100,8 @@ ARGS=(--out "$OUT" --budget-s "${BUDGET_S:-400}")
 PYTHONUNBUFFERED=1 timeout -k 10 "${LIMIT_S:-470}" "$PY" "$ROOT/scripts/gpu_check.py" "${ARGS[@]}" 2>&1 | tee -a "$LOG"
 status=${PIPESTATUS[0]}
 if [ "$status" = 124 ] || [ "$status" = 137 ]; then
-  echo "=== the check ran past LIMIT_S=${LIMIT_S:-470} s and was stopped; $OUT/gpu_check.json holds the steps done" | tee -a "$LOG"
-  [ -f "$OUT/gpu_check.txt" ] || echo "(no table: the check did not reach its end)"
+  echo "=== the check ran past LIMIT_S=${LIMIT_S:-470} s and was stopped; the table and $OUT/gpu_check.json hold the steps done" | tee -a "$LOG"
+  cat "$OUT/gpu_check.txt" 2>/dev/null || echo "(no table: the check stopped before its first step ended)"
 fi
 echo "=== done in $(( $(date +%s) - t_start )) s, exit status $status; files: $(ls "$OUT" | tr '\n' ' ')" >> "$LOG"
 exit "$status"

@@ -11,6 +11,9 @@
 #   VENV=path SKIP_INSTALL=1 ...                    # reuse an environment
 #
 # Results: $OUT/gpu_train_check.json (default OUT: ./gpu_train_check_out) and each run's metrics.json.
+# Needs network (it installs torch 2.14.1 into a fresh environment). On an offline GPU machine,
+# scripts/gpu_check_offline.sh measures the same preset's training steps (step training_steps) and a
+# short cpu_small training run (step training_run) with the torch that is there.
 # The backbone starts from random weights (no network access for ImageNet weights): the figures
 # are about speed and memory, not accuracy.
 set -uo pipefail
