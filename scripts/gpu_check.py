@@ -612,7 +612,7 @@ def run_training_steps(plan: Plan, budget: Budget) -> dict:
         except torch.cuda.OutOfMemoryError as err:
             attempts.append({'places_per_batch': p, 'status': 'out of memory', 'error': str(err).split('\n')[0]})
         finally:
-            del model, module, opt, images
+            model = module = opt = images = None   # free the attempt's memory before the next one
             _free()
     raise RuntimeError(f'no batch fitted: {attempts}')
 
@@ -791,11 +791,11 @@ def environment(plan: Plan, report: Report) -> dict:
     return env
 
 
-def run_gpu_tests(plan: Plan, out: Path) -> dict:
+def run_gpu_tests(plan: Plan, out: Path, budget: Budget) -> dict:
     if plan.dry_run:
         raise Skip('dry run: test/test_gpu.py runs in the ordinary test suite, where its GPU tests skip')
     cmd = [sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider', 'test/test_gpu.py']
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=max(30.0, min(240.0, budget.left() - 10)))
     (out / PYTEST_NAME).write_text(proc.stdout + proc.stderr)
     last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1:] or ['']
     if proc.returncode not in (0, 5):
@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         report.step('node_latency', skippable('node_latency', node), budget, need_s=20)
         report.step('training_run', skippable('training_run', lambda: run_training_run(plan, Path(args.work))), budget,
                     need_s=90 if not plan.dry_run else 0)
-        report.step('gpu_tests', skippable('gpu_tests', lambda: run_gpu_tests(plan, args.out)), budget, need_s=60)
+        report.step('gpu_tests', skippable('gpu_tests', lambda: run_gpu_tests(plan, args.out, budget)), budget, need_s=60)
         report.step('compile', skippable('compile', lambda: run_compile(compile_queue, plan, budget, inference)), budget)
         compile_queue.clear()
         _free()
