@@ -50,6 +50,7 @@ setup(
             'ros-kilted-visualization-msgs',
             'ros-kilted-diagnostic-msgs',
             'ros-kilted-rosgraph-msgs',
+            'ros-kilted-lifecycle-msgs',   # the lifecycle node's services (also pulled in by rclpy)
         ],
         'training': [
             'lightning>=2.1',

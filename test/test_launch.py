@@ -41,7 +41,7 @@ def test_rcl_parses_the_config_into_typed_parameters():
     rclpy = pytest.importorskip('rclpy', reason='needs rclpy')
     from rclpy.context import Context
     from rclpy.node import Node
-    from boq_vpr.node import _descriptor
+    from boq_vpr.ros.node_parameters import descriptor as _descriptor
     ctx = Context()
     rclpy.init(context=ctx, args=['--ros-args', '--params-file', str(CONFIG)], domain_id=200 + os.getpid() % 30)
     try:
@@ -64,7 +64,8 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
         assert name in LAUNCH_ARGUMENTS and len(LAUNCH_ARGUMENTS[name][1]) > 10, name
     defaults = {k: v for k, (v, _) in LAUNCH_ARGUMENTS.items() if v is not None}
     params, remaps = node_overrides(defaults)
-    assert params == {'use_sim_time': False}      # empty arguments leave the params file alone
+    # empty arguments leave the params file alone; autostart takes the lifecycle node to active
+    assert params == {'use_sim_time': False, 'autostart': True}
     assert remaps == [('image', '/camera/image_raw'), ('image/compressed', '/camera/image_raw/compressed'),
                       ('odom', '/odom')]
     params, remaps = node_overrides(defaults | {'map_path': '/maps/a', 'mode': 'localization', 'weights': '/w.pth',
@@ -73,12 +74,13 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
                                                 'use_sim_time': 'True', 'image_topic': '/cam/'})
     specs = {s.name: s for s in node_parameters()}
     for name, value in params.items():
-        if name != 'use_sim_time':
+        if name != 'use_sim_time':   # rclpy's own parameter
             assert validate(specs[name], value) is None, name
     assert params['use_sim_time'] is True and params['loop_closure.mode'] == 'localization'
     assert (params['model.name'], params['model.weights']) == ('resnet50_16384', '/w.pth')
     assert ('image/compressed', '/cam/compressed') in remaps
-    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'},
+    assert node_overrides(defaults | {'autostart': 'false'})[0]['autostart'] is False
+    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'autostart': 'later'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'},
                 {'shutdown_timeout': '-1'}, {'shutdown_timeout': 'soon'}):
         with pytest.raises(ValueError):
             node_overrides(defaults | bad)
@@ -98,24 +100,90 @@ def test_launch_file_declares_every_argument_and_starts_vpr_node():
     assert 'sigterm_timeout' in keywords and 'sigkill_timeout' in keywords
 
 
-def test_launch_description_builds_on_a_ros_install():
+def test_launch_description_builds_on_a_ros_install(tmp_path, monkeypatch):
+    """The real launch system (launch, launch_ros: a ROS install) builds the description and the node
+    action, with the package found through an ament index made here (no sourced workspace needed)."""
     pytest.importorskip('launch_ros', reason='launch_ros comes with a ROS 2 install (not on PyPI)')
-    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    try:
-        get_package_share_directory('boq_vpr')
-    except PackageNotFoundError:
-        pytest.skip('boq_vpr is not installed in an ament index (colcon build first)')
     import importlib.util
+    import shutil
+    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument
+    from launch_ros.actions import Node
+    prefix = tmp_path / 'install'
+    index = prefix / 'share' / 'ament_index' / 'resource_index' / 'packages'
+    index.mkdir(parents=True)
+    (index / 'boq_vpr').write_text('')
+    (prefix / 'share' / 'boq_vpr' / 'config').mkdir(parents=True)
+    shutil.copy(CONFIG, prefix / 'share' / 'boq_vpr' / 'config' / 'vpr.yaml')
+    monkeypatch.setenv('AMENT_PREFIX_PATH', os.pathsep.join(p for p in (str(prefix), os.environ.get(
+        'AMENT_PREFIX_PATH', '')) if p))
     spec = importlib.util.spec_from_file_location('vpr_launch', LAUNCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()
-    declared = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert declared == set(LAUNCH_ARGUMENTS)
+    arguments = {e.name: e for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
+    assert set(arguments) == set(LAUNCH_ARGUMENTS)
+    context = LaunchContext()
+    for name, arg in arguments.items():
+        context.launch_configurations[name] = ''.join(s.perform(context) for s in arg.default_value)
+    assert context.launch_configurations['params_file'] == str(prefix / 'share' / 'boq_vpr' / 'config' / 'vpr.yaml')
+    context.launch_configurations['autostart'] = 'false'
+    (node,) = module._vpr_node(context)
+    assert isinstance(node, Node) and node.node_executable == 'vpr_node'
 
 
 def test_setup_installs_the_node_the_launch_file_and_the_config():
     text = (ROOT / 'setup.py').read_text()
     assert "'vpr_node = boq_vpr.node:main'" in text
     assert "glob('launch/*.launch.py')" in text and "glob('config/*.yaml')" in text
+
+
+@pytest.mark.parametrize('autostart, state', [('true', 'active'), ('false', 'unconfigured')])
+def test_ros2_launch_starts_the_lifecycle_node(tmp_path, monkeypatch, autostart, state):
+    """`ros2 launch boq_vpr vpr.launch.py` (the launch service the command runs) starts vpr_node, and
+    `autostart` takes it to active or leaves it for a lifecycle manager."""
+    pytest.importorskip('launch_ros', reason='launch_ros comes with a ROS 2 install (not on PyPI)')
+    pytest.importorskip('rclpy', reason='needs rclpy')
+    import shutil
+    import sys
+    import threading
+    from launch import LaunchDescription, LaunchService
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+    from boq_vpr.ros.client import VprClient
+    executable = Path(sys.executable).parent / 'vpr_node'
+    if not executable.exists():
+        pytest.skip(f'{executable} not installed (pip install -e .)')
+    prefix = tmp_path / 'install'     # an ament prefix as colcon installs one
+    (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages').mkdir(parents=True)
+    (prefix / 'share' / 'ament_index' / 'resource_index' / 'packages' / 'boq_vpr').write_text('')
+    (prefix / 'share' / 'boq_vpr' / 'config').mkdir(parents=True)
+    shutil.copy(CONFIG, prefix / 'share' / 'boq_vpr' / 'config' / 'vpr.yaml')
+    (prefix / 'lib' / 'boq_vpr').mkdir(parents=True)
+    (prefix / 'lib' / 'boq_vpr' / 'vpr_node').symlink_to(executable)
+    monkeypatch.setenv('AMENT_PREFIX_PATH', str(prefix))
+    domain = 230 + os.getpid() % 2
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))
+    service = LaunchService()
+    service.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(str(LAUNCH)),
+        launch_arguments={'image_topic': '/image', 'model': 'resnet18_1024', 'weights': 'random',
+                          'autostart': autostart}.items())]))
+    seen: dict = {}
+
+    def probe() -> None:
+        client = VprClient(domain)
+        try:
+            client.wait_until(lambda: client.diagnostics() is not None and client.srv_get_state.service_is_ready(), 120)
+            seen['state'] = client.lifecycle_state()
+            seen['diagnostics'] = client.wait_for_diagnostics(lambda d: d['lifecycle_state'] == seen['state'], 10)
+        finally:
+            client.close()
+            service.shutdown()
+    thread = threading.Thread(target=probe)
+    thread.start()
+    assert service.run() == 0
+    thread.join(30)
+    assert seen.get('state') == state
+    if state == 'active':
+        assert seen['diagnostics']['model'] == 'resnet18_1024'    # the launch argument reached the node

@@ -259,8 +259,7 @@ def test_rate_meter_and_latency_window():
 
 
 def test_frame_slot_keeps_the_newest_and_reports_drops():
-    pytest.importorskip('rclpy', reason='boq_vpr.node imports rclpy')
-    from boq_vpr.node import FrameSlot
+    from boq_vpr.ros.worker import FrameSlot
     slot = FrameSlot()
     assert slot.put(1) is False
     assert slot.put(2) is True and slot.put(3) is True

@@ -142,6 +142,23 @@ class Session:
                                timeout)
         return [r for r in self.client.inbox.loop_closures if abs(r.msg.data[0] - q) < 1e-6]
 
+    def relocalizations_for(self, query_stamp_ns: int, timeout: float = 10.0) -> list:
+        """~/relocalization messages stamped with the query's stamp."""
+        def mine(r) -> bool:
+            st = r.msg.header.stamp
+            return st.sec * NS_PER_S + st.nanosec == query_stamp_ns
+        self.client.wait_until(lambda: any(mine(r) for r in self.client.inbox.relocalizations), timeout)
+        return [r for r in self.client.inbox.relocalizations if mine(r)]
+
+    def candidates_for(self, query_stamp_ns: int, timeout: float = 10.0) -> list[dict]:
+        q = round(query_stamp_ns / NS_PER_S, 6)
+
+        def rows() -> list[dict]:
+            return [row for r in self.client.inbox.candidates for row in candidate_rows(r.msg)
+                    if round(row['query_stamp'], 6) == q]
+        self.client.wait_until(lambda: bool(rows()), timeout)
+        return rows()
+
 
 def _write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump({'/**': {'ros__parameters': params}}, sort_keys=False))
@@ -163,7 +180,7 @@ def _base_params(world: World, folder: Path) -> dict:
 
 
 def _domain(offset: int) -> int:
-    return 20 + (os.getpid() % 45) * 4 + offset   # 20..199, unique per test run (pid)
+    return 20 + (os.getpid() % 35) * 6 + offset   # 20..229, unique per test run (pid)
 
 
 def _start(folder: Path, params: dict, domain: int, compressed: bool = False) -> Session:
@@ -274,17 +291,13 @@ def test_revisit_gives_loop_closures_to_the_right_frames_and_none_inside_the_exc
     by_query = {round(rows[0]['query_stamp'], 6): rows for rows in tables if rows}
     for k, t in second:
         rows = by_query[round(t / NS_PER_S, 6)]
-        assert set(rows[0]) == {'query_stamp', 'match_stamp', 'match_id', 'score', 'rank', 'verified', 'inliers'}
+        assert set(rows[0]) == {'query_stamp', 'match_stamp', 'match_id', 'session', 'kind', 'score', 'rank',
+                                'verified', 'inliers'}
         assert rows[0]['rank'] == 0 and rows[0]['score'] >= MIN_SCORE
+        assert (rows[0]['session'], rows[0]['kind']) == (0.0, 0.0)     # this session, a loop
         assert any(rows[0]['match_stamp'] == pytest.approx(s, abs=1e-6) for s in stamps_of[k])
-    # ~/match_pose: the pose of the matched keyframe (first traversal: lane y = 0), at the query's stamp
-    slam.client.wait_until(lambda: len(slam.client.inbox.poses) >= len(second), 10.0)
-    poses = {round(p.msg.header.stamp.sec + p.msg.header.stamp.nanosec / NS_PER_S, 6): p.msg
-             for p in slam.client.inbox.poses}
-    for k, t in second:
-        pose = poses[round(t / NS_PER_S, 6)].pose.pose
-        assert pose.position.y == 0.0 and any(pose.position.x == pytest.approx(s, abs=1e-6) for s in stamps_of[k])
-        assert pose.orientation.w == pytest.approx(1.0)
+    # loops of the running session are not relocalizations
+    assert slam.client.inbox.relocalizations == []
     # ~/markers: one loop edge per loop closure, from the query (lane 3) to the match (lane 0)
     slam.client.wait_until(lambda: bool(slam.client.inbox.markers), 10.0)
     lines = slam.client.inbox.markers[-1].msg.markers[0]
@@ -454,21 +467,22 @@ def test_saved_map_reloads_for_localization(localization: Session, world: World,
     _, saved, size = saved_map
     d = localization.diag()
     assert d['mode'] == 'localization' and int(d['map_size']) == size
-    queries = []
     for k, img in enumerate(world.frames['map']):
         t = localization.clock.advance(1.0)
-        queries.append(round(t / NS_PER_S, 6))
         localization.send(compressed_msg(img, t, 'png'))
-        loops = localization.loops_for(t)
-        assert len(loops) == 1, f'map frame {k}: {len(loops)} loop closures'
-        assert loops[0].msg.data[1] == pytest.approx(saved[k][0] / NS_PER_S, abs=1e-6)
-    def poses():
-        return {round(p.msg.header.stamp.sec + p.msg.header.stamp.nanosec / NS_PER_S, 6): p.msg.pose.pose
-                for p in localization.client.inbox.poses}
-    localization.client.wait_until(lambda: set(queries) <= set(poses()), 10.0)
-    got = poses()
-    for k, q in enumerate(queries):   # the pose stored with the matched keyframe
-        assert (got[q].position.x, got[q].position.y) == pytest.approx(saved[k][1][:2])
+        # a relocalization: the pose stored with the matched keyframe, in its frame, at the query's stamp
+        relocs = localization.relocalizations_for(t)
+        assert len(relocs) == 1, f'map frame {k}: {len(relocs)} relocalizations'
+        msg = relocs[0].msg
+        assert msg.header.frame_id == 'odom'
+        assert (msg.pose.pose.position.x, msg.pose.pose.position.y) == pytest.approx(saved[k][1][:2])
+        cov = np.asarray(msg.pose.covariance).reshape(6, 6)
+        # the keyframes were stored 1 s (1 m of odometry x) apart: one keyframe step as the deviation
+        assert cov[0, 0] == pytest.approx(1.0) and cov[5, 5] == pytest.approx(0.25)   # orientation known
+        rows = localization.candidates_for(t)
+        assert rows[0]['match_stamp'] == pytest.approx(saved[k][0] / NS_PER_S, abs=1e-6)
+        assert (rows[0]['session'], rows[0]['kind']) == (1.0, 1.0)    # an earlier session, a relocalization
+    assert localization.client.inbox.loop_closures == [], 'localization mode publishes no ~/loop_closure'
     assert localization.n('map_size') == size, 'localization must not change the map'
     response = localization.client.set_mapping(True)
     assert response is not None and not response.success and 'localization' in response.message
@@ -496,8 +510,8 @@ def test_corrupt_compressed_images_are_rejected(localization: Session, world: Wo
     after = localization.diag()
     assert int(after.get('rejected.corrupt_compressed', 0)) - int(before.get('rejected.corrupt_compressed', 0)) == 2
     assert int(after.get('rejected.empty_image', 0)) - int(before.get('rejected.empty_image', 0)) == 1
-    loops = localization.loops_for(t)
-    assert len(loops) == 1, 'a good JPEG after corrupt ones must still localize'
+    relocs = localization.relocalizations_for(t)
+    assert len(relocs) == 1, 'a good JPEG after corrupt ones must still localize'
     log = localization.proc.log()
     assert 'rejected frame [corrupt_compressed]' in log and 'rejected frame [empty_image]' in log
 
@@ -514,6 +528,130 @@ def test_attention_overlay_is_published(localization: Session, world: World):
     ok, reason = localization.client.set_parameters({'attention.block': 5})['attention.block']
     assert not ok and 'BoQ blocks' in reason
     assert localization.client.set_parameters({'attention.block': -2})['attention.block'] == (True, '')
+
+
+# ----------------------------------------------------------------------------------------------
+# a slam session beside an earlier session's map, sim time restarting at 0
+
+@pytest.fixture(scope='module')
+def resumed(world: World, saved_map, tmp_path_factory):
+    folder = tmp_path_factory.mktemp('resumed_node')
+    path, _, _ = saved_map
+    shutil.copytree(path, folder / 'map')       # the earlier session's map (stamps from 1000 s on, label '')
+    params = _base_params(world, folder) | {'use_odom': True, 'odom_max_time_diff_sec': 0.05,
+                                            'map.save_on_shutdown': False}
+    s = _start(folder, params, _domain(3))
+    s.clock = StampClock(start_s=0.0)           # sim time restarted: every stamp before the loaded map's
+    yield s
+    s.client.close()
+    s.proc.stop()
+
+
+def test_a_resumed_session_relocalizes_into_the_old_map_and_closes_its_own_loops(resumed: Session, world: World,
+                                                                                 saved_map):
+    _, saved, size = saved_map
+    d = resumed.diag()
+    assert d['earlier_keyframes'] == str(size) and d['session_keyframes'] == '0'
+    new_places = world.frames['load'][3:]          # not in the earlier session's map
+    first = [resumed.clock.advance(1.0) for _ in new_places]
+    resumed.clock.advance(EXCLUSION_S + 2.0)
+    again = [resumed.clock.advance(1.0) for _ in new_places]
+    old = [resumed.clock.advance(1.0) for _ in world.frames['map']]
+    _publish_odom(resumed, [(t, _pos(t, 9.0)) for t in first + again + old])
+    for img, t in zip(new_places, first):
+        resumed.send(image_msg(img, t))
+    assert resumed.client.inbox.loop_closures == [] and resumed.client.inbox.relocalizations == []
+    # revisits of this session's places: loops on ~/loop_closure, exactly as with an empty map
+    for img, t, t_first in zip(new_places, again, first):
+        resumed.send(image_msg(img, t))
+        loops = resumed.loops_for(t)
+        assert len(loops) == 1 and loops[0].msg.data[1] == pytest.approx(t_first / NS_PER_S, abs=1e-6), \
+            f'loop at {t / NS_PER_S}: {[r.msg.data for r in loops]}'
+        assert resumed.candidates_for(t)[0]['kind'] == 0.0
+    assert resumed.client.inbox.relocalizations == []
+    # places of the earlier session: relocalizations (the old pose, lane 7), never loops
+    loops_before = len(resumed.client.inbox.loop_closures)
+    for k, (img, t) in enumerate(zip(world.frames['map'], old)):
+        resumed.send(image_msg(img, t))
+        relocs = resumed.relocalizations_for(t)
+        assert len(relocs) == 1, f'old place {k}: {len(relocs)} relocalizations'
+        pose = relocs[0].msg.pose.pose
+        assert (pose.position.x, pose.position.y) == pytest.approx(saved[k][1][:2])
+        rows = resumed.candidates_for(t)
+        assert (rows[0]['session'], rows[0]['kind']) == (1.0, 1.0)
+    assert len(resumed.client.inbox.loop_closures) == loops_before, 'an old-map match went out as a loop'
+    d = resumed.diag()
+    assert int(d['loop_closures']) == len(new_places) and int(d['relocalizations']) == len(world.frames['map'])
+    assert d['session_keyframes'] == str(len(first + again + old)) and d['earlier_keyframes'] == str(size)
+    # markers draw this session's loops only (lane 9 to lane 9, the odometry frame)
+    lines = resumed.client.inbox.markers[-1].msg.markers[0]
+    assert lines.header.frame_id == 'odom' and len(lines.points) == 2 * len(new_places)
+    assert {p.y for p in lines.points} == {9.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# the lifecycle
+
+def _start_unconfigured(folder: Path, params: dict, domain: int) -> Session:
+    proc = NodeProcess(domain, params_file=_write_params(folder / 'params.yaml', params), log_path=folder / 'node.log')
+    client = VprClient(domain)
+    ok = client.wait_until(lambda: client.srv_get_state.service_is_ready() and client.diagnostics() is not None,
+                           STARTUP_S, 0.2)
+    if not ok:
+        client.close()
+        proc.stop()
+        pytest.fail(f'vpr_node did not come up within {STARTUP_S} s:\n{proc.log()[-5000:]}')
+    return Session(proc, client, folder)
+
+
+def test_lifecycle_transitions_drive_the_node_and_shutdown_saves_the_map(world: World, tmp_path: Path):
+    from boq_vpr.map_db import MapDatabase
+    (tmp_path / 'ok').mkdir()
+    (tmp_path / 'bad').mkdir()
+    good = _base_params(world, tmp_path / 'ok') | {'autostart': False, 'map.save_on_shutdown': True}
+    bad = _base_params(world, tmp_path / 'bad') | {'autostart': False, 'loop_closure.mode': 'localization',
+                                                   'map.path': str(tmp_path / 'bad' / 'no_map')}
+    s = _start_unconfigured(tmp_path / 'ok', good, _domain(4))
+    try:
+        # configure fails cleanly on a missing map in localization mode: unconfigured, alive, says why
+        f = _start_unconfigured(tmp_path / 'bad', bad, _domain(5))
+        try:
+            assert f.client.lifecycle_state() == 'unconfigured'
+            assert f.client.change_state('configure') is False
+            assert f.client.lifecycle_state() == 'unconfigured' and f.proc.alive()
+            d = f.client.wait_for_diagnostics(lambda d: 'configure_error' in d, 10.0)
+            assert d is not None and 'holds no map' in d['configure_error'] and d['_level'] == '2'
+            assert 'cannot start' in f.proc.log() and 'holds no map' in f.proc.log()
+        finally:
+            f.client.close()
+            f.proc.stop()
+
+        pub = s.client.pub_image
+        frames = world.frames['anchor']
+        assert s.client.lifecycle_state() == 'unconfigured' and s.diag()['lifecycle_state'] == 'unconfigured'
+        assert s.client.change_state('configure') is True and s.client.lifecycle_state() == 'inactive'
+        assert pub.get_subscription_count() == 0, 'an inactive node does not subscribe'
+        assert s.client.change_state('activate') is True and s.client.lifecycle_state() == 'active'
+        assert s.client.wait_until(lambda: pub.get_subscription_count() > 0, 30.0)
+        s.send(image_msg(frames[0], s.clock.advance(1.0)))
+        assert s.n('frames_processed') == 1 and s.n('map_size') == 1
+        assert s.client.change_state('deactivate') is True and s.client.lifecycle_state() == 'inactive'
+        assert s.client.wait_until(lambda: pub.get_subscription_count() == 0, 30.0)
+        pub.publish(image_msg(frames[1], s.clock.advance(1.0)))
+        time.sleep(1.0)
+        assert s.n('frames_received') == 1, 'an inactive node must not take frames'
+        assert s.client.change_state('activate') is True
+        assert s.client.wait_until(lambda: pub.get_subscription_count() > 0, 30.0)
+        s.sent = 1
+        s.send(image_msg(frames[2], s.clock.advance(1.0)))
+        assert s.n('map_size') == 2
+        assert s.client.change_state('shutdown') is True
+        assert s.client.lifecycle_state() == 'finalized'
+        assert 'saved the map on shutdown: 2 keyframes' in s.proc.log()
+        assert len(MapDatabase.load(tmp_path / 'ok' / 'map')) == 2
+    finally:
+        s.client.close()
+        s.proc.stop()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from nav_msgs.msg import Odometry
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.context import Context
@@ -88,7 +90,7 @@ class Inbox:
 
     loop_closures: list[Received] = field(default_factory=list)
     candidates: list[Received] = field(default_factory=list)
-    poses: list[Received] = field(default_factory=list)
+    relocalizations: list[Received] = field(default_factory=list)
     markers: list[Received] = field(default_factory=list)
     attention: list[Received] = field(default_factory=list)
     diagnostics: list[Received] = field(default_factory=list)
@@ -136,7 +138,8 @@ class VprClient:
         self._subs = [
             self.node.create_subscription(Float64MultiArray, f'{t}/loop_closure', self._cb('loop_closures'), 100),
             self.node.create_subscription(Float64MultiArray, f'{t}/candidates', self._cb('candidates'), 100),
-            self.node.create_subscription(PoseWithCovarianceStamped, f'{t}/match_pose', self._cb('poses'), 100),
+            self.node.create_subscription(PoseWithCovarianceStamped, f'{t}/relocalization',
+                                          self._cb('relocalizations'), 100),
             self.node.create_subscription(MarkerArray, f'{t}/markers', self._cb('markers'), 100),
             self.node.create_subscription(Image, f'{t}/attention', self._cb('attention'), 10),
             self.node.create_subscription(DiagnosticArray, '/diagnostics', self._cb('diagnostics'), 100),
@@ -146,6 +149,8 @@ class VprClient:
         self.srv_mapping = self.node.create_client(SetBool, f'{t}/set_mapping')
         self.srv_get_params = self.node.create_client(GetParameters, f'{t}/get_parameters')
         self.srv_set_params = self.node.create_client(SetParameters, f'{t}/set_parameters')
+        self.srv_change_state = self.node.create_client(ChangeState, f'{t}/change_state')
+        self.srv_get_state = self.node.create_client(GetState, f'{t}/get_state')
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -253,6 +258,25 @@ class VprClient:
         if response is None:
             return None
         return {k: (r.successful, r.reason) for k, r in zip(values, response.results)}
+
+    def lifecycle_state(self, timeout: float = 30.0) -> str | None:
+        """The node's lifecycle state label (unconfigured, inactive, active, finalized), None on timeout."""
+        response = self.call(self.srv_get_state, GetState.Request(), timeout)
+        return None if response is None else response.current_state.label
+
+    def change_state(self, transition: str, timeout: float = 300.0) -> bool | None:
+        """Trigger a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown);
+        whether it succeeded (None on timeout)."""
+        ids = {'configure': Transition.TRANSITION_CONFIGURE, 'activate': Transition.TRANSITION_ACTIVATE,
+               'deactivate': Transition.TRANSITION_DEACTIVATE, 'cleanup': Transition.TRANSITION_CLEANUP}
+        state = self.lifecycle_state(timeout) if transition == 'shutdown' else None
+        if transition == 'shutdown':
+            ids['shutdown'] = {'unconfigured': Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                               'inactive': Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                               'active': Transition.TRANSITION_ACTIVE_SHUTDOWN}.get(state or '', 0)
+        response = self.call(self.srv_change_state, ChangeState.Request(transition=Transition(id=ids[transition])),
+                             timeout)
+        return None if response is None else bool(response.success)
 
     def close(self) -> None:
         try:

@@ -22,6 +22,8 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str | None, str]] = {
     'model': ('', 'model configuration (model.name), e.g. resnet50_16384 or dinov2_12288 for the official weights; '
                   'empty: as in the params file (shipped: resnet18_nordland, a demonstration model)'),
     'weights': ('', 'model weight file; empty: as in the params file'),
+    'autostart': ('true', 'true: the node configures and activates itself (a lifecycle node); false: leave it '
+                          'unconfigured for a lifecycle manager (nav2_lifecycle_manager) or `ros2 lifecycle set`'),
     'use_sim_time': ('false', 'use the /clock topic (bag replay) as time source'),
     'log_level': ('info', 'log level of the node: debug, info, warn, error or fatal'),
     'shutdown_timeout': ('30', 'seconds the node gets after Ctrl-C to save its map before the launch system '
@@ -40,7 +42,8 @@ def node_overrides(values: dict[str, str]) -> tuple[dict[str, Any], list[tuple[s
 
     Empty optional arguments leave the params file's value alone.
     """
-    params: dict[str, Any] = {'use_sim_time': _bool('use_sim_time', values.get('use_sim_time', 'false'))}
+    params: dict[str, Any] = {'use_sim_time': _bool('use_sim_time', values.get('use_sim_time', 'false')),
+                              'autostart': _bool('autostart', values.get('autostart', 'true'))}
     if values.get('map_path'):
         params['map.path'] = values['map_path']
     if values.get('model'):

@@ -100,6 +100,9 @@ def _node_parameters() -> list[ParamSpec]:
     backends = tuple(sorted(set(KNOWN_BACKENDS) | set(backend_names())))
     P = ParamSpec
     return [
+        # lifecycle
+        P('autostart', True, 'take the node through configure and activate at start-up (a lifecycle node); '
+          'false: a lifecycle manager or `ros2 lifecycle set` drives it', read_only=True),
         # model and encoder (fixed at start-up)
         P('model.name', 'resnet18_nordland', 'BoQ model configuration (resnet18_nordland: the demonstration model '
           'shipped with boq_vpr, trained on Nordland footage; use the official resnet50_16384 or dinov2_12288 '
@@ -150,13 +153,16 @@ def _node_parameters() -> list[ParamSpec]:
           read_only=True),
         P('mapping', True, 'add keyframes to the map (slam mode); ~/set_mapping switches it at run time'),
         # outputs
-        P('frame_id', '', 'frame of ~/match_pose and ~/markers when the keyframes have none; empty: the '
-          'odometry frame'),
-        P('match_pose.position_variance', 1.0, 'variance (m^2) of x, y, z written into ~/match_pose',
-          range=(0.0, 1e6)),
-        P('match_pose.orientation_variance', 0.1, 'variance (rad^2) of roll, pitch, yaw written into ~/match_pose',
-          range=(0.0, 1e6)),
-        P('markers.max_edges', 1000, 'loop edges kept in ~/markers', range=(1, 1_000_000)),
+        P('frame_id', 'map', 'frame of ~/relocalization for keyframes stored without a frame (maps from '
+          'build-map or evaluate without one)'),
+        P('relocalization.position_variance', 0.0, 'variance (m^2) of x, y, z in ~/relocalization; 0: '
+          'automatic, one keyframe step of the map as the standard deviation (the median spacing of its '
+          'consecutive keyframes, at least 0.1 m)', range=(0.0, 1e6)),
+        P('relocalization.orientation_variance', 0.25, 'variance (rad^2) of roll, pitch, yaw in ~/relocalization '
+          'for keyframes stored with an orientation (0.25: 0.5 rad, about the view change a place match '
+          'tolerates); keyframes without one get 1e6 (unknown)', range=(0.0, 1e6)),
+        P('markers.max_edges', 1000, 'loop edges (loops of the running session) kept in ~/markers',
+          range=(1, 1_000_000)),
         P('attention.enable', False, 'publish ~/attention, the BoQ cross-attention of chosen queries over the '
           'input (computed only while someone subscribes)'),
         P('attention.queries', [0, 1, 2, 3], 'queries shown side by side in ~/attention', item_range=(0, 1023)),
