@@ -34,7 +34,7 @@ from .errors import ConfigError, MapError
 from .geometric import FEATURES, GeometricVerifier
 from .keyframes import KeyframeSelector
 from .values import NS_PER_S, parse_bool
-from .map_db import Keyframe, MapDatabase, make_thumbnail
+from .map import Keyframe, MapDatabase
 
 log = logging.getLogger(__name__)
 
@@ -527,7 +527,7 @@ class LoopClosureDetector:
                 log.warning('geometric verification is on but frames come without images; candidates are rejected')
                 self._warned_no_image = True
             return False, 0, 'no query image'
-        thumb = self.db.thumbnail(match_id)
+        thumb = self.db.keyframe_image(match_id)
         if thumb is None:
             if not self._warned_no_thumbnail:
                 log.warning('geometric verification is on but keyframe %d has no stored thumbnail (maps need them: '
@@ -536,7 +536,7 @@ class LoopClosureDetector:
                 self._warned_no_thumbnail = True
             return False, 0, f'keyframe {match_id} has no stored thumbnail'
         # The query goes through the same thumbnail step as the stored keyframe (same scale).
-        v = self.verifier.verify(make_thumbnail(image, self.db.thumbnail_size), thumb)
+        v = self.verifier.verify(self.db.query_image(image), thumb)
         return v.verified, v.inliers, v.reason
 
 

@@ -224,6 +224,8 @@ class VprNode(LifecycleNode):
         for srv in self._vpr_services:
             self.destroy_service(srv)
         self._pubs, self._vpr_services = [], []
+        if self.pipeline is not None:
+            self.pipeline.db.close()      # its scratch files go now, not at garbage collection
         self.pipeline = None
 
     def _save_on_exit(self, why: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .loop_closure import FrameResult, LoopCandidate, LoopClosureDetector
-from .map_db import Keyframe, MapDatabase
+from .map import Keyframe, MapDatabase
 
 # Variance (rad^2) that says "orientation unknown": robot_localization and the REP-105 consumers read
 # a variance this large as no information (a standard deviation of 1000 rad).

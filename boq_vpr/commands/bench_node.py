@@ -62,7 +62,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def _build_map(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
     from ..encoder import Encoder
     from ..images import list_images, load_image
-    from ..map_db import Keyframe, MapDatabase
+    from ..map import Keyframe, MapDatabase
     files = list_images(args.map_images)[:args.map_size]
     if not files:
         raise BoqVprError(f'no map images in {args.map_images}')

@@ -29,7 +29,7 @@ from .. import bags
 from ..errors import ConfigError, ImageError, MapError
 from ..images import list_images
 from ..values import NS_PER_S
-from ..map_db import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
+from ..map import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
 from .common import add_encoder_args, encoder_from_args, write_json
 from .encode import iter_loaded
 

@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         queries = _frames(args, lazy, args.bag, args.topic, args.gt, 'query', keep_images)
         if args.map is not None:
-            from ..map_db import MapDatabase
+            from ..map import MapDatabase
             db = MapDatabase.load(args.map, fingerprint=queries.fingerprint,
                                   descriptor_dim=queries.descriptors.shape[1])
             map_frames = ev.map_frames_from_db(db, args.map_gt, args.gt_max_dt)

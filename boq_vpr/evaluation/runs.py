@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..errors import ConfigError
 from ..ground_truth import GroundTruth
 from ..loop_closure import DetectorConfig, FrameResult, LoopClosureDetector
-from ..map_db import Keyframe, MapDatabase
+from ..map import Keyframe, MapDatabase
 from ..pipeline import FramePipeline
 from .frames import Frames, ground_truth_for
 

@@ -179,13 +179,13 @@ def _node_parameters() -> list[ParamSpec]:
 
 
 def _index_types() -> tuple[str, ...]:
-    from ..map_db import INDEX_TYPES
+    from ..map import INDEX_TYPES
     return tuple(INDEX_TYPES)
 
 
 def map_index_option_specs() -> list[ParamSpec]:
     """``map.index_options.<name>`` for every option of every index type (0: the type's default)."""
-    from ..map_db import INDEX_DEFAULTS, resolve_index_options
+    from ..map import INDEX_DEFAULTS, resolve_index_options
     names = set(resolve_index_options('flat', 1 << 30, {}))
     for defaults in INDEX_DEFAULTS.values():
         names |= set(defaults)
@@ -267,7 +267,7 @@ def detector_values(values: dict[str, Any]) -> dict[str, Any]:
 
 def map_index_options(values: dict[str, Any], index_type: str) -> dict[str, int]:
     """The non-zero ``map.index_options.*`` values that ``index_type`` accepts."""
-    from ..map_db import INDEX_DEFAULTS, resolve_index_options
+    from ..map import INDEX_DEFAULTS, resolve_index_options
     accepted = set(resolve_index_options('flat', 1 << 30, {})) | set(INDEX_DEFAULTS.get(index_type, {}))
     out = {}
     for k, v in values.items():

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..pipeline import FramePipeline, auto_position_variance
 from .parameters import detector_values, map_index_options
@@ -30,7 +28,7 @@ def build_pipeline(v: dict[str, Any], log: Any) -> tuple[FramePipeline, Path | N
     """(pipeline, map path or None, position variance of ~/relocalization in m^2). Checks the map path
     before the long model load; raises ``BoqVprError`` with what to do."""
     from ..loop_closure import DetectorConfig, LoopClosureDetector
-    from ..map_db import MANIFEST, MapDatabase, foreign_entries
+    from ..map import MANIFEST, MapDatabase, foreign_entries
     config = DetectorConfig.from_dict(detector_values(v))
     path = Path(v['map.path']).expanduser() if v['map.path'] else None
     if path is not None and path.exists() and not (path / MANIFEST).is_file() and \
@@ -44,10 +42,11 @@ def build_pipeline(v: dict[str, Any], log: Any) -> tuple[FramePipeline, Path | N
     if path is not None and (path / MANIFEST).is_file():
         log.info(f'loading map {path}...')
         db = MapDatabase.load(path, fingerprint=encoder.fingerprint, descriptor_dim=encoder.descriptor_dim)
+        db.background_training = config.mode == 'slam'   # a trainable index trains while frames go on
         log.info(f'map {path}: {len(db)} keyframes, {db.index_type} index, sessions {db.sessions()}')
     else:
         db = MapDatabase(encoder.descriptor_dim, encoder.fingerprint, v['map.index_type'],
-                         **map_index_options(v, v['map.index_type']))
+                         background_training=config.mode == 'slam', **map_index_options(v, v['map.index_type']))
         log.info(f'new empty map ({db.index_type} index)' +
                  (f', saved to {path}' if path is not None else ', in memory (map.path is empty)'))
     detector = LoopClosureDetector(db, config)
@@ -83,6 +82,8 @@ def load_encoder(v: dict[str, Any], log: Any):
         options['calibration'] = v['encoder.calibration']
     if v['encoder.num_threads'] > 0:
         options['threads'] = v['encoder.num_threads']
+    if v['attention.enable']:
+        options['attention'] = True   # onnxruntime/openvino export the attention output too (same graph)
     if v['encoder.cache_dir']:
         from ..backends.engine_cache import CACHE_ENV
         os.environ[CACHE_ENV] = str(Path(v['encoder.cache_dir']).expanduser())
@@ -102,8 +103,7 @@ def load_encoder(v: dict[str, Any], log: Any):
     problem = attention_problem(encoder.config, v)
     if problem is not None:
         raise ConfigError(f'{problem} (model {encoder.config.name})')
-    if v['encoder.warmup']:
-        h, w = encoder.config.image_size
-        encoder.encode(np.zeros((h, w, 3), np.uint8))
+    if v['encoder.warmup']:   # keep_aspect: the first camera frame pays for its own size
+        encoder.warmup(attention=bool(v['attention.enable']))
     log.info(f'encoder ready in {time.monotonic() - t0:.1f} s: {encoder.describe()}')
     return encoder
