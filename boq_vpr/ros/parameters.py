@@ -159,8 +159,9 @@ def _node_parameters() -> list[ParamSpec]:
           'automatic, one keyframe step of the map as the standard deviation (the median spacing of its '
           'consecutive keyframes, at least 0.1 m)', range=(0.0, 1e6)),
         P('relocalization.orientation_variance', 0.25, 'variance (rad^2) of roll, pitch, yaw in ~/relocalization '
-          'for keyframes stored with an orientation (0.25: 0.5 rad, about the view change a place match '
-          'tolerates); keyframes without one get 1e6 (unknown)', range=(0.0, 1e6)),
+          'for keyframes stored with an orientation (0.25: a 0.5 rad deviation, an assumption about the view '
+          'change a place match allows, not a measurement); keyframes without one get 1e6 (unknown)',
+          range=(0.0, 1e6)),
         P('markers.max_edges', 1000, 'loop edges (loops of the running session) kept in ~/markers',
           range=(1, 1_000_000)),
         P('attention.enable', False, 'publish ~/attention, the BoQ cross-attention of chosen queries over the '
