@@ -35,3 +35,9 @@ class DatasetError(BoqVprError, ValueError):
 
 class ExportError(BoqVprError):
     """A model cannot be exported, or an exported file (ONNX, engine) is corrupt or does not fit."""
+
+
+def explain(err: BaseException) -> str:
+    """An error in one line for a log or a service response: our own errors say what to do already,
+    others get their type named."""
+    return str(err) if isinstance(err, BoqVprError) else f'{type(err).__name__}: {err}'

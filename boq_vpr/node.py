@@ -35,20 +35,20 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
-from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from .errors import BoqVprError
+from .errors import BoqVprError, explain
 from .pipeline import FrameOutputs, pose_covariance
 from .ros import messages
-from .ros.convert import FrameRejected, ImageConverter, check_raw, stamp_to_ns
+from .ros.convert import FrameRejected, ImageConverter
+from .ros.inputs import Inputs
 from .ros.node_parameters import NodeParameters
 from .ros.odometry import OdometryInput
 from .ros.parameters import node_parameters
+from .ros.services import MapServices
 from .ros.startup import attention_problem
 from .ros.stats import PipelineStats, Throttle
 from .ros.worker import Worker
-from .values import ns_to_sec
 
 try:  # Humble and later
     from rclpy.executors import ExternalShutdownException
@@ -86,10 +86,6 @@ class RosLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _what(err: Exception) -> str:
-    return str(err) if isinstance(err, BoqVprError) else f'{type(err).__name__}: {err}'
-
-
 class VprNode(LifecycleNode):
     """Visual place recognition for a SLAM back end (see the module docstring)."""
 
@@ -111,9 +107,8 @@ class VprNode(LifecycleNode):
         self.last_error = ''                # why the last configure failed
         self._worker: Worker | None = None
         self._subs: list[Any] = []
-        self._vpr_services: list[Any] = []
+        self.map_services: MapServices | None = None
         self._pubs: list[Any] = []
-        self._last_stamp_ns: int | None = None
         self._edges: deque[tuple[tuple, tuple]] = deque(maxlen=v['markers.max_edges'])
         self._edge_frame = ''
         self._processed = 0
@@ -124,8 +119,8 @@ class VprNode(LifecycleNode):
         self._position_variance = 1.0
         self.odometry = OdometryInput(v['odom_buffer_size'], v['odom_max_time_diff_sec'])
         self.converter = ImageConverter(v['converter'])
+        self.inputs = Inputs(self.stats, self.odometry, self._warn_throttled)
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # /diagnostics in every state: a node that failed to configure says why
         self.pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -145,7 +140,7 @@ class VprNode(LifecycleNode):
         try:
             self._build_pipeline()
         except Exception as err:  # configuration, weights, map or parameter errors: say which, stay unconfigured
-            self.last_error = _what(err)
+            self.last_error = explain(err)
             self._log.fatal(f'cannot start: {self.last_error}')
             self._log.debug(''.join(traceback.format_exception(err)))
             self._release()
@@ -157,10 +152,7 @@ class VprNode(LifecycleNode):
         self.pub_markers = self.create_lifecycle_publisher(MarkerArray, '~/markers', 10)
         self.pub_attention = self.create_lifecycle_publisher(Image, '~/attention', 2)
         self._pubs = [self.pub_loop, self.pub_reloc, self.pub_candidates, self.pub_markers, self.pub_attention]
-        self._vpr_services = [
-            self.create_service(Trigger, '~/save_map', self._srv_save_map, callback_group=self._service_group),
-            self.create_service(SetBool, '~/set_mapping', self._srv_set_mapping, callback_group=self._service_group),
-            self.create_service(Trigger, '~/clear_map', self._srv_clear_map, callback_group=self._service_group)]
+        self.map_services = MapServices(self)
         self.last_error = ''
         db, det = self.pipeline.db, self.pipeline.detector
         self._log.info(f'configured: {self.pipeline.encoder.name} ({self.pipeline.encoder.descriptor_dim}-D), map '
@@ -174,15 +166,16 @@ class VprNode(LifecycleNode):
                          reliability=(ReliabilityPolicy.BEST_EFFORT if v['qos.reliability'] == 'best_effort'
                                       else ReliabilityPolicy.RELIABLE),
                          durability=DurabilityPolicy.VOLATILE)
-        self._worker = Worker(self._process, self._frame_failed)
+        self._worker = self.inputs.worker = Worker(self._process, self._frame_failed)
         if v['image_transport'] == 'compressed':
-            image = self.create_subscription(CompressedImage, 'image/compressed', self._on_compressed, qos,
+            image = self.create_subscription(CompressedImage, 'image/compressed', self.inputs.on_compressed, qos,
                                              callback_group=self._input_group)
         else:
-            image = self.create_subscription(Image, 'image', self._on_image, qos, callback_group=self._input_group)
+            image = self.create_subscription(Image, 'image', self.inputs.on_image, qos,
+                                             callback_group=self._input_group)
         self._subs = [image]
         if v['use_odom']:
-            self._subs.append(self.create_subscription(Odometry, 'odom', self._on_odom, qos,
+            self._subs.append(self.create_subscription(Odometry, 'odom', self.inputs.on_odom, qos,
                                                        callback_group=self._input_group))
         self._image_topic = image.topic_name
         self._log.info('active: listening on ' + ' and '.join(s.topic_name for s in self._subs))
@@ -215,15 +208,15 @@ class VprNode(LifecycleNode):
         self._subs = []
         if self._worker is not None:
             self._worker.stop()
-            self._worker = None
+            self._worker = self.inputs.worker = None
 
     def _release(self) -> None:
         """Drop what configure made (publishers, services, model, map)."""
         for pub in self._pubs:
             self.destroy_lifecycle_publisher(pub)
-        for srv in self._vpr_services:
-            self.destroy_service(srv)
-        self._pubs, self._vpr_services = [], []
+        if self.map_services is not None:
+            self.map_services.destroy()
+        self._pubs, self.map_services = [], None
         if self.pipeline is not None:
             self.pipeline.db.close()      # its scratch files go now, not at garbage collection
         self.pipeline = None
@@ -236,14 +229,14 @@ class VprNode(LifecycleNode):
             self.pipeline.db.save(self.map_path)
             self._log.info(f'saved the map on {why}: {len(self.pipeline.db)} keyframes to {self.map_path}')
         except Exception as err:
-            self._log.error(f'saving the map on {why} failed: {_what(err)}')
+            self._log.error(f'saving the map on {why} failed: {explain(err)}')
 
     # ------------------------------------------------------------------ configure
     def _build_pipeline(self) -> None:
         from .ros.startup import build_pipeline
         built = build_pipeline(self.values, self._log)
         self.pipeline, self.map_path, self._position_variance = built
-        self._last_stamp_ns = None
+        self.inputs.last_stamp_ns = None
         self._edges.clear()
 
     # ------------------------------------------------------------------ parameters at run time
@@ -283,84 +276,15 @@ class VprNode(LifecycleNode):
                 self.pipeline.detector.mapping = bool(new['mapping'])
         return SetParametersResult(successful=True)
 
-    # ------------------------------------------------------------------ input callbacks (never block)
-    def _accept_header(self, msg, kind: str) -> int | None:
-        self.stats.count('frames_received')
-        self.stats.input_rate.tick()
-        try:
-            stamp_ns = stamp_to_ns(msg.header.stamp)
-        except FrameRejected as err:
-            self._reject(err.reason, str(err))
-            return None
-        last = self._last_stamp_ns
-        if last is not None and stamp_ns <= last:
-            self._reject('stamp_out_of_order', f'{kind} stamp {ns_to_sec(stamp_ns):.9f} is not after the previous '
-                         f'frame\'s {ns_to_sec(last):.9f}; frame ignored (a time jump within a session: restart the '
-                         'node, or ~/clear_map)')
-            return None
-        return stamp_ns
-
-    def _on_image(self, msg: Image) -> None:
-        t = time.perf_counter()
-        try:
-            stamp_ns = self._accept_header(msg, 'image')
-            if stamp_ns is None:
-                return
-            check_raw(msg)
-        except FrameRejected as err:
-            self._reject(err.reason, str(err))
-            return
-        except Exception as err:  # a message this node does not understand at all
-            self._reject('malformed', f'{type(err).__name__}: {err}')
-            return
-        self._enqueue(msg, False, t, stamp_ns)
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        t = time.perf_counter()
-        try:
-            stamp_ns = self._accept_header(msg, 'compressed image')
-        except Exception as err:
-            self._reject('malformed', f'{type(err).__name__}: {err}')
-            return
-        if stamp_ns is None:
-            return
-        if len(msg.data) == 0:
-            self._reject('empty_image', f'compressed image ({msg.format!r}) has no data')
-            return
-        self._enqueue(msg, True, t, stamp_ns)
-
-    def _enqueue(self, msg, compressed: bool, t_recv: float, stamp_ns: int) -> None:
-        self._last_stamp_ns = stamp_ns
-        worker = self._worker
-        if worker is not None and worker.slot.put((msg, compressed, t_recv, stamp_ns)):
-            self.stats.count('frames_dropped')
-
-    def _on_odom(self, msg: Odometry) -> None:
-        self.stats.count('odom_received')
-        try:
-            self.odometry.add(msg)
-        except FrameRejected as err:
-            self.stats.count('odom_rejected')
-            self.stats.count('odom_rejected.' + err.reason)
-            self._warn_throttled('odom:' + err.reason, f'rejected odometry [{err.reason}]: {err}')
-        except Exception as err:
-            self.stats.count('odom_rejected')
-            self.stats.count('odom_rejected.malformed')
-            self._warn_throttled('odom:malformed', f'rejected odometry [malformed]: {type(err).__name__}: {err}')
-
-    def _reject(self, reason: str, message: str) -> None:
-        self.stats.reject(reason)
-        self._warn_throttled('image:' + reason, f'rejected frame [{reason}]: {message}')
-
+    # ------------------------------------------------------------------ worker
     def _warn_throttled(self, key: str, message: str) -> None:
         suppressed = self._throttle.check(key)
         if suppressed is not None:
             self._log.warning(message + (f' ({suppressed} more since the last report)' if suppressed else ''))
 
-    # ------------------------------------------------------------------ worker
     def _frame_failed(self, err: Exception) -> None:
         if isinstance(err, FrameRejected):
-            self._reject(err.reason, str(err))
+            self.inputs.reject(err.reason, str(err))
             return
         self.stats.count('frames_failed')
         self._worker_error = f'{type(err).__name__}: {err}'
@@ -484,61 +408,16 @@ class VprNode(LifecycleNode):
             if self._throttle.check('diagnostics') is not None:
                 self._log.error(f'diagnostics failed: {type(err).__name__}: {err}')
 
-    # ------------------------------------------------------------------ services
-    def _not_configured(self, response):
-        response.success, response.message = False, f'the node is {self.state}: configure it first'
-        return response
-
-    def _srv_save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.pipeline is None:
-            return self._not_configured(response)
-        if self.map_path is None:
-            response.success, response.message = False, 'map.path is empty: nowhere to save the map'
-            return response
-        try:
-            self.pipeline.db.save(self.map_path)
-        except Exception as err:  # report to the caller; the node keeps running
-            response.success, response.message = False, f'saving the map failed: {_what(err)}'
-            self._log.error(response.message)
-            return response
-        response.success, response.message = True, f'saved {len(self.pipeline.db)} keyframes to {self.map_path}'
-        self._log.info(response.message)
-        return response
-
-    def _srv_set_mapping(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        if self.values['loop_closure.mode'] != 'slam':
-            response.success = False
-            response.message = 'loop_closure.mode is localization: the map is read-only'
-            return response
-        result = self.set_parameters([Parameter('mapping', value=bool(request.data))])[0]
-        response.success = result.successful
-        response.message = f'mapping {"on" if request.data else "off"}' if result.successful else result.reason
-        self._log.info(response.message)
-        return response
-
-    def _srv_clear_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        if self.pipeline is None:
-            return self._not_configured(response)
-        if self.values['loop_closure.mode'] == 'localization':
-            response.success = False
-            response.message = ('loop_closure.mode is localization: the map is read-only and is not cleared '
-                                '(restart the node to reset its stamps)')
-            return response
-        try:
-            with self.pipeline.lock, self._lock:
-                n = len(self.pipeline.db)
-                self.pipeline.db.clear()
-                self.pipeline.detector.new_session()
-                self._edges.clear()
-                self._last_stamp_ns = None
-                self.odometry.clear()    # a time jump: old odometry would reject every new message
-        except Exception as err:
-            response.success, response.message = False, f'clearing the map failed: {_what(err)}'
-            self._log.error(response.message)
-            return response
-        response.success, response.message = True, f'cleared the map ({n} keyframes removed)'
-        self._log.info(response.message)
-        return response
+    def clear_map(self) -> int:
+        """Empty the map and start a new session (``~/clear_map``); the number of keyframes removed."""
+        with self.pipeline.lock, self._lock:
+            n = len(self.pipeline.db)
+            self.pipeline.db.clear()
+            self.pipeline.detector.new_session()
+            self._edges.clear()
+            self.inputs.last_stamp_ns = None
+            self.odometry.clear()    # a time jump: old odometry would reject every new message
+        return n
 
     # ------------------------------------------------------------------ process exit
     def finish(self) -> None:
@@ -586,7 +465,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as err:  # invalid parameters at construction: say which and stop
-        get_logger(NODE_NAME).fatal(f'cannot start: {_what(err)}')
+        get_logger(NODE_NAME).fatal(f'cannot start: {explain(err)}')
         return 1
     finally:
         if node is not None:

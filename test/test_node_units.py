@@ -300,3 +300,34 @@ def test_config_file_holds_every_parameter_default():
     root = Path(__file__).resolve().parents[1]
     assert (root / 'config' / 'vpr.yaml').read_text() == defaults_yaml(), \
         'config/vpr.yaml is stale: write it again with boq_vpr.ros.parameters.defaults_yaml()'
+
+
+# ----------------------------------------------------------------------------------------------
+# the node's start-up (configure) without ROS
+
+def _node_values(**overrides):
+    from boq_vpr.ros.parameters import node_parameters
+    values = {s.name: s.default for s in node_parameters()}
+    values.update(overrides)
+    return values
+
+
+def test_configure_with_keep_aspect_on_onnxruntime_processes_camera_frames(frame, tmp_path, monkeypatch):
+    """keep_aspect on a backend that used to be fixed-shape: the node's pipeline takes 640x480 frames,
+    and the warm-up ran at the camera's size (encoder.warmup_image_size)."""
+    import logging
+    import cv2
+    from boq_vpr.ros.startup import build_pipeline
+    monkeypatch.setenv('BOQ_VPR_CACHE', str(tmp_path / 'cache'))
+    values = _node_values(**{'model.name': 'resnet18_1024', 'model.weights': 'random', 'model.image_height': 64,
+                             'model.image_width': 64, 'model.resize_mode': 'keep_aspect',
+                             'encoder.backend': 'onnxruntime', 'encoder.device': 'cpu', 'encoder.precision': 'fp32',
+                             'encoder.warmup_image_size': [480, 640], 'loop_closure.false_alarm_rate': 0.0})
+    pipeline, path, _ = build_pipeline(values, logging.getLogger('test'))
+    assert path is None and pipeline.encoder.backend.name == 'onnxruntime'
+    assert pipeline.encoder.times.images == 1          # the warm-up frame
+    camera = cv2.resize(frame, (640, 480))
+    out = pipeline.process(lambda: camera, 1_000_000_000)
+    assert out.result.keyframe_id == 0 and out.seconds['encode'] > 0
+    with pytest.raises(Exception, match='warmup_image_size'):
+        build_pipeline(_node_values(**{'encoder.warmup_image_size': [480, 0]}), logging.getLogger('test'))

@@ -130,6 +130,9 @@ def _node_parameters() -> list[ParamSpec]:
           'library\'s default', range=(0, 256), read_only=True),
         P('encoder.warmup', True, 'encode a blank image at start-up so that the first frame is not slow',
           read_only=True),
+        P('encoder.warmup_image_size', [0, 0], 'camera image [height, width] the warm-up frame has; [0, 0]: the '
+          'network input size. With model.resize_mode keep_aspect the network runs at the camera\'s aspect, so '
+          'give the camera\'s size here or the first frame pays the warm-up', item_range=(0, 16384), read_only=True),
         # input
         P('image_transport', 'raw', 'raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe '
           '`image/compressed` (sensor_msgs/CompressedImage)', ('raw', 'compressed'), read_only=True),

@@ -68,6 +68,9 @@ def load_encoder(v: dict[str, Any], log: Any):
     import torch
     from ..encoder import Encoder
     from ..models.checkpoint import RANDOM_WEIGHTS, resolve_weights
+    warmup = [int(x) for x in v['encoder.warmup_image_size']]
+    if len(warmup) != 2 or (warmup[0] > 0) != (warmup[1] > 0):
+        raise ConfigError(f'encoder.warmup_image_size must be [height, width] or [0, 0], got {warmup}')
     if v['encoder.num_threads'] > 0:
         torch.set_num_threads(v['encoder.num_threads'])
     size = None
@@ -103,7 +106,11 @@ def load_encoder(v: dict[str, Any], log: Any):
     problem = attention_problem(encoder.config, v)
     if problem is not None:
         raise ConfigError(f'{problem} (model {encoder.config.name})')
-    if v['encoder.warmup']:   # keep_aspect: the first camera frame pays for its own size
-        encoder.warmup(attention=bool(v['attention.enable']))
+    if v['encoder.warmup']:
+        h, w = warmup
+        if v['model.resize_mode'] == 'keep_aspect' and not h:
+            log.info('model.resize_mode keep_aspect: the warm-up runs the network input size; set '
+                     'encoder.warmup_image_size to the camera\'s [height, width] so that the first frame is not slow')
+        encoder.warmup(h or None, w or None, attention=bool(v['attention.enable']))
     log.info(f'encoder ready in {time.monotonic() - t0:.1f} s: {encoder.describe()}')
     return encoder
