@@ -19,6 +19,7 @@ rejected it. The detector counts them (``outcome_counts``).
 """
 from __future__ import annotations
 
+import array
 import bisect
 import collections
 import dataclasses
@@ -81,7 +82,11 @@ class LoopCandidate:
     inliers: int                 # RANSAC inliers (0 when disabled)
     match_keyframe: Keyframe     # carries the matched pose / frame_id when known
     kind: str = 'loop'           # a key of KINDS
-    same_session: bool = True    # the match is a keyframe of the running session
+
+    @property
+    def same_session(self) -> bool:
+        """The match is a keyframe of the running session (what makes it a loop)."""
+        return self.kind == 'loop'
 
     def row(self) -> tuple[float, ...]:
         """The candidate as a row of CANDIDATE_COLUMNS (stamps in seconds)."""
@@ -334,8 +339,10 @@ class LoopClosureDetector:
         and after the map was cleared."""
         with self._lock:
             self._session_start = self.db.next_id
-            self._session_ids: list[int] = []       # keyframes this session added, in id order
-            self._session_stamps: list[int] = []    # and their stamps (non-decreasing within a session)
+            # keyframes this session added, in id order, and their stamps (non-decreasing within a
+            # session); 16 bytes a keyframe
+            self._session_ids = array.array('q')
+            self._session_stamps = array.array('q')
             self._last_stamp_ns: int | None = None
             if hasattr(self, 'config'):
                 self.reset()
@@ -380,9 +387,8 @@ class LoopClosureDetector:
 
     def _candidate(self, query_id, stamp_ns, match_id, score, rank) -> LoopCandidate:
         kf = self.db.keyframe(int(match_id))
-        same = int(match_id) >= self._session_start and self.config.mode == 'slam'
         return LoopCandidate(query_id, int(stamp_ns), int(match_id), kf.stamp_ns, float(score), rank, False, 0, kf,
-                             self.kind_of(int(match_id)), same)
+                             self.kind_of(int(match_id)))
 
     # ------------------------------------------------------------------ main entry
     def process(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
