@@ -269,21 +269,26 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
 
 def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent: int, noise: float,
               seed: int, windows: tuple[int, ...] = (100, 1000, 10_000), window: int = 100,
-              search: bool = True) -> dict:
-    """Keyframes added one at a time, each after a search (the detector's slam loop; ``search=False``
-    without it, to separate the add's own cost from the caches the search's scan evicts): the cost
-    per add in windows ending at ``windows`` keyframes, the longest add (stall) and what the
-    trainable indexes did meanwhile (when training started and ended, adds made during it)."""
+              before: str = 'search') -> dict:
+    """Keyframes added one at a time, each after a search (``before='search'``, the detector's slam
+    loop), after nothing (``'nothing'``: the add's own cost) or after a scan of as many bytes as the
+    full map holds (``'sweep'``: cold caches without a search, the control that tells cache effects
+    from work that grows with the map): the cost per add in windows ending at ``windows`` keyframes,
+    the longest add (stall) and what the trainable indexes did meanwhile (when training started and
+    ended, adds made during it)."""
     index_type = 'flat' if variant == 'flat' else variant
     source = Synthetic(n, d, latent, noise, seed)
     x = np.concatenate([c for _, c in source.chunks()])
     db = MapDatabase(d, 'bench', index_type, background_training=background, **opts)
+    sweep = np.ones((n, d), np.float32) if before == 'sweep' else None
     adds = np.zeros(n)
     training_from = training_to = None
     during = 0
     for i in range(n):
-        if search:
+        if before == 'search':
             db.search(x[i], 5)
+        elif sweep is not None:
+            float(sweep.sum())
         t0 = time.perf_counter()
         db.add(x[i], [Keyframe(-1, i)])
         adds[i] = time.perf_counter() - t0
@@ -298,7 +303,8 @@ def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent
         training_to = n
     trained_at = int(np.argmax(adds)) if index_type != 'flat' else None
     out = {'variant': variant, 'index_type': index_type, 'options': opts, 'd': d, 'n': n,
-           'background_training': background, 'search_before_add': search, 'trained': db.is_trained}
+           'background_training': background, 'search_before_add': before == 'search', 'before_add': before,
+           'trained': db.is_trained}
     for w in windows:
         if w <= n:
             seg = adds[w - window:w] * 1e3
@@ -374,10 +380,10 @@ def run_slam(args: argparse.Namespace) -> int:
     d, n = args.slam_dim, args.slam_keyframes
     pca_dim = min(args.pca_dim, d // 2)
     train = args.slam_train_size
-    variants = [('flat', {}, True, False), ('flat', {}, True),
+    variants = [('flat', {}, True, 'nothing'), ('flat', {}, True), ('flat', {}, True, 'sweep'),
                 ('pca', {'pca_dim': pca_dim, 'train_size': train}, True),
                 ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
-                           'train_size': train}, True, False),
+                           'train_size': train}, True, 'nothing'),
                 ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
                            'train_size': train}, True),
                 ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
@@ -387,12 +393,12 @@ def run_slam(args: argparse.Namespace) -> int:
                     'command': f'boq-vpr bench map --slam --slam-dim {d} --slam-keyframes {n} '
                                f'--slam-train-size {train} --save-stall-size {args.save_stall_size}',
                     'slam_adds': [], 'save_stall': None}
-    for variant, opts, background, *search in variants:
+    for variant, opts, background, *before in variants:
         row = slam_adds(d, n, variant, opts, background, args.latent, args.noise, args.seed,
-                        search=search[0] if search else True)
+                        before=before[0] if before else 'search')
         report['slam_adds'].append(row)
         print(f'slam adds {variant:<6} {"background" if background else "in the add":<10} '
-              f'{"search+add" if row["search_before_add"] else "add only":<10} d={d} ' +
+              f'{ {"search": "search+add", "nothing": "add only", "sweep": "sweep+add"}[row["before_add"]]:<10} d={d} ' +
               '  '.join(f'{w}: {row[f"add_ms_mean_{w}"]:.3f} ms' for w in (100, 1000, 10_000)
                         if f'add_ms_mean_{w}' in row) +
               f'  ratio {row["ratio_last_first_window"]:.2f} (medians {row["ratio_last_first_window_median"]:.2f})  longest add {row["longest_add_ms"]:.1f} ms' +
