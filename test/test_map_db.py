@@ -588,3 +588,29 @@ def test_keyframe_images_live_on_disk_and_queries_are_prepared_alike(tmp_path):
     scratch = db._store._dir
     db.close()
     assert not scratch.exists()
+
+
+def test_bench_map_slam_prints_and_saves_its_figures(tmp_path):
+    """`boq-vpr bench map --slam` at a tiny size: every variant (add only, behind a search, behind a
+    cold-cache scan; flat, pca, ivfpq; training in the background or inside the add) and the save
+    stall are in the JSON. Figures only, no timing is judged here."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / 'slam.json'
+    proc = subprocess.run([sys.executable, '-m', 'boq_vpr.cli', 'bench', 'map', '--slam', '--slam-dim', '64',
+                           '--slam-keyframes', '1200', '--slam-train-size', '600', '--save-stall-size', '3000',
+                           '--out', str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows = report['slam_adds']
+    assert [(r['variant'], r['background_training'], r['before_add']) for r in rows] == [
+        ('flat', True, 'nothing'), ('flat', True, 'search'), ('flat', True, 'sweep'), ('pca', True, 'search'),
+        ('ivfpq', True, 'nothing'), ('ivfpq', True, 'search'), ('ivfpq', False, 'search')]
+    for r in rows:
+        assert r['trained'] and r['add_ms_mean_100'] > 0 and r['add_ms_mean_1000'] > 0 and r['ratio_last_first_window'] > 0
+    inside = rows[-1]
+    assert inside['adds_during_training'] == 0 and inside['training_started_at_keyframe'] == 599
+    stall = report['save_stall']
+    assert set(stall) >= {'lock_held_whole_save', 'snapshot_then_write', 'stall_ratio_before_after'}
+    assert 'figures saved to' in proc.stdout and 'slam adds ivfpq' in proc.stdout
