@@ -22,8 +22,8 @@ import numpy as np
 from .loop_closure import FrameResult, LoopCandidate, LoopClosureDetector
 from .map import Keyframe, MapDatabase
 
-# Variance (rad^2) that says "orientation unknown": robot_localization and the REP-105 consumers read
-# a variance this large as no information (a standard deviation of 1000 rad).
+# Variance (rad^2) that says "orientation unknown" (a standard deviation of 1000 rad) to a consumer
+# that weighs a pose by its covariance, as robot_localization's filters do.
 UNKNOWN_ORIENTATION_VARIANCE = 1e6
 # Floor of the automatic position variance (m^2): keyframes closer than 0.1 m still do not locate a
 # camera better than that.
