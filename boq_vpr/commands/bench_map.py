@@ -380,14 +380,10 @@ def run_slam(args: argparse.Namespace) -> int:
     d, n = args.slam_dim, args.slam_keyframes
     pca_dim = min(args.pca_dim, d // 2)
     train = args.slam_train_size
+    ivfpq = {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16, 'train_size': train}
     variants = [('flat', {}, True, 'nothing'), ('flat', {}, True), ('flat', {}, True, 'sweep'),
                 ('pca', {'pca_dim': pca_dim, 'train_size': train}, True),
-                ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
-                           'train_size': train}, True, 'nothing'),
-                ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
-                           'train_size': train}, True),
-                ('ivfpq', {'pca_dim': pca_dim, 'nlist': 64, 'pq_m': pca_dim // 8, 'pq_nbits': 8, 'nprobe': 16,
-                           'train_size': train}, False)]
+                ('ivfpq', ivfpq, True, 'nothing'), ('ivfpq', ivfpq, True), ('ivfpq', ivfpq, False)]
     report: dict = {'machine': machine_info(), 'faiss': faiss.__version__, 'faiss_threads': faiss.omp_get_max_threads(),
                     'load_average_at_start': list(os.getloadavg()),
                     'command': f'boq-vpr bench map --slam --slam-dim {d} --slam-keyframes {n} '
