@@ -614,3 +614,65 @@ def test_bench_map_slam_prints_and_saves_its_figures(tmp_path):
     stall = report['save_stall']
     assert set(stall) >= {'lock_held_whole_save', 'snapshot_then_write', 'stall_ratio_before_after'}
     assert 'figures saved to' in proc.stdout and 'slam adds ivfpq' in proc.stdout
+
+
+def test_a_failed_add_leaves_neither_half_and_ids_do_not_repeat(monkeypatch, tmp_path):
+    """A store or index failure inside add: the map stays as it was (no vectors without keyframe rows,
+    no repeated ids), and it still saves and loads."""
+    db = MapDatabase(D, 'm')
+    x = structured(8, seed=9)
+    db.add(x[:3], keyframes(3))
+    real_store_add = type(db._store).add
+    monkeypatch.setattr(type(db._store), 'add', lambda *a, **k: (_ for _ in ()).throw(OSError('disk full')))
+    with pytest.raises(OSError):
+        db.add(x[3:5], keyframes(2, start=3))
+    monkeypatch.setattr(type(db._store), 'add', real_store_add)
+    real_index_add = VectorIndex.add
+    monkeypatch.setattr(VectorIndex, 'add', lambda *a, **k: (_ for _ in ()).throw(MemoryError('no memory')))
+    with pytest.raises(MemoryError):
+        db.add(x[3:5], keyframes(2, start=3))
+    monkeypatch.setattr(VectorIndex, 'add', real_index_add)
+    assert len(db) == 3 and db._store.count() == 3 and db.ids().tolist() == [0, 1, 2]
+    assert db.add(x[3:5], keyframes(2, start=3)) == [3, 4]
+    db.save(tmp_path / 'map')
+    assert MapDatabase.load(tmp_path / 'map').ids().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_a_training_overtaken_by_another_or_by_close_drops_its_result(monkeypatch):
+    """A background training whose snapshot is older than the index installed meanwhile (an explicit
+    train, as a racing add could start one just before it) must not install over it and lose vectors;
+    after close its result is dropped too."""
+    release = threading.Event()
+    real = VectorIndex._trained_index
+    monkeypatch.setattr(VectorIndex, '_trained_index',
+                        lambda self, x, ids: (release.wait(60) or True) and real(self, x, ids)
+                        if threading.current_thread().name == 'boq_vpr-map-training' else real(self, x, ids))
+    db = MapDatabase(D, 'm', 'ivfpq', background_training=True, **COARSE)
+    x = structured(400, seed=10)
+    db.add(x[:300], keyframes(300))
+    trainer = db._index._trainer
+    assert db.training
+    with db._lock:                       # what train() does once its wait ended: train inline, install
+        db._index._train_now()
+    db.add(x[300:], keyframes(100, start=300))
+    release.set()
+    trainer.join(60)
+    assert db.is_trained and len(db) == 400 and db._index._index.ntotal == 400
+    assert db.search(x[350], 1)[1][0, 0] == 350
+    release.clear()
+    other = MapDatabase(D, 'm', 'ivfpq', background_training=True, **COARSE)
+    other.add(x[:300], keyframes(300))
+    trainer = other._index._trainer
+    other.close()
+    release.set()
+    trainer.join(60)
+    assert not other._index._index.is_trained        # the closed map's training was dropped
+
+
+def test_load_refuses_a_next_id_below_its_ids(tmp_path):
+    path = _saved(tmp_path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest['next_id'] = 10
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(MapError, match='next_id 10'):
+        MapDatabase.load(path)

@@ -154,9 +154,15 @@ class MapDatabase:
         with self._lock:
             ids = np.arange(self._next_id, self._next_id + x.shape[0], dtype=np.int64)
             rows = [keyframe_row(int(i), kf) for i, kf in zip(ids, keyframes)]
-            self._index.add(x, ids)
+            # store first (one SQLite transaction: all or nothing), then the index; an index failure
+            # takes the rows back out, so a failed add leaves neither half behind
             self._store.add(rows, [(int(i), p) for i, p in zip(ids, pngs) if p is not None],
                             (ids, x) if self.index_options['rerank'] else None)
+            try:
+                self._index.add(x, ids)
+            except BaseException:
+                self._store.delete(ids.tolist())
+                raise
             self._next_id += x.shape[0]
             return ids.tolist()
 
@@ -303,8 +309,8 @@ class MapDatabase:
                    for kf in other.keyframes(block)]
             with other._lock:
                 thumbs = other._store.thumbnail_pngs(block.tolist())
-            new = self.add(vectors, kfs)
-            with self._lock:
+            with self._lock:   # keyframes and their thumbnails in one step: a save sees both or neither
+                new = self.add(vectors, kfs)
                 self._store.add_thumbnails([(n, thumbs[o]) for o, n in zip(block.tolist(), new) if o in thumbs])
             mapping.update(zip(block.tolist(), new))
         log.info('merged %d keyframes (%s) into the map, now %d', len(mapping), other.sessions(), len(self))
@@ -317,8 +323,11 @@ class MapDatabase:
             self._store.clear()
 
     def close(self) -> None:
-        """Delete the scratch files of the open map (the map object is unusable afterwards)."""
-        self._store.close()
+        """Delete the scratch files of the open map (the map object is unusable afterwards). A background
+        training still running finishes its FAISS call in its thread and then drops its result."""
+        with self._lock:
+            self._index.cancel_training()
+            self._store.close()
 
     # ---------------------------------------------------------------- save / load
     def manifest(self) -> dict:
@@ -372,6 +381,9 @@ class MapDatabase:
             raise MapError(f'map {path} re-ranks with stored descriptors but holds {db._store.count("vectors")} '
                            f'for {count} keyframes; rebuild the map')
         db._next_id = int(manifest['next_id'])
+        if ids.size and db._next_id <= int(ids.max()):
+            raise MapError(f'map {path} is inconsistent: next_id {db._next_id} is not above its largest id '
+                           f'{int(ids.max())}; rebuild the map')
         db.path = path
         log.info('loaded map %s: %d keyframes, %d-D, %s index', path, len(db), db.descriptor_dim, db.index_type)
         return db

@@ -381,9 +381,15 @@ class VectorIndex:
         self._install(index)
 
     def _install(self, index: faiss.Index) -> None:
+        self._generation += 1   # a training started before this one holds an older snapshot: dropped
         self._index = index
         self._pending = GrowableArray((self.descriptor_dim,), np.float32)
         self._retry_at = 0
+
+    def cancel_training(self) -> None:
+        """Drop the result of a running background training (caller holds the lock)."""
+        self._generation += 1
+        self._trainer = None
 
     def _trained_index(self, x: np.ndarray, ids: np.ndarray) -> faiss.Index:
         """A new index of this type trained on ``x`` and holding ``x`` (runs without the lock)."""
@@ -426,7 +432,8 @@ class VectorIndex:
             while True:   # catch up with the vectors added meanwhile, outside the lock where many
                 with self._lock:
                     if self._generation != generation:
-                        log.info('map changed during training (removal or clear): training result dropped')
+                        log.info('map changed during training (removal, clear, close or another training): '
+                                 'training result dropped')
                         return
                     pending, pending_ids = self._pending.view(), self._ids.view()
                     if pending.shape[0] - done <= _CATCH_UP:
