@@ -150,7 +150,7 @@ class FramePipeline:
     # ------------------------------------------------------------------ the whole frame
     def process(self, convert: Callable[[], np.ndarray], stamp_ns: int,
                 pose: Callable[[int], tuple[tuple | None, tuple | None, str]] | None = None,
-                default_frame: str = '', source: str = '', attention_block: int | None = None) -> FrameOutputs:
+                source: str = '', attention_block: int | None = None) -> FrameOutputs:
         """``convert()`` gives the RGB image (it may raise for a bad message); ``pose(stamp_ns)`` the
         camera pose at the stamp, or (None, None, ''). ``attention_block``: also compute that block's
         attention."""
@@ -168,9 +168,9 @@ class FramePipeline:
         t2 = time.perf_counter()
         position, orientation, frame = pose(stamp_ns) if pose is not None else (None, None, '')
         out = self.detect(desc, stamp_ns, position=position, orientation=orientation,
-                          frame_id=frame or default_frame, image=rgb, source=source)
+                          frame_id=frame, image=rgb, source=source)
         t3 = time.perf_counter()
         out.attention, out.attention_grid, out.attention_error, out.image = attention, grid, error, rgb
-        out.position, out.frame_id = position, frame or default_frame
+        out.position, out.frame_id = position, frame
         out.seconds = {'convert': t1 - t0, 'encode': t2 - t1, 'detect': t3 - t2}
         return out

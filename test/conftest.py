@@ -32,3 +32,15 @@ def nordland_dir() -> Path:
 def _torch_threads():
     import torch
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def load_script(name: str):
+    """A script of scripts/ (not a package module) imported as a module, for its tests."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses of the script look their module up by name
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ broken script is found before a GPU is lent: its steps, the JSON layout, the ski
 files it leaves and the table printed last. Figures are not checked (no timing thresholds)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location('gpu_check', ROOT / 'scripts' / 'gpu_check.py')
-assert _spec is not None and _spec.loader is not None
-gpu_check = importlib.util.module_from_spec(_spec)
-sys.modules['gpu_check'] = gpu_check
-_spec.loader.exec_module(gpu_check)
+gpu_check = load_script('gpu_check')
 
 STATUSES = {'ok', 'skipped', 'failed'}
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location('check_tensorrt_types', ROOT / 'scripts' / 'check_tensorrt_types.py')
-assert _spec is not None and _spec.loader is not None
-checker = importlib.util.module_from_spec(_spec)
-sys.modules['check_tensorrt_types'] = checker
-_spec.loader.exec_module(checker)
+checker = load_script('check_tensorrt_types')
 
 CACHE = ROOT / '.mypy_cache' / 'boq_vpr'
 
