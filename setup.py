@@ -8,8 +8,11 @@ setup(
     name=package_name,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*']),
-    # the shipped weights (resnet18_nordland) are package data: pip and colcon install them
-    package_data={'training': ['configs/*.yaml'], 'boq_vpr': ['weights/*.pt']},
+    # the shipped weights (resnet18_nordland) and the demo drive (Nordland frames 2400-3575) are
+    # package data: pip and colcon install them
+    package_data={'training': ['configs/*.yaml'],
+                  'boq_vpr': ['weights/*.pt', 'data/nordland_heldout/README.md',
+                              'data/nordland_heldout/summer/*.png', 'data/nordland_heldout/winter/*.png']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -76,7 +79,7 @@ setup(
             'mypy>=1.10',
         ],
     },
-    zip_safe=False,   # the shipped weights are read from the installed folder
+    zip_safe=False,   # the shipped weights and frames are read from the installed folder
     maintainer='boq_vpr maintainers',
     maintainer_email='maintainers@boq-vpr.invalid',
     description='Visual place recognition loop closures for SLAM with BoQ.',

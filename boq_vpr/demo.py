@@ -1,11 +1,11 @@
 """``python -m boq_vpr.demo``: the main job on a fresh machine, end to end without a robot.
 
-Writes the Nordland frames that ``resnet18_nordland`` never saw in training (frames 2400-3575:
-the summer traversal, then winter over the same track, 1 frame per second) into a rosbag2, runs
-the bag through the encoder, map database and loop-closure detector in slam mode with the
-shipped ``config/vpr.yaml`` (model, encoder and detector settings), exactly as the node would,
-prints the loop closures it accepted with their precision and recall, and writes metrics,
-plots and a summary to ``--out``.
+Writes the Nordland frames that ``resnet18_nordland`` never saw in training (frames 2400-3575,
+shipped with the package in ``boq_vpr/data/nordland_heldout``: the summer traversal, then winter
+over the same track, 1 frame per second) into a rosbag2, runs the bag through the encoder, map
+database and loop-closure detector in slam mode with the shipped ``config/vpr.yaml`` (model,
+encoder and detector settings), exactly as the node would, prints the loop closures it accepted
+with their precision and recall, and writes metrics, plots and a summary to ``--out``.
 """
 from __future__ import annotations
 
@@ -15,31 +15,65 @@ import sys
 from pathlib import Path
 
 from .cli import main as cli_main
-from .commands.bench_recall import NORDLAND_HELD_OUT
 from .commands.evaluate import _fmt
+from .errors import DatasetError
+from .images import list_images
+from .sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name, held_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'nordland_trimmed'
 PARAMS = ROOT / 'config' / 'vpr.yaml'
-HELD_OUT_FIRST = NORDLAND_HELD_OUT.start   # first frame not used to train resnet18_nordland
+
+
+def first_held_out(folder: Path) -> int:
+    """Position of the first held-out Nordland frame (2400) in ``folder``: 0 in the shipped copy, 2400 in
+    the whole trimmed set; 0 for a folder without that frame (not Nordland)."""
+    names = [p.name for p in list_images(folder)]
+    first = frame_name(NORDLAND_HELD_OUT.start)
+    return names.index(first) if first in names else 0
+
+
+def default_params(out: Path) -> Path:
+    """``config/vpr.yaml`` of the repository; from an installed package without it, the same defaults
+    written to ``out`` (``defaults_yaml()`` is what config/vpr.yaml holds)."""
+    if PARAMS.is_file():
+        return PARAMS
+    from .ros.parameters import defaults_yaml
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / 'vpr.yaml'
+    path.write_text(defaults_yaml())
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data', type=Path, default=DEFAULT_DATA,
-                        help='folder with summer/ and winter/ image sequences (default: the Nordland sample)')
+    parser.add_argument('--data', type=Path, default=None,
+                        help='folder with summer/ and winter/ image sequences (default: the Nordland frames '
+                             f'2400-3575 shipped with the package, {HELD_OUT_DIR})')
     parser.add_argument('--out', type=Path, default=Path('out/demo'), help='output folder (default: out/demo)')
-    parser.add_argument('--first', type=int, default=HELD_OUT_FIRST,
-                        help=f'first frame of each traversal (default: {HELD_OUT_FIRST}, the held-out section)')
+    parser.add_argument('--first', type=int, default=None,
+                        help='images of each traversal to skip (default: up to Nordland frame 2400, the first one '
+                             'resnet18_nordland never saw, where the folder holds it; else 0)')
     parser.add_argument('--count', type=int, default=None, help='frames per traversal (default: to the end)')
-    parser.add_argument('--params', type=Path, default=PARAMS, help='node parameters (default: config/vpr.yaml)')
+    parser.add_argument('--params', type=Path, default=None, help='node parameters (default: config/vpr.yaml)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='override a detector parameter, as in evaluate (repeatable)')
     args = parser.parse_args(argv)
+    if args.data is None:
+        try:
+            args.data = held_out_dir()
+        except DatasetError as err:
+            print(f'demo: {err}; or pass --data PATH', file=sys.stderr)
+            return 2
     seqs = [args.data / 'summer', args.data / 'winter']
     if not all(s.is_dir() for s in seqs):
         print(f'demo: expected {seqs[0]} and {seqs[1]}; pass --data PATH', file=sys.stderr)
         return 2
+    if args.first is None:
+        args.first = first_held_out(seqs[0])
+    if args.params is None:
+        args.params = default_params(args.out)
+    print(f'demo: {seqs[0]} then {seqs[1]}, from image {args.first} of each'
+          + (f', {args.count} frames each' if args.count else ''))
     bag = args.out / 'bag'
     if bag.exists():
         print(f'demo: reusing {bag} (delete it to rebuild)')

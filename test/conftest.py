@@ -1,4 +1,9 @@
-"""Shared fixtures: paths of the shared reference fixtures and real images."""
+"""Shared fixtures: paths of the shared reference fixtures and real images.
+
+``heldout_dir``: Nordland frames 2400-3575 (summer, winter), shipped with the package, in every
+clone. ``nordland_dir``: the whole trimmed Nordland set (3576 frames per season) and
+``reference_dir``: the official model's fixtures, both in ``../shared`` beside the repository
+(``BOQ_VPR_SHARED`` points elsewhere); tests that need them skip where they are absent."""
 from __future__ import annotations
 
 import os
@@ -26,6 +31,14 @@ def reference_dir() -> Path:
 @pytest.fixture(scope='session')
 def nordland_dir() -> Path:
     return _need(NORDLAND)
+
+
+@pytest.fixture(scope='session')
+def heldout_dir() -> Path:
+    """The shipped Nordland section (``boq_vpr/data/nordland_heldout``): summer/ and winter/, frames
+    2400-3575 under their names in the whole set. Missing is an error, not a skip: it ships."""
+    from boq_vpr.sample_data import held_out_dir
+    return held_out_dir()
 
 
 @pytest.fixture(autouse=True, scope='session')

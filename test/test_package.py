@@ -45,9 +45,14 @@ def test_colcon_build_installs_scripts_launch_and_config(tmp_path):
     # the shipped weights are package data (boq_vpr/weights/*.pt)
     installed = list((tmp_path / 'install' / 'boq_vpr').glob('lib/python*/site-packages/boq_vpr/weights/*.pt'))
     assert {p.name for p in installed} >= {'resnet18_nordland.pt'}, installed
+    # so is the demo drive (the Nordland section the demo and the tests read)
+    for season in ('summer', 'winter'):
+        frames = list((tmp_path / 'install' / 'boq_vpr').glob(
+            f'lib/python*/site-packages/boq_vpr/data/nordland_heldout/{season}/*.png'))
+        assert len(frames) == 1176, (season, len(frames))
 
 
-def test_wheel_carries_the_shipped_weights(tmp_path):
+def test_wheel_carries_the_shipped_weights_and_frames(tmp_path):
     import zipfile
     out = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q',
                           '-w', str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
@@ -55,4 +60,7 @@ def test_wheel_carries_the_shipped_weights(tmp_path):
     wheel = next(tmp_path.glob('boq_vpr-*.whl'))
     names = zipfile.ZipFile(wheel).namelist()
     assert 'boq_vpr/weights/resnet18_nordland.pt' in names
+    for season in ('summer', 'winter'):
+        assert sum(n.startswith(f'boq_vpr/data/nordland_heldout/{season}/images-') for n in names) == 1176, season
+    assert 'boq_vpr/data/nordland_heldout/README.md' in names
     assert 'training/configs/resnet18_nordland.yaml' in names

@@ -21,15 +21,15 @@ from ..images import load_image
 from ..metrics import recall_at_k, retrieval_hits
 from ..models.checkpoint import RANDOM_WEIGHTS
 from ..models.config import MODEL_CONFIGS
+from ..sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name
 from .common import write_json
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
+# the whole trimmed Nordland set (both traversals, 3576 frames each), next to the repository
 DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'nordland_trimmed'
 KS = (1, 5, 10)
-# Nordland frames resnet18_nordland never saw in training (training/nordland.py)
-NORDLAND_HELD_OUT = range(2400, 3576)
 
 
 def frame_range(text: str) -> range:
@@ -44,9 +44,9 @@ def frame_range(text: str) -> range:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--data', type=Path, default=DEFAULT_DATA,
-                        help='folder with frame-aligned summer/ (map) and winter/ (queries) images '
-                             '(default: the Nordland sample next to the repository)')
+    parser.add_argument('--data', type=Path, default=HELD_OUT_DIR,
+                        help='folder with frame-aligned summer/ (map) and winter/ (queries) images, named as in '
+                             'the trimmed Nordland set (default: the held-out section shipped with boq_vpr)')
     parser.add_argument('--map-folder', default='summer', help='sub-folder of the map images (default: summer)')
     parser.add_argument('--query-folder', default='winter', help='sub-folder of the queries (default: winter)')
     parser.add_argument('--frames', type=frame_range, default=NORDLAND_HELD_OUT,
@@ -81,11 +81,6 @@ def aligned_recalls(map_desc: np.ndarray, query_desc: np.ndarray, tolerance: int
     ranked = np.argsort(-sims, axis=1, kind='stable')[:, :k]
     positives = np.abs(qi[:, None] - mi[None, :]) <= tolerance
     return recall_at_k(retrieval_hits(ranked, positives), positives.any(axis=1), ks)
-
-
-def frame_name(index: int) -> str:
-    """File name of frame ``index`` (file order) in the trimmed Nordland folders."""
-    return f'images-{(index + 1) * 10:05d}.png'
 
 
 def load_frames(folder: Path, frames: range) -> list[np.ndarray]:

@@ -1,0 +1,34 @@
+"""The Nordland section that ships with the package: real frames for the demo, the tests and the
+benchmarks on a fresh install.
+
+``boq_vpr/data/nordland_heldout/{summer,winter}/`` holds frames 2400-3575 of the trimmed Nordland
+set (64x32 greyscale stored as RGB PNG, 1176 per season), the section that ``resnet18_nordland``
+never saw in training. File names are those of the full set: frame index ``i`` (in file order of
+the full set) is ``images-{(i + 1) * 10:05d}.png``, so ``summer/X`` and ``winter/X`` show the same
+place. Source and licence: ``boq_vpr/data/nordland_heldout/README.md``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import DatasetError
+
+# Nordland frames resnet18_nordland never saw in training (training/nordland.py)
+NORDLAND_HELD_OUT = range(2400, 3576)
+SEASONS = ('summer', 'winter')
+HELD_OUT_DIR = Path(__file__).resolve().parent / 'data' / 'nordland_heldout'
+
+
+def frame_name(index: int) -> str:
+    """File name of frame ``index`` (file order of the full set) in the trimmed Nordland folders."""
+    return f'images-{(index + 1) * 10:05d}.png'
+
+
+def held_out_dir() -> Path:
+    """The shipped folder (``summer/``, ``winter/``); DatasetError when the install lacks it."""
+    missing = [HELD_OUT_DIR / s / frame_name(i) for s in SEASONS for i in (NORDLAND_HELD_OUT[0], NORDLAND_HELD_OUT[-1])
+               if not (HELD_OUT_DIR / s / frame_name(i)).is_file()]
+    if missing:
+        raise DatasetError(f'the shipped Nordland frames are missing ({missing[0]}): the package was installed '
+                          'without its data; reinstall it (pip install -e . or colcon build)')
+    return HELD_OUT_DIR
