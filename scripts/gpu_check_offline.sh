@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check on an offline GPU machine that has a CUDA build of torch preinstalled (the lent
-# device machine: NVIDIA's torch 2.11 cu130, onnx, onnxruntime (CPU build), lightning, opencv,
+# The GPU check on an offline GPU machine that has a CUDA build of torch preinstalled (for example
+# NVIDIA's torch 2.11 cu130, onnx, onnxruntime (CPU build), lightning, opencv,
 # numpy, scipy, pandas, pytest, ... and no network). Nothing is downloaded there: it uses that torch,
 # installs this project with `pip install --no-deps` and only the carried wheels the machine lacks,
 # then runs scripts/gpu_check.py (generated test images, about 4-7 minutes, table printed last).
 #
-#   scripts/gpu_check_offline.sh download    # HERE, with network: fill .gpu_wheels/ (git-ignored, carried)
-#   scripts/gpu_check_offline.sh             # THERE: install, check; results in $OUT (default ./gpu_check_out)
-#   DRY_RUN=1 scripts/gpu_check_offline.sh   # HERE, on the CPU: every step with tiny sizes, nothing installed
+#   scripts/gpu_check_offline.sh download    # on a machine with network: fill .gpu_wheels/ (git-ignored, carried)
+#   scripts/gpu_check_offline.sh             # on the GPU machine: install, check; results in $OUT (default ./gpu_check_out)
+#   DRY_RUN=1 scripts/gpu_check_offline.sh   # any machine, on the CPU: every step with tiny sizes, nothing installed
 #
 # `download` runs (the GPU machine's Python is 3.12, x86-64; PY_VERSION overrides):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -202,8 +202,8 @@ def test_verify_and_bench_commands(nordland_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize('backend', ['onnxruntime', pytest.param('openvino', marks=needs_openvino)])
 def test_keep_aspect_frames_of_another_aspect_on_exported_backends(backend):
-    """Issue 13, defect 1: keep_aspect feeds 64x85 for a 640x480 frame; the exported graph must take
-    it (it was fixed to 64x64, so every frame failed after a warm-up at the configured size)."""
+    """keep_aspect feeds 64x85 for a 640x480 frame; the exported graph must take it (a graph fixed to
+    64x64 failed every frame after a warm-up at the configured size)."""
     enc = Encoder(MODEL, backend=backend, device='cpu', precision='fp32', image_size=(64, 64),
                   resize_mode='keep_aspect')
     enc.warmup(480, 640)

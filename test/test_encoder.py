@@ -75,9 +75,8 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 @pytest.mark.parametrize('mode', ['graph', 'eager'])
 def test_attention_comes_from_the_same_pass_as_the_descriptor(nordland_dir, mode):
-    """Issue 13, defect 7: attention frames ran the eager FP32 model while other frames ran the
-    plain-op graph (bf16/fp16 where chosen); now the descriptor of an attention frame is the one
-    ``encode`` gives (same graph, precision and layout), and the maps match the eager model's."""
+    """An attention frame runs the same plain-op graph as the other frames (bf16/fp16 where chosen),
+    not the eager FP32 model: the descriptor of an attention frame is the one ``encode`` gives (same graph, precision and layout), and the maps match the eager model's."""
     from boq_vpr.backends.capabilities import cpu_supports_bf16
     precision = 'bf16' if cpu_supports_bf16() else 'fp32'
     enc = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision=precision, mode=mode)

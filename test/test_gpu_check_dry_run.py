@@ -1,5 +1,5 @@
-"""The offline GPU check, run here on the CPU (``DRY_RUN=1 scripts/gpu_check_offline.sh``), so that a
-broken script is found before a GPU is lent: its steps, the JSON layout, the skip reasons, the
+"""The offline GPU check, run on the CPU (``DRY_RUN=1 scripts/gpu_check_offline.sh``), so that a
+broken script is found before it runs on a GPU machine: its steps, the JSON layout, the skip reasons, the
 files it leaves and the table printed last. Figures are not checked (no timing thresholds)."""
 from __future__ import annotations
 

@@ -436,7 +436,7 @@ def test_search_options_change_at_run_time_and_persist(tmp_path):
         db.set_search_options(ef_search=0)
 
 
-# ------------------------------------------------------------------ issue 13: slam-mode adds, training, save
+# ------------------------------------------------------------------ slam-mode adds, training, save
 # Options with a PQ coarse enough (4 bits) that the compressed scores are far from the cosine.
 COARSE = {'nlist': 8, 'pq_m': 8, 'pq_nbits': 4, 'nprobe': 8, 'train_size': 300}
 
@@ -444,9 +444,9 @@ COARSE = {'nlist': 8, 'pq_m': 8, 'pq_nbits': 4, 'nprobe': 8, 'train_size': 300}
 @pytest.mark.parametrize('index_type,options', [('pca', {'pca_dim': 16, 'train_size': 100_000}),
                                                 ('ivfpq', {**COARSE, 'train_size': 100_000})])
 def test_adds_do_not_copy_the_whole_map(index_type, options, monkeypatch):
-    """Issue 13, defect 2: every add re-concatenated the pending matrix and the id array (cost
-    linear in the map size). Adds now append to buffers that grow by doubling: no concatenation,
-    and a number of buffer copies logarithmic in the number of adds."""
+    """An add must not re-concatenate the pending matrix and the id array (a cost linear in the map
+    size): adds append to buffers that grow by doubling, so there is no concatenation and the number
+    of buffer copies is logarithmic in the number of adds."""
     db = MapDatabase(D, 'm', index_type, **options)
     x = structured(3000)
     calls = []
@@ -472,9 +472,8 @@ def test_growable_array_keeps_handed_out_views():
 
 
 def test_training_runs_in_the_background_while_adds_and_exact_search_go_on(monkeypatch):
-    """Issue 13, defect 2: the add that reached the training size trained the index inside the
-    caller (and the detector's lock). With background training the add returns while training
-    runs, searches stay exact meanwhile, and vectors added during training are in the trained index."""
+    """The add that reaches the training size must not train the index inside the caller (and the
+    detector's lock): with background training the add returns while training runs, searches stay exact meanwhile, and vectors added during training are in the trained index."""
     release, started = threading.Event(), threading.Event()
     real = VectorIndex._trained_index
 
@@ -521,9 +520,9 @@ def test_a_removal_during_background_training_drops_that_training(monkeypatch):
 
 @pytest.mark.parametrize('index_type,options', [('ivfpq', COARSE), ('pca', {'pca_dim': 8, 'train_size': 300})])
 def test_scores_keep_one_scale_across_training(index_type, options):
-    """Issue 13, defect 2: scores jumped when the index trained (exact cosines before, PCA or PQ
-    approximations after), so a tuned threshold changed meaning mid-run. The candidates are now
-    re-scored with the stored full descriptors: the same queries score the same before and after."""
+    """Scores must not jump when the index trains (exact cosines before, PCA or PQ approximations
+    after), or a tuned threshold changes meaning mid-run: the candidates are re-scored with the
+    stored full descriptors, so the same queries score the same before and after."""
     x = structured(400, seed=7)
     q = x[[10, 120, 250]] + 0.3 * np.random.default_rng(8).standard_normal((3, D)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -544,9 +543,9 @@ def test_scores_keep_one_scale_across_training(index_type, options):
 
 
 def test_save_writes_outside_the_map_lock(tmp_path, monkeypatch):
-    """Issue 13, defect 8: save held the map lock while it wrote, fsynced and checksummed the
-    files, so frame processing stopped for the length of a save. Now adds and searches run while
-    a save is in its writing phase; the saved map is the snapshot taken when the save began."""
+    """Save must not hold the map lock while it writes, fsyncs and checksums the files (frame
+    processing would stop for the length of a save): adds and searches run while a save is in its
+    writing phase; the saved map is the snapshot taken when the save began."""
     from boq_vpr.map import persist
     db = MapDatabase(D, 'm', 'ivfpq', background_training=False, **COARSE)
     x = structured(500, seed=9)

@@ -294,14 +294,6 @@ def test_attention_overlay_tiles_the_chosen_queries(frame):
         attention_overlay(frame, att, (3, 3), [0])
 
 
-def test_config_file_holds_every_parameter_default():
-    """config/vpr.yaml is what defaults_yaml() writes from the parameter table: no drift."""
-    from boq_vpr.ros.parameters import defaults_yaml
-    root = Path(__file__).resolve().parents[1]
-    assert (root / 'config' / 'vpr.yaml').read_text() == defaults_yaml(), \
-        'config/vpr.yaml is stale: write it again with boq_vpr.ros.parameters.defaults_yaml()'
-
-
 # ----------------------------------------------------------------------------------------------
 # the node's start-up (configure) without ROS
 

@@ -327,7 +327,7 @@ def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent
 
 def save_stall(n: int, d: int, latent: int, noise: float, seed: int) -> dict:
     """How long a frame loop (add + search, another thread) stops while the map is saved: with the
-    map lock held for the whole save (how save worked before issue 13) and with the snapshot save."""
+    map lock held for the whole save (for comparison) and with the snapshot save (what save does)."""
     import threading
     source = Synthetic(n, d, latent, noise, seed)
     db = MapDatabase(d, 'bench', 'flat')

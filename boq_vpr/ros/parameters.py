@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..backends import backend_names
@@ -316,3 +317,87 @@ def defaults_yaml(specs: Sequence[ParamSpec] | None = None) -> str:
         lines += ['    # ' + line for line in textwrap.wrap(text, 94, break_on_hyphens=False)]
         lines.append(f'    {s.name}: {_yaml_value(s.default)}')
     return '\n'.join(lines) + '\n'
+
+
+def _md_cell(text: str) -> str:
+    return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def parameters_markdown(specs: Sequence[ParamSpec] | None = None) -> str:
+    """``docs/parameters.md``: every parameter of the node with its type, default, allowed values and
+    description, in declaration order (the order of ``config/vpr.yaml``)."""
+    specs = node_parameters() if specs is None else specs
+    lines = ['# Parameters of vpr_node', '',
+             '<!-- Generated from boq_vpr/ros/parameters.py by `python -m boq_vpr.ros.parameters --write`; '
+             'do not edit by hand. -->', '',
+             f'Every parameter of `vpr_node`, {len(specs)} in all, as the node declares them. The defaults are in '
+             '`config/vpr.yaml` (the launch file\'s default `params_file`), written from the same declarations. '
+             '`ros2 param describe /vpr_node NAME` shows a description and the allowed values on a running node; '
+             'every change is validated and a bad value is refused with the reason. **Read-only** parameters are '
+             'fixed at start-up: change them in the params file and restart (or `cleanup` and `configure` '
+             'the lifecycle node).', '',
+             'Names with a dot are written as one key in the params file (`model.name: resnet50_16384`) and '
+             'set on the command line as `-p model.name:=resnet50_16384`. `loop_closure.*` are the fields of the '
+             'detector\'s `DetectorConfig`; `boq-vpr evaluate --params FILE` reads them from the same file, and '
+             '`--set NAME=VALUE` (without the `loop_closure.` prefix) overrides one.', '',
+             'Regenerate this file and `config/vpr.yaml` after changing a declaration: '
+             '`python -m boq_vpr.ros.parameters --write` (`--check` says whether they are current; a test '
+             'fails when they are not).', '',
+             '| parameter | type | default | allowed values | read-only | description |',
+             '| --- | --- | --- | --- | --- | --- |']
+    for s in specs:
+        allowed = []
+        if s.choices is not None:
+            allowed.append(', '.join(f'`{c}`' for c in s.choices))
+        if s.range is not None:
+            allowed.append(f'[{s.range[0]}, {s.range[1]}]')
+        if s.item_range is not None:
+            allowed.append(f'each item in [{s.item_range[0]}, {s.item_range[1]}]')
+        lines.append(f'| `{s.name}` | {s.kind} | `{_yaml_value(s.default)}` | {_md_cell("; ".join(allowed))} | '
+                     f'{"yes" if s.read_only else ""} | {_md_cell(s.description)} |')
+    return '\n'.join(lines) + '\n'
+
+
+# The files written from the declarations above, relative to the repository root.
+GENERATED = {'config/vpr.yaml': defaults_yaml, 'docs/parameters.md': parameters_markdown}
+
+
+def stale_generated(root: str | Path) -> list[str]:
+    """The generated files under ``root`` whose text differs from what the declarations give."""
+    root = Path(root)
+    return [rel for rel, make in GENERATED.items()
+            if not (root / rel).is_file() or (root / rel).read_text(encoding='utf-8') != make()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m boq_vpr.ros.parameters --write|--check [--root DIR]``: (re)write or check
+    ``config/vpr.yaml`` and ``docs/parameters.md`` from the parameter declarations."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog='python -m boq_vpr.ros.parameters', description=main.__doc__)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument('--write', action='store_true', help='write the files that are not current')
+    action.add_argument('--check', action='store_true', help='exit status 1 when a file is not current')
+    parser.add_argument('--root', type=Path, default=Path(__file__).resolve().parents[2],
+                        help='repository root (default: the one this module is in)')
+    args = parser.parse_args(argv)
+    if not (args.root / 'config').is_dir():
+        print(f'{args.root} is not the boq_vpr repository (no config/); pass --root', file=sys.stderr)
+        return 2
+    stale = stale_generated(args.root)
+    if args.check:
+        for rel in stale:
+            print(f'{rel} is not current: run python -m boq_vpr.ros.parameters --write', file=sys.stderr)
+        return 1 if stale else 0
+    for rel in stale:
+        path = args.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(GENERATED[rel](), encoding='utf-8')
+        print(f'wrote {path}')
+    if not stale:
+        print('config/vpr.yaml and docs/parameters.md are current')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
