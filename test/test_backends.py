@@ -33,9 +33,9 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def images(nordland_dir):
-    files = list_images(nordland_dir / 'summer')
-    return [load_image(files[i]) for i in range(0, 3000, 300)]
+def images(heldout_dir):
+    files = list_images(heldout_dir / 'summer')
+    return [load_image(files[i]) for i in range(0, 1176, 118)]
 
 
 @pytest.fixture(scope='module')
@@ -179,11 +179,11 @@ def test_verify_compare_and_specs():
         parse_backend_spec('torch:fp8')
 
 
-def test_verify_and_bench_commands(nordland_dir, tmp_path, capsys):
+def test_verify_and_bench_commands(heldout_dir, tmp_path, capsys):
     from boq_vpr.cli import main
     report = tmp_path / 'verify.json'
-    rc = main(['verify', '--model', MODEL, '--database', str(nordland_dir / 'summer'),
-               '--queries', str(nordland_dir / 'winter'), '--limit', '12', '--backends', 'onnxruntime:fp32',
+    rc = main(['verify', '--model', MODEL, '--database', str(heldout_dir / 'summer'),
+               '--queries', str(heldout_dir / 'winter'), '--limit', '12', '--backends', 'onnxruntime:fp32',
                'torch:fp32', 'tensorrt:fp16', '--min-top1', '1.0', '--out', str(report)])
     rows = {r['backend']: r for r in json.loads(report.read_text())['verify']}
     assert rows['onnxruntime']['passed'] and rows['onnxruntime']['cosine_min'] >= 0.9999

@@ -20,8 +20,8 @@ DT = 100_000_000
 
 
 @pytest.fixture(scope='module')
-def frames(nordland_dir):
-    files = list_images(nordland_dir / 'summer')[300:306]
+def frames(heldout_dir):
+    files = list_images(heldout_dir / 'summer')[300:306]
     return [load_image(f) for f in files]
 
 
@@ -145,9 +145,9 @@ def test_out_of_order_and_zero_stamps_are_reported(tmp_path, frames):
     assert bag_time == [T0 + i * DT + 1 for i in range(5)]
 
 
-def test_make_bag_from_nordland_with_frame_indices(tmp_path, nordland_dir, capsys):
+def test_make_bag_from_nordland_with_frame_indices(tmp_path, heldout_dir, capsys):
     out = tmp_path / 'nordland'
-    rc = cli_main(['make-bag', str(nordland_dir / 'summer'), str(nordland_dir / 'winter'), '--out', str(out),
+    rc = cli_main(['make-bag', str(heldout_dir / 'summer'), str(heldout_dir / 'winter'), '--out', str(out),
                    '--first', '100', '--count', '5', '--every', '2', '--format', 'png', '--rate', '2', '--gap', '10'])
     assert rc == 0
     topics = bags.list_topics(out)
@@ -159,25 +159,25 @@ def test_make_bag_from_nordland_with_frame_indices(tmp_path, nordland_dir, capsy
     np.testing.assert_array_equal(stamps, table.stamps_ns)
     assert np.all(np.diff(stamps[:5]) == 500_000_000) and stamps[5] - stamps[4] == 10 * 1_000_000_000
     # summer frame 100 and winter frame 100 are the same file name in the two folders
-    summer = list_images(nordland_dir / 'summer')[100]
+    summer = list_images(heldout_dir / 'summer')[100]
     np.testing.assert_array_equal(got[0].rgb, load_image(summer))
-    np.testing.assert_array_equal(got[5].rgb, load_image(nordland_dir / 'winter' / summer.name))
+    np.testing.assert_array_equal(got[5].rgb, load_image(heldout_dir / 'winter' / summer.name))
 
 
-def test_make_bag_with_poses_and_filename_frames(tmp_path, nordland_dir):
-    files = list_images(nordland_dir / 'summer')[:4]
+def test_make_bag_with_poses_and_filename_frames(tmp_path, heldout_dir):
+    files = list_images(heldout_dir / 'summer')[:4]
     poses = tmp_path / 'poses.csv'
     poses.write_text('file,x,y,z\n' + ''.join(f'{f.name},{10.0 * i},1.0,0.0\n' for i, f in enumerate(files)))
     out = tmp_path / 'b.bag'
-    rc = cli_main(['make-bag', str(nordland_dir / 'summer'), '--out', str(out), '--storage', 'ros1', '--count', '4',
+    rc = cli_main(['make-bag', str(heldout_dir / 'summer'), '--out', str(out), '--storage', 'ros1', '--count', '4',
                    '--poses', str(poses), '--frame-index', 'filename'])
     assert rc == 0
     assert [p.position for p in bags.read_poses(out, '/ground_truth/pose')] == \
         [(10.0 * i, 1.0, 0.0) for i in range(4)]
     table = gt.load_table(bags.ground_truth_sidecar(out))
-    np.testing.assert_array_equal(table.frames, [10, 20, 30, 40])     # images-00010.png ...
+    np.testing.assert_array_equal(table.frames, [24010, 24020, 24030, 24040])     # images-24010.png ...
     np.testing.assert_allclose(table.positions[:, 0], [0, 10, 20, 30])
     # a CSV that misses images is refused, naming the file
     poses.write_text('file,x,y,z\n' + f'{files[0].name},0,0,0\n')
-    assert cli_main(['make-bag', str(nordland_dir / 'summer'), '--out', str(tmp_path / 'c'), '--count', '2',
+    assert cli_main(['make-bag', str(heldout_dir / 'summer'), '--out', str(tmp_path / 'c'), '--count', '2',
                      '--poses', str(poses)]) == 2

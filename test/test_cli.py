@@ -17,10 +17,10 @@ from boq_vpr.models import build_model
 
 
 @pytest.fixture()
-def image_folder(tmp_path, nordland_dir):
+def image_folder(tmp_path, heldout_dir):
     folder = tmp_path / 'images'
     folder.mkdir()
-    for p in list_images(nordland_dir / 'summer')[:10]:
+    for p in list_images(heldout_dir / 'summer')[:10]:
         shutil.copy(p, folder / p.name)
     (folder / 'notes.txt').write_text('not an image')
     (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')

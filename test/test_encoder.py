@@ -16,16 +16,16 @@ def encoder():
     return Encoder('resnet18_1024', backend='torch', device='cpu', batch_size=3)
 
 
-def test_shape_dtype_norm(encoder, nordland_dir):
-    imgs = [load_image(p) for p in list_images(nordland_dir / 'summer')[:5]]
+def test_shape_dtype_norm(encoder, heldout_dir):
+    imgs = [load_image(p) for p in list_images(heldout_dir / 'summer')[:5]]
     desc = encoder.encode(imgs)
     assert desc.shape == (5, 1024) and desc.dtype == np.float32
     assert np.allclose(np.linalg.norm(desc, axis=1), 1.0, atol=1e-5)
     assert encoder.times.images >= 5
 
 
-def test_batch_equals_single(encoder, nordland_dir):
-    imgs = [load_image(p) for p in list_images(nordland_dir / 'winter')[:4]]
+def test_batch_equals_single(encoder, heldout_dir):
+    imgs = [load_image(p) for p in list_images(heldout_dir / 'winter')[:4]]
     batched = encoder.encode(imgs)
     single = np.concatenate([encoder.encode(im) for im in imgs])
     assert np.abs(batched - single).max() < 1e-5
@@ -33,9 +33,9 @@ def test_batch_equals_single(encoder, nordland_dir):
     assert np.abs(batched - streamed).max() < 1e-5
 
 
-def test_different_places_differ(encoder, nordland_dir):
-    files = list_images(nordland_dir / 'summer')
-    desc = encoder.encode([load_image(files[0]), load_image(files[1500])])
+def test_different_places_differ(encoder, heldout_dir):
+    files = list_images(heldout_dir / 'summer')
+    desc = encoder.encode([load_image(files[0]), load_image(files[1000])])
     assert float(desc[0] @ desc[1]) < 0.9999
 
 
@@ -74,13 +74,13 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 
 @pytest.mark.parametrize('mode', ['graph', 'eager'])
-def test_attention_comes_from_the_same_pass_as_the_descriptor(nordland_dir, mode):
+def test_attention_comes_from_the_same_pass_as_the_descriptor(heldout_dir, mode):
     """An attention frame runs the same plain-op graph as the other frames (bf16/fp16 where chosen),
     not the eager FP32 model: the descriptor of an attention frame is the one ``encode`` gives (same graph, precision and layout), and the maps match the eager model's."""
     from boq_vpr.backends.capabilities import cpu_supports_bf16
     precision = 'bf16' if cpu_supports_bf16() else 'fp32'
     enc = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision=precision, mode=mode)
-    img = load_image(list_images(nordland_dir / 'summer')[0])
+    img = load_image(list_images(heldout_dir / 'summer')[0])
     desc, attn, grid = enc.encode_with_attention(img)
     batch = enc.preprocessor.batch([img])
     d, attns = enc.backend.attention(batch)   # the backend-level call the node used so far
@@ -98,9 +98,9 @@ def test_attention_comes_from_the_same_pass_as_the_descriptor(nordland_dir, mode
     assert eager.supports_attention
 
 
-def test_attention_on_onnxruntime_needs_the_attention_export(tmp_path, monkeypatch, nordland_dir):
+def test_attention_on_onnxruntime_needs_the_attention_export(tmp_path, monkeypatch, heldout_dir):
     monkeypatch.setenv('BOQ_VPR_CACHE', str(tmp_path))
-    img = load_image(list_images(nordland_dir / 'summer')[0])
+    img = load_image(list_images(heldout_dir / 'summer')[0])
     plain = Encoder('resnet18_1024', backend='onnxruntime', device='cpu', precision='fp32', image_size=(64, 64))
     assert not plain.supports_attention
     with pytest.raises(BackendError, match='attention'):

@@ -26,14 +26,14 @@ WINDOW = ['--set', 'exclusion_frames=10', '--set', 'exclusion_time_s=0', '--set'
 
 
 @pytest.fixture(scope='module')
-def nordland_bags(nordland_dir, tmp_path_factory):
+def nordland_bags(heldout_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp('nordland_bags')
     subset = ['--first', str(FIRST), '--count', str(COUNT)]
     # poses of the session bag: 10 m between frames along x, the winter run on a lane 3 m aside
     pose_args = []
     for season, lane in (('summer', 0.0), ('winter', 3.0)):
         csv_path = root / f'{season}_poses.csv'
-        files = list_images(nordland_dir / season)[FIRST:FIRST + COUNT]
+        files = list_images(heldout_dir / season)[FIRST:FIRST + COUNT]
         csv_path.write_text('file,x,y,z\n' + ''.join(f'{f.name},{10.0 * (FIRST + i)},{lane},0\n'
                                                      for i, f in enumerate(files)))
         pose_args += ['--poses', str(csv_path)]
@@ -41,7 +41,7 @@ def nordland_bags(nordland_dir, tmp_path_factory):
     for name, folders, storage, extra in (('session', ['summer', 'winter'], 'sqlite3', pose_args),
                                           ('summer', ['summer'], 'mcap', []), ('winter', ['winter'], 'sqlite3', [])):
         out = root / name
-        assert cli_main(['make-bag', *[str(nordland_dir / f) for f in folders], '--out', str(out),
+        assert cli_main(['make-bag', *[str(heldout_dir / f) for f in folders], '--out', str(out),
                          '--storage', storage, *subset, *extra]) == 0
         made[name] = out
     return made

@@ -39,8 +39,8 @@ def textured_frames(folder: Path, count: int) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope='module')
-def frames(nordland_dir) -> list[np.ndarray]:
-    return textured_frames(nordland_dir / 'summer', 12)
+def frames(heldout_dir) -> list[np.ndarray]:
+    return textured_frames(heldout_dir / 'summer', 12)
 
 
 def test_same_place_verifies_and_different_places_do_not(frames):

@@ -17,10 +17,10 @@ ARGS = ['--model', 'resnet18_1024', '--image-size', '32x64', '--backend', 'torch
 
 
 @pytest.fixture()
-def folder(nordland_dir, tmp_path) -> Path:
+def folder(heldout_dir, tmp_path) -> Path:
     out = tmp_path / 'images'
     out.mkdir()
-    for p in sorted((nordland_dir / 'summer').glob('images-*.png'))[:12]:
+    for p in sorted((heldout_dir / 'summer').glob('images-*.png'))[:12]:
         shutil.copy(p, out / p.name)
     (out / 'broken.png').write_bytes(b'not a png')
     return out
@@ -80,13 +80,13 @@ def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
         parse_index_options(['nlist=many'])
 
 
-def test_build_from_bag_with_pose_topic(nordland_dir, tmp_path, capsys):
+def test_build_from_bag_with_pose_topic(heldout_dir, tmp_path, capsys):
     """A bag's image topic becomes keyframes at the header stamps; poses come from the pose topic
     nearest in time (within --max-pose-dt), the descriptors equal encoding the frames directly."""
     from boq_vpr import bags
     from boq_vpr.commands.common import encoder_from_args
     from boq_vpr.images import list_images, load_image
-    frames = [load_image(f) for f in list_images(nordland_dir / 'summer')[:8]]
+    frames = [load_image(f) for f in list_images(heldout_dir / 'summer')[:8]]
     bag = tmp_path / 'run1'
     t0, dt = 1_700_000_000 * 10**9, 100_000_000
     with bags.BagWriter(bag, 'mcap') as w:

@@ -19,9 +19,9 @@ from boq_vpr.ros.stats import LatencyWindow, PipelineStats, RateMeter, Throttle
 
 
 @pytest.fixture(scope='module')
-def frame(nordland_dir) -> np.ndarray:
+def frame(heldout_dir) -> np.ndarray:
     from boq_vpr.images import list_images, load_image
-    return load_image(list_images(nordland_dir / 'summer')[500])
+    return load_image(list_images(heldout_dir / 'summer')[500])
 
 
 def _raw(arr: np.ndarray, encoding: str, pad: int = 0, bigendian: bool = False, width: int | None = None

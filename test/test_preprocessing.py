@@ -22,8 +22,8 @@ def official_transform(size):
                       T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
 
 
-def _images(nordland_dir):
-    real = [load_image(p) for p in list_images(nordland_dir / 'summer')[:3]]
+def _images(heldout_dir):
+    real = [load_image(p) for p in list_images(heldout_dir / 'summer')[:3]]
     rng = np.random.default_rng(0)
     camera = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8),
               rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)]
@@ -31,10 +31,10 @@ def _images(nordland_dir):
 
 
 @pytest.mark.parametrize('size', [(384, 384), (322, 322), (224, 308)])
-def test_matches_torchvision(nordland_dir, size):
+def test_matches_torchvision(heldout_dir, size):
     pre = Preprocessor(size)
     ref = official_transform(size)
-    for img in _images(nordland_dir):
+    for img in _images(heldout_dir):
         ours = pre.to_tensor(img)[0]
         theirs = ref(Image.fromarray(img))
         assert ours.shape == theirs.shape == (3, *size)

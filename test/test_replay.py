@@ -25,9 +25,9 @@ def domain_id() -> int:
 
 
 @pytest.fixture(scope='module')
-def ros1_bag(nordland_dir, tmp_path_factory):
+def ros1_bag(heldout_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp('replay') / 'frames.bag'
-    frames = [load_image(f) for f in list_images(nordland_dir / 'winter')[500:512]]
+    frames = [load_image(f) for f in list_images(heldout_dir / 'winter')[500:512]]
     with bags.BagWriter(path, 'ros1') as w:
         for i, rgb in enumerate(frames):
             w.add_image('/camera/image_raw', rgb, T0 + i * DT)

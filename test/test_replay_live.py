@@ -22,11 +22,11 @@ def domain_id() -> int:
     return 23 + (os.getpid() % 45) * 4
 
 
-def test_live_node_matches_offline_evaluation(nordland_dir, tmp_path):
+def test_live_node_matches_offline_evaluation(heldout_dir, tmp_path):
     from boq_vpr.ros.client import NodeProcess
 
     bag = tmp_path / 'nordland'
-    assert cli_main(['make-bag', str(nordland_dir / 'summer'), str(nordland_dir / 'winter'), '--out', str(bag),
+    assert cli_main(['make-bag', str(heldout_dir / 'summer'), str(heldout_dir / 'winter'), '--out', str(bag),
                      '--first', '200', '--count', str(COUNT), '--rate', '4', '--gap', '1']) == 0
     params = tmp_path / 'vpr.yaml'
     params.write_text('/**:\n  ros__parameters:\n'

@@ -64,15 +64,15 @@ def _adapt_batchnorm(path: Path, images: list[np.ndarray]) -> None:
 
 
 @pytest.fixture(scope='module')
-def world(nordland_dir: Path, tmp_path_factory) -> World:
+def world(heldout_dir: Path, tmp_path_factory) -> World:
     from boq_vpr.encoder import Encoder
     from boq_vpr.images import list_images, load_image
-    files = list_images(nordland_dir / 'summer')
+    files = list_images(heldout_dir / 'summer')
     weights = tmp_path_factory.mktemp('weights') / 'resnet18_1024_nordland_bn.pth'
-    _adapt_batchnorm(weights, [load_image(f) for f in files[5::120]])
+    _adapt_batchnorm(weights, [load_image(f) for f in files[5::40]])
     encoder = Encoder(MODEL, weights=weights, backend='torch', device='cpu', precision='fp32')
     # greedy choice of places the model tells apart: each new one at most DISTINCT_MAX_SIM to all taken
-    candidates = [load_image(f) for f in files[10::37]]
+    candidates = [load_image(f) for f in files[10::12]]
     desc = encoder.encode(candidates)
     taken: list[int] = []
     for i in range(len(candidates)):

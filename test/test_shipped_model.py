@@ -47,8 +47,8 @@ def test_shipped_weights_are_package_data_and_load_strictly():
 
 
 @pytest.fixture(scope='module')
-def heldout(nordland_dir):
-    return load_frames(nordland_dir / 'summer', SUBSET), load_frames(nordland_dir / 'winter', SUBSET)
+def heldout(heldout_dir):
+    return load_frames(heldout_dir / 'summer', SUBSET), load_frames(heldout_dir / 'winter', SUBSET)
 
 
 def _r1(map_desc, query_desc) -> float:
