@@ -44,6 +44,14 @@ def default_params(out: Path) -> Path:
     return path
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it (shorter to read)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', type=Path, default=None,
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         args.first = first_held_out(seqs[0])
     if args.params is None:
         args.params = default_params(args.out)
-    print(f'demo: {seqs[0]} then {seqs[1]}, from image {args.first} of each'
+    print(f'demo: {_shown(seqs[0])} then {_shown(seqs[1])}, from image {args.first} of each'
           + (f', {args.count} frames each' if args.count else ''))
     bag = args.out / 'bag'
     if bag.exists():

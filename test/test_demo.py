@@ -36,7 +36,9 @@ def test_demo_runs_end_to_end_on_a_slice(heldout_dir, tmp_path, capsys):
     out = tmp_path / 'demo'
     assert demo.main(['--out', str(out), '--count', '80']) == 0    # default data: the shipped section
     text = capsys.readouterr().out
-    assert f'{heldout_dir / "summer"} then {heldout_dir / "winter"}, from image 0' in text
+    cwd = Path.cwd().resolve()
+    shown = heldout_dir.relative_to(cwd) if heldout_dir.is_relative_to(cwd) else heldout_dir
+    assert f'{shown / "summer"} then {shown / "winter"}, from image 0' in text
     m = json.loads((out / 'eval' / 'metrics.json').read_text())
     assert m['setup']['params_file'].endswith('config/vpr.yaml')
     _check_metrics(m, text, 80)
@@ -87,8 +89,11 @@ def test_demo_runs_from_a_fresh_clone_without_shared(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     text = run.stdout
-    data = clone / 'boq_vpr' / 'data' / 'nordland_heldout'           # the clone's own copy was read
+    data = Path('boq_vpr') / 'data' / 'nordland_heldout'
     assert f'{data / "summer"} then {data / "winter"}, from image 0 of each, 80 frames each' in text, text
+    # the clone's own copy was read
+    files = (clone / 'out' / 'demo' / 'bag' / 'ground_truth.csv').read_text().splitlines()[1:]
+    assert len(files) == 160 and all(f.split(',')[-1].startswith(str((clone / data).resolve())) for f in files), files[:2]
     out = clone / 'out' / 'demo' / 'eval'
     m = json.loads((out / 'metrics.json').read_text())
     assert Path(m['setup']['params_file']).resolve() == (clone / 'config' / 'vpr.yaml').resolve()
