@@ -24,6 +24,7 @@ setup(
     install_requires=[
         'setuptools',
         'numpy>=1.22',
+        'scipy>=1.8',   # the detector's tail probabilities (Student's t)
         'torch>=2.1',
         'torchvision>=0.16',
         'opencv-python-headless>=4.8',

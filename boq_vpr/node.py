@@ -250,7 +250,7 @@ class VprNode(LifecycleNode):
         detector_changed = any(n.startswith('loop_closure.') for n in names)
         config = None
         if detector_changed:
-            from .loop_closure import DetectorConfig
+            from .detection import DetectorConfig
             from .ros.parameters import detector_values
             try:
                 config = DetectorConfig.from_dict(detector_values(new))

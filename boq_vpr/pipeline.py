@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .loop_closure import FrameResult, LoopCandidate, LoopClosureDetector
+from .detection import FrameResult, LoopCandidate, LoopClosureDetector
 from .map import Keyframe, MapDatabase
 
 # Variance (rad^2) that says "orientation unknown" (a standard deviation of 1000 rad) to a consumer

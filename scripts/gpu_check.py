@@ -622,7 +622,7 @@ def run_training_steps(plan: Plan, budget: Budget) -> dict:
 def run_node_latency(plan: Plan, images: tuple[list, list], inference: dict, args: argparse.Namespace) -> dict:
     """Per-frame latency of the node's pipeline (Encoder batch 1 -> LoopClosureDetector) without DDS."""
     from boq_vpr.encoder import Encoder
-    from boq_vpr.loop_closure import DetectorConfig, LoopClosureDetector
+    from boq_vpr.detection import DetectorConfig, LoopClosureDetector
     from boq_vpr.map_db import MapDatabase
     from boq_vpr.models import RANDOM_WEIGHTS
 

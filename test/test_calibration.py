@@ -1,4 +1,4 @@
-"""The calibrated threshold (boq_vpr.calibration) and the outcome of every frame, on synthetic
+"""The calibrated threshold (boq_vpr.detection.calibration) and the outcome of every frame, on synthetic
 descriptors: the statistics, bad settings, tiny maps, and outcome counts that add up."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from boq_vpr.calibration import background_peaks, significance
+from boq_vpr.detection.calibration import background_peaks, significance
 from boq_vpr.errors import ConfigError
-from boq_vpr.loop_closure import OUTCOMES, DetectorConfig, LoopClosureDetector
+from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
 from boq_vpr.map_db import MapDatabase
 
 
@@ -27,10 +27,10 @@ def test_significance_of_an_exponential_tail_matches_the_formula():
     sig = significance(np.r_[0.3 + 0.02 * 30, background], np.r_[1000, ids], radius=3)
     assert sig is not None and sig.samples == 40
     u = background[-1]
-    beta = (np.sum(background[:-1] - u) + 0.3 + 0.6 - u) / 40
+    beta = np.sum(background[:-1] - u) / 39          # the other 39 exceedances give the scale
     x = (0.3 + 0.6 - u) / beta
     assert sig.excess == pytest.approx(x)
-    assert sig.p_value == pytest.approx(1 - (1 - math.exp(-x)) ** 40)
+    assert sig.p_value == pytest.approx(1 - (1 - (1 + x / 39) ** -39) ** 40)
     assert sig.p_value < 1e-3 and sig.log10_p == pytest.approx(-math.log10(sig.p_value))
     # a best match inside the background is not significant
     weak = significance(np.r_[background[0] + 1e-4, background], np.r_[1000, ids], radius=3)
@@ -100,7 +100,8 @@ def test_empty_and_tiny_maps_leave_frames_undecided_and_outcomes_add_up():
     counts = det.outcome_counts
     assert sum(counts.values()) == 200 and set(counts) == set(OUTCOMES)
     assert counts['not_keyframe'] == 100
-    assert counts['accepted'] == 0 and counts['below_calibrated'] > 50   # random descriptors: nothing to find
+    # random descriptors: nothing to find; the sequence stage is still filling or finds nothing significant
+    assert counts['accepted'] == 0 and counts['accumulating'] + counts['below_calibrated'] > 50
 
 
 def test_relative_score_without_a_reference_is_undecided():

@@ -12,7 +12,7 @@ import pytest
 from boq_vpr import evaluation as ev
 from boq_vpr.commands.bench_loops import DEFAULT_PARAMS, nordland_drive, run_setting, synthetic_drive
 from boq_vpr.encoder import Encoder
-from boq_vpr.loop_closure import OUTCOMES
+from boq_vpr.detection import OUTCOMES
 
 # The calibrated false-alarm rate per query stays within this factor of the requested one
 # (measured with the shipped model on the summer drive: 0.92x at 0.01, 3.4x at 0.001; untrained: 0.14x, 0.3x;

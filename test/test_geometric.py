@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from boq_vpr.errors import ConfigError
-from boq_vpr.geometric import GeometricVerifier
+from boq_vpr.detection.geometric import GeometricVerifier
 from boq_vpr.images import load_image
-from boq_vpr.loop_closure import DetectorConfig, LoopClosureDetector
+from boq_vpr.detection import DetectorConfig, LoopClosureDetector
 from boq_vpr.map_db import Keyframe, MapDatabase
 
 

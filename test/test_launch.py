@@ -25,7 +25,7 @@ def _config_params() -> dict:
 
 
 def test_config_holds_every_declared_parameter_with_a_valid_value():
-    from boq_vpr.loop_closure import DetectorConfig
+    from boq_vpr.detection import DetectorConfig
     params = _config_params()
     specs = {s.name: s for s in node_parameters()}
     undeclared = sorted(set(params) - set(specs))

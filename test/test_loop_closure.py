@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from boq_vpr.errors import ConfigError, MapError
-from boq_vpr.keyframes import KeyframeSelector
-from boq_vpr.loop_closure import DetectorConfig, FrameResult, LoopClosureDetector
+from boq_vpr.detection.keyframes import KeyframeSelector
+from boq_vpr.detection import DetectorConfig, FrameResult, LoopClosureDetector
 from boq_vpr.map_db import Keyframe, MapDatabase
 
 D = 256

@@ -17,7 +17,7 @@ import pytest
 from boq_vpr.cli import main
 from boq_vpr.encoder import Encoder
 from boq_vpr.images import list_images, load_image
-from boq_vpr.loop_closure import DetectorConfig, LoopClosureDetector
+from boq_vpr.detection import DetectorConfig, LoopClosureDetector
 from boq_vpr.map_db import MapDatabase
 
 MODEL = 'resnet18_1024'

@@ -166,7 +166,7 @@ def test_cv_bridge_converter_needs_cv_bridge():
 # parameters
 
 def test_detector_fields_are_parameters_described_from_the_dataclass():
-    from boq_vpr.loop_closure import DetectorConfig
+    from boq_vpr.detection import DetectorConfig
     specs = {s.name: s for s in detector_specs()}
     docs = field_docs(DetectorConfig)
     for f in dataclasses.fields(DetectorConfig):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boq_vpr.loop_closure import DetectorConfig, LoopClosureDetector
+from boq_vpr.detection import DetectorConfig, LoopClosureDetector
 from boq_vpr.map import Keyframe, MapDatabase
 from boq_vpr.pipeline import (MIN_POSITION_VARIANCE, UNKNOWN_ORIENTATION_VARIANCE, FramePipeline,
                               auto_position_variance, keyframe_spacing, pose_covariance)

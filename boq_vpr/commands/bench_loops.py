@@ -118,15 +118,44 @@ def synthetic_drive(dim: int = 2048, n: int = 3000, rate_hz: float = 10.0, share
     return _frames(desc, np.arange(n) / rate_hz, np.arange(n), 'synthetic_no_revisit', f'synthetic-{dim}')
 
 
+def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, seconds_per_place: float = 1.0,
+                 laps: int = 2, noise: float = 0.4, shared: float = 0.5, seed: int = 0,
+                 lap_speeds: tuple[float, ...] | None = None):
+    """A route of ``places`` distinct places, each in view for ``seconds_per_place``, seen by a
+    camera at ``rate_hz`` and driven ``laps`` times without a break. A frame is its place's random
+    unit vector plus independent noise of norm ``noise`` (so two views of one place have cosine
+    about 1 / (1 + noise^2)), mixed with a ``shared`` common component as trained descriptors have.
+    ``lap_speeds``: the speed of each lap relative to the first (1.25: each place in view 20% less
+    long). Ground truth: the place number (a correct match is the same place)."""
+    rng = np.random.default_rng(seed)
+    place_vec = rng.standard_normal((places, dim))
+    place_vec /= np.linalg.norm(place_vec, axis=1, keepdims=True)
+    common = rng.standard_normal(dim)
+    common /= np.linalg.norm(common)
+    speeds = lap_speeds or (1.0,) * laps
+    place = np.concatenate([np.repeat(np.arange(places), max(1, int(round(seconds_per_place * rate_hz / v))))
+                            for v in speeds[:laps]])
+    n = place.size
+    jitter = rng.standard_normal((n, dim))
+    jitter *= noise / np.linalg.norm(jitter, axis=1, keepdims=True)
+    own = place_vec[place] + jitter
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    desc = shared * common + np.sqrt(1 - shared ** 2) * own
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    return _frames(desc.astype(np.float32), np.arange(n) / rate_hz, place,
+                   f'places_{places}x{laps}_{rate_hz:g}hz', f'synthetic-{dim}')
+
+
 # ------------------------------------------------------------------------------------------ runs
 
-def run_setting(frames, config) -> dict:
+def run_setting(frames, config, tolerance: int = 2) -> dict:
     """The detector over ``frames`` in slam mode with ``config``: counts, false loops, precision,
-    recall and the outcome of every frame."""
+    recall and the outcome of every frame. ``tolerance``: a match is correct within this many
+    ground-truth frame (or place) numbers."""
     from .. import evaluation as ev
     from ..ground_truth import Criterion
     run = ev.run_slam(frames, config, k=1, retrieval=False, progress=False)
-    scored = ev.score_run(run, frames, frames, Criterion(frame_tolerance=2, by='frame'), ks=(1,))
+    scored = ev.score_run(run, frames, frames, Criterion(frame_tolerance=tolerance, by='frame'), ks=(1,))
     op = scored.metrics['operating_point']
     queries = len(run.query_index)
     return {'frames': len(frames), 'keyframes': int((run.map_ids >= 0).sum()), 'queries': queries,
@@ -134,90 +163,22 @@ def run_setting(frames, config) -> dict:
             'precision': op['precision'], 'recall': op['recall'],
             'false_per_query': op['fp'] / queries if queries else float('nan'),
             'false_per_1000_keyframes': 1000.0 * op['fp'] / max(1, int((run.map_ids >= 0).sum())),
-            'outcomes': run.outcome_counts}
+            'outcomes': run.outcome_counts, 'places': _places_closed(run, frames)}
 
 
-# the grid the shipped defaults were chosen from (--grid)
-GRID = {'false_alarm_rate': (0.3, 0.1, 0.03, 0.01, 0.001), 'temporal_consistency': (2, 3, 4, 5),
-        'keyframe_max_similarity': (1.0, 0.9, 0.8)}
-
-
-def grid_configs(base):
-    """(label, config) over GRID, everything else as shipped."""
-    import itertools
-    keys = list(GRID)
-    for values in itertools.product(*(GRID[k] for k in keys)):
-        change = dict(zip(keys, values))
-        yield ', '.join(f'{k} {v:g}' for k, v in change.items()), dataclasses.replace(base, **change)
-
-
-def threshold_configs(base):
-    """(label, config): one query per frame, consistency off, one threshold kind at a time."""
-    plain = dataclasses.replace(base, temporal_consistency=1, keyframe_min_time_s=0.0, keyframe_min_distance_m=0.0,
-                                keyframe_max_similarity=1.0, min_score=-1.0, relative_score=0.0, false_alarm_rate=0.0,
-                                geometric_verification=False)
-    out = []
-    for key, value in THRESHOLDS:
-        out.append((f'{key} {value:g}', dataclasses.replace(plain, **{key: value})))
-    return out
-
-
-def filter_configs(base):
-    """(label, config): no filter, then the shipped filters added one at a time, then the shipped set."""
-    none = dataclasses.replace(base, temporal_consistency=1, keyframe_min_time_s=0.0, keyframe_min_distance_m=0.0,
-                               keyframe_max_similarity=1.0, min_score=-1.0, relative_score=0.0, false_alarm_rate=0.0,
-                               nms_radius=0, geometric_verification=False)
-    steps = [('no filter', none)]
-    additions = [
-        ('keyframe selection', {k: getattr(base, k) for k in ('keyframe_min_time_s', 'keyframe_min_distance_m',
-                                                              'keyframe_max_similarity')}),
-        (f'min_score {base.min_score:g}', {'min_score': base.min_score}),
-        (f'relative_score {base.relative_score:g}', {'relative_score': base.relative_score}),
-        (f'false_alarm_rate {base.false_alarm_rate:g}', {'false_alarm_rate': base.false_alarm_rate}),
-        (f'temporal_consistency {base.temporal_consistency}', {'temporal_consistency': base.temporal_consistency}),
-        (f'nms_radius {base.nms_radius}', {'nms_radius': base.nms_radius}),
-    ]
-    current = none
-    for label, change in additions:
-        if all(getattr(current, k) == v for k, v in change.items()):
-            continue   # the shipped setting leaves this filter off
-        current = dataclasses.replace(current, **change)
-        steps.append(('+ ' + label, current))
-    steps.append(('shipped config (all of the above)', base))
-    return steps
-
-
-def run(args: argparse.Namespace) -> int:
-    from .. import evaluation as ev
-    from ..encoder import Encoder
-    params = ev.load_params(args.params)
-    base = ev.detector_config(params, {}, 'slam')
-    results: dict = {'params': str(args.params), 'detector': base.to_dict(), 'every': args.every, 'runs': []}
-    t_start = time.perf_counter()
-    for spec in args.models:
-        name, weights = parse_model_spec(spec)
-        enc = Encoder(name, weights=weights, backend='torch', device='cpu', precision='fp32', batch_size=64)
-        label = f'{name} ({"random weights" if enc.weights is None else "shipped" if weights is None else weights})'
-        drives = {}
-        for drive in args.drives:
-            drives[drive] = (synthetic_drive(enc.descriptor_dim) if drive == 'synthetic'
-                             else nordland_drive(drive, enc, args.data, args.every))
-        tables = [('thresholds', threshold_configs(base)), ('filters', filter_configs(base))]
-        if args.grid and spec == args.models[0]:
-            tables.append(('grid', list(grid_configs(base))))
-        for table, configs in tables:
-            for setting, cfg in configs:
-                for drive, frames in drives.items():
-                    if drive == 'synthetic' and spec != args.models[0]:
-                        continue   # synthetic descriptors do not depend on the model
-                    row = {'table': table, 'model': label, 'drive': drive, 'setting': setting,
-                           **run_setting(frames, cfg)}
-                    results['runs'].append(row)
-                    print(f'{table:<10} {label:<36} {drive:<10} {setting:<72} keyframes {row["keyframes"]:>5} '
-                          f'accepted {row["accepted"]:>5} TP {row["tp"]:>5} FP {row["fp"]:>5} '
-                          f'precision {row["precision"]:.3f} recall {row["recall"]:.3f} '
-                          f'false/query {row["false_per_query"]:.4f}', flush=True)
-    results['seconds'] = time.perf_counter() - t_start
-    write_json(args.out, ev.as_jsonable(results))
-    print(f'saved {args.out}')
-    return 0
+def _places_closed(run, frames) -> dict:
+    """Places revisited (a query keyframe with a keyframe of its place outside the exclusion
+    window), how many of them got a correct loop closure at least once, and how many places got a
+    wrong one."""
+    gt = frames.gt.frames
+    first_id: dict[int, int] = {}
+    for m in np.flatnonzero(run.map_ids >= 0).tolist():
+        first_id.setdefault(int(gt[m]), int(run.map_ids[m]))
+    revisited, right, wrong = set(), set(), set()
+    for q, cut, m in zip(run.query_index.tolist(), run.cut.tolist(), run.accepted.tolist()):
+        g = int(gt[q])
+        if g in first_id and (cut < 0 or first_id[g] < cut):
+            revisited.add(g)
+        if m >= 0:
+            (right if int(gt[m]) == g else wrong).add(g)
+    return {'revisited': len(revisited), 'closed': len(right & revisited), 'wrong': len(wrong)}

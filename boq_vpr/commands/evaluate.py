@@ -187,7 +187,7 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
     lines += ['', '| counts | |', '|---|---|'] + [f'| {k.replace("_", " ")} | {v} |' for k, v in c.items()]
     outcomes = metrics.get('outcomes')
     if outcomes:
-        from ..loop_closure import OUTCOMES
+        from ..detection import OUTCOMES
         lines += ['', f'Outcome of every processed frame ({sum(outcomes.values())} frames):', '',
                   '| outcome | frames | meaning |', '|---|---|---|']
         lines += [f'| {k} | {n} | {OUTCOMES.get(k, "")} |' for k, n in outcomes.items()]

@@ -9,7 +9,7 @@ import numpy as np
 from .. import bags
 from .. import ground_truth as gtm
 from ..errors import BagError
-from ..loop_closure import CANDIDATE_COLUMNS
+from ..detection import CANDIDATE_COLUMNS
 from ..values import NS_PER_S
 from .frames import Frames
 from .runs import Run

@@ -8,7 +8,7 @@ from typing import Sequence
 import yaml
 
 from ..errors import ConfigError
-from ..loop_closure import DetectorConfig
+from ..detection import DetectorConfig
 from ..ros.parameters import DETECTOR_PREFIX, detector_values
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..ground_truth import GroundTruth
-from ..loop_closure import DetectorConfig, FrameResult, LoopClosureDetector
+from ..detection import DetectorConfig, FrameResult, LoopClosureDetector
 from ..map import Keyframe, MapDatabase
 from ..pipeline import FramePipeline
 from .frames import Frames, ground_truth_for

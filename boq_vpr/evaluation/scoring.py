@@ -15,7 +15,7 @@ from .. import ground_truth as gtm
 from .. import metrics as mt
 from ..errors import ConfigError
 from ..ground_truth import Criterion
-from ..loop_closure import DetectorConfig
+from ..detection import DetectorConfig
 from .frames import Frames, latency_summary
 from .runs import Run
 

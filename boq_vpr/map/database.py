@@ -234,6 +234,12 @@ class MapDatabase:
         with self._lock:
             return self._store.first_id_at_or_after(stamp_ns, session)
 
+    def keyframe_stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, stamps_ns, session labels) of the keyframes with ``lo <= id < hi``, by id (the
+        detector follows map sessions in time with them, a block at a time)."""
+        with self._lock:
+            return self._store.stamps(lo, hi)
+
     def sessions(self) -> dict[str, int]:
         """Session name -> number of keyframes."""
         with self._lock:

@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Float64MultiArray, MultiArrayDimension
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..loop_closure import CANDIDATE_COLUMNS, LoopCandidate
+from ..detection import CANDIDATE_COLUMNS, LoopCandidate
 from ..values import ns_to_sec
 
 

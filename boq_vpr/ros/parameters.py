@@ -227,8 +227,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _detector_choices() -> dict[str, tuple]:
-    from ..geometric import FEATURES
-    from ..loop_closure import MODES
+    from ..detection.geometric import FEATURES
+    from ..detection import MODES
     return {'mode': tuple(MODES), 'geometric_features': tuple(FEATURES)}
 
 
@@ -242,7 +242,7 @@ def detector_specs(config_cls: type | None = None) -> list[ParamSpec]:
     description comes from the class docstring, allowed values from ``DetectorConfig.validate``
     (the node calls it on every change) and, for names, from the registries."""
     if config_cls is None:
-        from ..loop_closure import DetectorConfig as config_cls
+        from ..detection import DetectorConfig as config_cls
     docs = field_docs(config_cls)
     choices = _detector_choices()
     specs = []

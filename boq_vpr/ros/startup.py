@@ -27,7 +27,7 @@ def attention_problem(cfg: Any, values: dict) -> str | None:
 def build_pipeline(v: dict[str, Any], log: Any) -> tuple[FramePipeline, Path | None, float]:
     """(pipeline, map path or None, position variance of ~/relocalization in m^2). Checks the map path
     before the long model load; raises ``BoqVprError`` with what to do."""
-    from ..loop_closure import DetectorConfig, LoopClosureDetector
+    from ..detection import DetectorConfig, LoopClosureDetector
     from ..map import MANIFEST, MapDatabase, foreign_entries
     config = DetectorConfig.from_dict(detector_values(v))
     path = Path(v['map.path']).expanduser() if v['map.path'] else None

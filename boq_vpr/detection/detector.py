@@ -9,20 +9,21 @@ attached to the map (or since ``new_session``), i.e. an id range. Keyframes that
 map (a loaded map, earlier sessions, whatever their label or stamps) are never inside the exclusion
 window, and a match into them is a *relocalization*, not a loop (``KINDS``).
 
-Per query, in order: top-k search -> calibrated threshold (``false_alarm_rate``, see
-``boq_vpr.calibration``) -> absolute score threshold -> relative score threshold -> non-maximum
-suppression -> temporal consistency -> geometric verification -> at most ``max_candidates``
-accepted candidates, best first.
+The stages, one module each, run per frame in the order of ``OUTCOMES``: keyframe selection
+(``keyframes``) -> top-k search outside the exclusion window -> the query's background tail
+(``calibration``) -> evidence along the trajectory and its calibrated threshold (``sequence``; a
+keyframe alone when ``sequence_length`` is 1) -> absolute and relative score thresholds ->
+non-maximum suppression -> temporal consistency -> geometric verification (``geometric``) -> at
+most ``max_candidates`` accepted candidates, best first.
 
-Every processed frame ends with exactly one outcome (``OUTCOMES``): accepted, or the stage that
-rejected it. The detector counts them (``outcome_counts``).
+Every processed frame ends with exactly one outcome: accepted, or the stage that decided against
+it. The detector counts them (``outcome_counts``).
 """
 from __future__ import annotations
 
 import array
 import bisect
 import collections
-import dataclasses
 import logging
 import math
 import threading
@@ -30,29 +31,35 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import DEFAULT_K as CALIBRATION_K, DEFAULT_MIN_SAMPLES, significance
-from .errors import ConfigError, MapError
-from .geometric import FEATURES, GeometricVerifier
+from ..errors import MapError
+from ..map import Keyframe, MapDatabase
+from ..values import NS_PER_S
+from .calibration import COMPLETE_MAX, significance
+from .config import MODES, DetectorConfig
+from .geometric import GeometricVerifier
 from .keyframes import KeyframeSelector
-from .values import NS_PER_S, parse_bool
-from .map import Keyframe, MapDatabase
+from .sequence import FLOOR, SequenceDecision, SequenceMatcher, Timeline
 
 log = logging.getLogger(__name__)
 
-MODES = ('slam', 'localization')
+__all__ = ['MODES', 'DetectorConfig', 'LoopClosureDetector', 'LoopCandidate', 'FrameResult', 'OUTCOMES',
+           'KINDS', 'CANDIDATE_COLUMNS']
 
-# The outcome of every processed frame: accepted, or the stage that decided against it.
+# The outcome of every processed frame: the stage that decided against it, in the order the
+# stages run, or accepted.
 OUTCOMES: dict[str, str] = {
-    'accepted': 'a loop closure was accepted',
     'not_keyframe': 'slam mode: the keyframe selector did not take the frame (time, distance or novelty)',
     'no_eligible_keyframe': 'the map is empty, or every keyframe is inside the exclusion window',
-    'undecided': 'no reference to decide with yet: too few background keyframes for the calibrated '
+    'undecided': 'no reference to decide with yet: too few background places for the calibrated '
                  'threshold, or no recent frame for the relative score',
-    'below_calibrated': 'the best match is not significant at false_alarm_rate',
+    'accumulating': 'evidence along the trajectory is still accumulating: not significant yet, with fewer '
+                    'than sequence_length keyframes since the sequence started',
+    'below_calibrated': 'the best match (or sequence) is not significant at false_alarm_rate',
     'below_min_score': 'the best match is below min_score',
     'below_relative_score': 'the best match is below relative_score x the recent self-similarity',
     'not_consistent': 'temporal consistency: not yet temporal_consistency consistent queries',
     'failed_geometric': 'geometric verification rejected every candidate',
+    'accepted': 'a loop closure was accepted',
 }
 
 
@@ -96,194 +103,21 @@ class LoopCandidate:
 
 
 @dataclass
-class DetectorConfig:
-    """Every filter of the detector. ``from_dict`` validates and names bad keys and values.
-
-    Fields:
-      mode: 'slam' (keyframes query the past outside the exclusion window, then join the map) or
-        'localization' (every frame queries a read-only prebuilt map).
-      session: session label given to the keyframes this detector adds (slam mode). A label only:
-        the exclusion window and the loop/relocalization split go by the session's id range.
-      top_k: neighbours retrieved per query before filtering.
-      exclusion_time_s: slam mode: keyframes of the running session younger than this (relative to
-        the query stamp) are never matched. 0 = off.
-      exclusion_frames: slam mode: the most recent this-many keyframes of the running session are
-        never matched. 0 = off. With both set, the larger window wins.
-      min_score: absolute threshold on the cosine similarity of a match.
-      relative_score: relative threshold: a match is kept only if its score divided by the
-        reference score (the best similarity between the query and the ``relative_window`` most
-        recent queries/keyframes, i.e. how similar the place looks to itself a moment ago) is at
-        least this. 0 = off. Adapts to environments where all scores are high or low.
-      relative_window: how many recent queries/keyframes give the reference score.
-      temporal_consistency: number of consecutive queries whose matches must be consecutive in
-        the map (within ``consistency_tolerance`` keyframe ids) before a match is accepted.
-        1 = off (every query decides alone).
-      consistency_tolerance: largest id step between the matches of consecutive queries that
-        still counts as consecutive.
-      consistency_max_gap_s: a consistency chain breaks when consecutive queries are further apart
-        in time than this. 0 = never.
-      nms_radius: non-maximum suppression: a candidate within this many keyframe ids of a
-        better-ranked one is dropped. 0 = off.
-      max_candidates: accepted candidates returned per query, best first.
-      geometric_verification: check candidates with local features + RANSAC on stored keyframe
-        thumbnails (needs images given to ``process``; in localization mode a map built with
-        thumbnails).
-      geometric_features: 'orb' or 'sift'.
-      geometric_ratio: Lowe's ratio test threshold.
-      geometric_min_inliers: RANSAC inliers needed to verify a candidate.
-      geometric_ransac_px: RANSAC epipolar threshold in pixels of the working image.
-      geometric_working_side: images are resized to this longer side before feature extraction.
-      store_thumbnails: slam mode: store keyframe thumbnails in the map (default: when geometric
-        verification is on).
-      keyframe_min_time_s: slam mode: minimum time between keyframes. 0 = off.
-      keyframe_min_distance_m: slam mode: minimum travelled distance between keyframes (when
-        positions are given). 0 = off.
-      keyframe_max_similarity: slam mode: a frame whose cosine similarity to the last keyframe
-        exceeds this is not novel enough to become a keyframe. 1 = off.
-      false_alarm_rate: calibrated threshold: accept a best match only if a query without any true
-        match in the map would produce one at least as significant with at most this probability
-        (per query), judged from the query's own background scores (``boq_vpr.calibration``).
-        0 = off; otherwise in (0, 0.5].
-      calibration_k: neighbours searched per query to estimate the background (>= top_k is used).
-      calibration_radius: keyframes within this many ids of a better one belong to the same place
-        (set aside from the background, and one background peak per place).
-      calibration_min_samples: background peaks needed for a decision; fewer (an empty or tiny
-        map) leave the frame undecided.
-    """
-
-    mode: str = 'slam'
-    session: str = ''
-    top_k: int = 10
-    exclusion_time_s: float = 30.0
-    exclusion_frames: int = 50
-    min_score: float = 0.0
-    relative_score: float = 0.0
-    relative_window: int = 5
-    temporal_consistency: int = 3
-    consistency_tolerance: int = 3
-    consistency_max_gap_s: float = 0.0
-    nms_radius: int = 3
-    max_candidates: int = 1
-    geometric_verification: bool = False
-    geometric_features: str = 'orb'
-    geometric_ratio: float = 0.8
-    geometric_min_inliers: int = 25
-    geometric_ransac_px: float = 3.0
-    geometric_working_side: int = 320
-    store_thumbnails: bool | None = None
-    keyframe_min_time_s: float = 0.5
-    keyframe_min_distance_m: float = 0.0
-    keyframe_max_similarity: float = 0.9
-    false_alarm_rate: float = 0.01
-    calibration_k: int = CALIBRATION_K
-    calibration_radius: int = 3
-    calibration_min_samples: int = DEFAULT_MIN_SAMPLES
-
-    @classmethod
-    def from_dict(cls, d: dict) -> 'DetectorConfig':
-        """A validated configuration from a dict (e.g. ROS parameters); unknown keys are an error."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f'unknown detector parameter(s) {", ".join(unknown)}; valid: {", ".join(names)}')
-        kwargs = {}
-        for key, value in d.items():
-            default = names[key].default
-            try:
-                if key == 'store_thumbnails':
-                    kwargs[key] = None if value is None else parse_bool(key, value)
-                elif isinstance(default, bool):
-                    kwargs[key] = parse_bool(key, value)
-                elif isinstance(default, int):
-                    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                        raise ValueError
-                    kwargs[key] = int(value)
-                elif isinstance(default, float):
-                    if isinstance(value, bool):
-                        raise ValueError
-                    kwargs[key] = float(value)
-                else:
-                    kwargs[key] = str(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f'detector parameter {key} must be {type(default).__name__}, got {value!r}') from None
-        config = cls(**kwargs)
-        config.validate()
-        return config
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        """ConfigError naming the first bad value."""
-        def bad(key: str, what: str):
-            raise ConfigError(f'detector parameter {key}={getattr(self, key)!r}: {what}')
-        if self.mode not in MODES:
-            bad('mode', f'must be one of {", ".join(MODES)}')
-        for key in ('top_k', 'relative_window', 'temporal_consistency', 'max_candidates', 'geometric_min_inliers'):
-            if getattr(self, key) < 1:
-                bad(key, 'must be >= 1')
-        for key in ('exclusion_time_s', 'exclusion_frames', 'relative_score', 'consistency_tolerance',
-                    'consistency_max_gap_s', 'nms_radius', 'keyframe_min_time_s', 'keyframe_min_distance_m'):
-            value = getattr(self, key)
-            if value < 0 or (isinstance(value, float) and not math.isfinite(value)):
-                bad(key, 'must be a finite value >= 0')
-        if not -1.0 <= self.min_score <= 1.0:
-            bad('min_score', 'a cosine similarity threshold must be in [-1, 1]')
-        if not -1.0 <= self.keyframe_max_similarity <= 1.0:
-            bad('keyframe_max_similarity', 'must be in [-1, 1] (1 = off)')
-        if self.geometric_min_inliers < 8:
-            bad('geometric_min_inliers', 'must be >= 8')
-        if not 0.0 < self.geometric_ratio <= 1.0:
-            bad('geometric_ratio', 'must be in (0, 1]')
-        if self.geometric_ransac_px <= 0:
-            bad('geometric_ransac_px', 'must be > 0')
-        if self.geometric_working_side < 32:
-            bad('geometric_working_side', 'must be >= 32')
-        if self.geometric_features not in FEATURES:
-            bad('geometric_features', f'must be one of {", ".join(FEATURES)}')
-        if self.max_candidates > self.top_k:
-            bad('max_candidates', f'cannot exceed top_k ({self.top_k})')
-        if self.mode == 'slam' and self.exclusion_time_s == 0 and self.exclusion_frames == 0:
-            bad('exclusion_frames', 'slam mode needs an exclusion window (exclusion_time_s or exclusion_frames > 0): '
-                                    'without one every keyframe matches its own predecessor')
-        if not (self.false_alarm_rate == 0.0 or 0.0 < self.false_alarm_rate <= 0.5) or \
-                not math.isfinite(self.false_alarm_rate):
-            bad('false_alarm_rate', 'must be 0 (off) or in (0, 0.5] (a probability per query, e.g. 0.001)')
-        if not 10 <= self.calibration_k <= 1000:
-            bad('calibration_k', 'must be in [10, 1000]')
-        if not 0 <= self.calibration_radius <= 1000:
-            bad('calibration_radius', 'must be in [0, 1000]')
-        if not 2 <= self.calibration_min_samples < self.calibration_k:
-            bad('calibration_min_samples', f'must be in [2, calibration_k - 1] = [2, {self.calibration_k - 1}]')
-
-    @property
-    def calibrated(self) -> bool:
-        return self.false_alarm_rate > 0
-
-    def warnings(self) -> list[str]:
-        """Settings under which the thresholds cannot keep false loops out (for start-up logs)."""
-        out = []
-        if not self.calibrated and self.min_score <= 0 and self.relative_score <= 0:
-            out.append(f'no threshold is active (false_alarm_rate 0 = calibration off, min_score {self.min_score:g} '
-                       '<= 0, relative_score 0): every best match outside the exclusion window can be published; '
-                       'set false_alarm_rate (e.g. 0.001)')
-        elif not self.calibrated and self.min_score <= 0:
-            out.append(f'calibration is off and min_score is {self.min_score:g}: only relative_score filters matches')
-        return out
-
-
-@dataclass
 class FrameResult:
     """What the detector made of one frame."""
 
     keyframe_id: int | None      # id if the frame joined the map as a keyframe (slam mode), else None
     candidates: list[LoopCandidate] = field(default_factory=list)  # accepted loop closures, best first
-    # score the accept/reject decision was made on (for PR curves): the best match's cosine score,
-    # divided by the reference score when relative_score > 0; nan if no match
+    # score the accept/reject decision was made on (for PR curves, larger = more confident):
+    # -log10 of the false-alarm probability when calibrated, else the best match's cosine score
+    # (divided by the reference score when relative_score > 0); nan if no match
     decision_score: float = math.nan
-    best: LoopCandidate | None = None  # best raw match outside the exclusion window before thresholds
+    # the match the decision is about, before thresholds: the best sequence hypothesis's keyframe,
+    # else the best single match outside the exclusion window
+    best: LoopCandidate | None = None
     reason: str = ''             # short reason when nothing was accepted
     outcome: str = ''            # a key of OUTCOMES
+    sequence: SequenceDecision | None = None   # the sequence stage's verdict, when it ran
 
 
 @dataclass
@@ -321,13 +155,18 @@ class LoopClosureDetector:
             self.selector = KeyframeSelector(config.keyframe_min_time_s, config.keyframe_min_distance_m,
                                              config.keyframe_max_similarity)
             self.verifier = verifier
+            self.sequence = SequenceMatcher(self.db, Timeline(self.db, self._session_view), config.sequence_length,
+                                            config.sequence_seeds, config.speeds, config.sequence_max_gap_s,
+                                            config.calibration_radius, config.calibration_min_samples)
             self.store_thumbnails = (config.geometric_verification if config.store_thumbnails is None
                                      else config.store_thumbnails)
             self.reset()
 
     def reset(self) -> None:
-        """Forget temporal-consistency, relative-score and keyframe-selection state (the map is kept)."""
+        """Forget the evidence along the trajectory, temporal-consistency, relative-score and
+        keyframe-selection state (the map is kept)."""
         with self._lock:
+            self.sequence.reset()
             self._chains: list[_Chain] = []
             self._last_query_ns: int | None = None
             self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=self.config.relative_window)
@@ -346,6 +185,17 @@ class LoopClosureDetector:
             self._last_stamp_ns: int | None = None
             if hasattr(self, 'config'):
                 self.reset()
+
+    def _session_view(self):
+        return self._session_start, self._session_ids, self._session_stamps
+
+    def eligible_count(self, id_below: int | None) -> int:
+        """Keyframes a query may match: the map, less the running session's keyframes at or above
+        ``id_below`` (the exclusion window)."""
+        n = len(self.db)
+        if id_below is None:
+            return n
+        return n - (len(self._session_ids) - bisect.bisect_left(self._session_ids, id_below))
 
     @property
     def session_start(self) -> int:
@@ -384,6 +234,18 @@ class LoopClosureDetector:
         if not self._recent:
             return None
         return float(max(float(np.dot(q, r)) for r in self._recent))
+
+    @staticmethod
+    def _background(scores: np.ndarray, ids: np.ndarray, eligible: int, sig) -> tuple[float, float, float]:
+        """(level, scale, neutral): what a query's similarities are measured against in the sequence
+        stage, and the evidence an unrelated keyframe gives on average. A complete search (a small
+        map) gives the mean and spread of every eligible keyframe; otherwise the background tail's
+        threshold and scale (``sig``), below which nearly every keyframe lies (evidence at the floor)."""
+        if ids.size >= eligible:
+            rest = scores[1:]
+            level, scale = float(rest.mean()), max(float(rest.std(ddof=1)), 1e-6)
+            return level, scale, float(np.mean(np.maximum((rest - level) / scale, FLOOR)))
+        return sig.threshold, sig.beta, FLOOR
 
     def _candidate(self, query_id, stamp_ns, match_id, score, rank) -> LoopCandidate:
         kf = self.db.keyframe(int(match_id))
@@ -441,12 +303,18 @@ class LoopClosureDetector:
             return result
 
     def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None) -> FrameResult:
+        """The stages after keyframe selection, in the order of OUTCOMES."""
         c = self.config
         id_below = self.search_limit(stamp_ns) if c.mode == 'slam' else None
+        # search outside the exclusion window
         if len(self.db) == 0:
             self._chains = []
             return FrameResult(None, [], math.nan, None, 'map empty', 'no_eligible_keyframe')
-        k = max(c.top_k, c.calibration_k) if c.calibrated else c.top_k
+        k = c.top_k
+        if c.calibrated:
+            # a small map is searched completely: its whole background is known (COMPLETE_MAX)
+            eligible = self.eligible_count(id_below)
+            k = max(k, c.calibration_k, eligible if eligible <= COMPLETE_MAX else 0)
         all_scores, all_ids = self.db.search(q, k, id_below=id_below)
         valid = all_ids[0] >= 0
         if not valid.any():
@@ -454,41 +322,56 @@ class LoopClosureDetector:
             return FrameResult(None, [], math.nan, None, 'exclusion window: no keyframe old enough',
                                'no_eligible_keyframe')
         all_scores, all_ids = all_scores[0][valid], all_ids[0][valid]
-        scores, ids = all_scores[:c.top_k], all_ids[:c.top_k]
-        best = self._candidate(None, stamp_ns, ids[0], scores[0], 0)
+        best = self._candidate(None, stamp_ns, all_ids[0], all_scores[0], 0)
         reference = self._reference_score(q) if c.relative_score > 0 else None
-        decision = float(scores[0]) / reference if reference and reference > 0 else float(scores[0])
+        decision = float(all_scores[0]) / reference if reference and reference > 0 else float(all_scores[0])
+        # ranked (id, cosine of this query) to filter further, best first
+        ranked = [(int(i), float(s)) for i, s in zip(all_ids[:c.top_k], all_scores[:c.top_k])]
+        sequence = None
 
         def rejected(outcome: str, why: str) -> FrameResult:
             self._chains = []
-            return FrameResult(None, [], decision, best, why, outcome)
+            return FrameResult(None, [], decision, best, why, outcome, sequence)
 
-        # calibrated threshold: the decision score becomes -log10(false-alarm probability)
         if c.calibrated:
-            sig = significance(all_scores, all_ids, c.calibration_radius, c.calibration_min_samples)
+            # the query's background (undecided without one), then the calibrated decision
+            sig = significance(all_scores, all_ids, c.calibration_radius, c.calibration_min_samples, eligible)
             if sig is None:
                 return rejected('undecided', f'calibration: fewer than {c.calibration_min_samples} background '
                                              f'places among the {all_ids.size} eligible keyframes retrieved')
-            decision = sig.log10_p
-            if sig.p_value > c.false_alarm_rate:
-                return rejected('below_calibrated', f'not significant (false-alarm probability {sig.p_value:.2g} > '
-                                                    f'false_alarm_rate {c.false_alarm_rate:g})')
-        # absolute and relative thresholds
-        if scores[0] < c.min_score:
-            return rejected('below_min_score', f'below min_score ({scores[0]:.3f} < {c.min_score})')
-        keep = scores >= c.min_score
-        reason = ''
+            if c.sequences:
+                level, scale, neutral = self._background(all_scores, all_ids, eligible, sig)
+                self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores)
+                sequence = self.sequence.decide(eligible, id_below)
+                if sequence is None:
+                    return rejected('undecided', 'sequence: too few competing places to judge the best hypothesis')
+                best = self._candidate(None, stamp_ns, sequence.anchor, sequence.cosine, 0)
+                decision = -math.log10(max(sequence.p_value, 1e-300))
+                if sequence.p_value > c.false_alarm_rate:
+                    outcome = 'accumulating' if sequence.length < c.sequence_length else 'below_calibrated'
+                    return rejected(outcome, f'sequence of {sequence.length} keyframes not significant (false-alarm '
+                                             f'probability {sequence.p_value:.2g} > false_alarm_rate '
+                                             f'{c.false_alarm_rate:g})')
+                ranked = [(a, cos) for a, _, p, cos in sequence.ranked if p <= c.false_alarm_rate][:c.top_k]
+            else:
+                decision = sig.log10_p
+                if sig.p_value > c.false_alarm_rate:
+                    return rejected('below_calibrated', f'not significant (false-alarm probability {sig.p_value:.2g} > '
+                                                        f'false_alarm_rate {c.false_alarm_rate:g})')
+        # absolute and relative thresholds (on this query's cosine with the matched keyframe)
+        if ranked[0][1] < c.min_score:
+            return rejected('below_min_score', f'below min_score ({ranked[0][1]:.3f} < {c.min_score})')
+        survivors = [(i, s) for i, s in ranked if s >= c.min_score]
         if c.relative_score > 0:
             if reference is None or reference <= 0:
                 return rejected('undecided', 'relative_score: no recent frame to compare with yet')
-            keep &= scores / reference >= c.relative_score
-            if not keep.any():
-                return rejected('below_relative_score', f'below relative_score ({float(scores[0]) / reference:.3f} < '
+            survivors = [(i, s) for i, s in survivors if s / reference >= c.relative_score]
+            if not survivors:
+                return rejected('below_relative_score', f'below relative_score ({ranked[0][1] / reference:.3f} < '
                                                         f'{c.relative_score})')
-        survivors = [(int(i), float(s), r) for r, (i, s) in enumerate(zip(ids, scores)) if keep[r]]
         # non-maximum suppression: drop candidates next to a better one
         if c.nms_radius > 0:
-            kept: list[tuple[int, float, int]] = []
+            kept: list[tuple[int, float]] = []
             for cand in survivors:
                 if all(abs(cand[0] - k[0]) > c.nms_radius for k in kept):
                     kept.append(cand)
@@ -498,7 +381,7 @@ class LoopClosureDetector:
                   (stamp_ns - self._last_query_ns) * 1e-9 <= c.consistency_max_gap_s)
         previous = self._chains if gap_ok else []
         chains = []
-        for mid, _, _ in survivors:
+        for mid, _ in survivors:
             length = 1 + max((ch.length for ch in previous if abs(ch.match_id - mid) <= c.consistency_tolerance),
                              default=0)
             chains.append(_Chain(mid, length))
@@ -508,11 +391,12 @@ class LoopClosureDetector:
             if not consistent:
                 longest = max(ch.length for ch in chains)
                 return FrameResult(None, [], decision, best, f'temporal consistency ({longest}/{c.temporal_consistency})',
-                                   'not_consistent')
+                                   'not_consistent', sequence)
             survivors = consistent
         # geometric verification, best first, until max_candidates are accepted
         accepted: list[LoopCandidate] = []
-        for rank, (mid, score, _) in enumerate(survivors):
+        reason = ''
+        for mid, score in survivors:
             cand = self._candidate(None, stamp_ns, mid, score, len(accepted))
             if self.verifier is not None:
                 ok, inliers, why = self._verify(image, mid)
@@ -524,8 +408,8 @@ class LoopClosureDetector:
             if len(accepted) >= c.max_candidates:
                 break
         if not accepted:
-            return FrameResult(None, [], decision, best, reason, 'failed_geometric')
-        return FrameResult(None, accepted, decision, best, '', 'accepted')
+            return FrameResult(None, [], decision, best, reason, 'failed_geometric', sequence)
+        return FrameResult(None, accepted, decision, best, '', 'accepted', sequence)
 
     def _verify(self, image: np.ndarray | None, match_id: int) -> tuple[bool, int, str]:
         if image is None:
