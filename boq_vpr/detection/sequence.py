@@ -40,6 +40,7 @@ from __future__ import annotations
 import array
 import bisect
 import collections
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -48,6 +49,8 @@ import numpy as np
 
 from ..map import MapDatabase
 from .calibration import judge, place_peaks
+
+log = logging.getLogger(__name__)
 
 # Evidence of one query keyframe is clipped below at this (units of its background scale): one
 # occluded or missed frame costs a bounded amount, a stretch that does not match costs a lot.
@@ -356,7 +359,13 @@ class SequenceMatcher:
         needed = np.zeros((L, uniq.size), bool)
         needed[np.broadcast_to(np.arange(L), aligned.shape)[valid], col[valid]] = True
         newest = queries[-1]
-        sims = self.cache.lookup(self.db, uniq, queries, needed, (newest.seeds, newest.seed_scores))  # [L, U]
+        try:
+            sims = self.cache.lookup(self.db, uniq, queries, needed, (newest.seeds, newest.seed_scores))  # [L, U]
+        except KeyError as err:
+            # keyframes removed from the map since a recent query saw them: start again from here
+            log.warning('sequence: %s; the evidence along the trajectory starts again', err)
+            self.reset()
+            return None
         u = np.array([r.u for r in queries])
         beta = np.array([r.beta for r in queries])
         e = (sims[np.arange(L)[None, None, :], col] - u) / beta
