@@ -1,0 +1,100 @@
+"""``boq-vpr bench loops --cost`` and ``--calibration`` at tiny sizes: the structure of what they
+report and that every figure is a number (no timing thresholds: this machine is shared)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+
+from boq_vpr.commands import bench_loops as bl
+from boq_vpr.detection import OUTCOMES
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_cost_structure():
+    lines = []
+    out = bl.cost_table([200, 500], dim=64, queries=40, warmup=5, printer=lambda s, **_: lines.append(s))
+    assert len(lines) == 2 and all(line.startswith('cost  keyframes') for line in lines)
+    assert out['settings']['dim'] == 64 and set(out['settings']['detectors']) == {'search', 'single', 'sequence'}
+    assert out['settings']['detectors']['single']['sequence_length'] == 1
+    assert out['settings']['detectors']['sequence']['sequence_length'] > 1
+    assert [r['keyframes'] for r in out['rows']] == [200, 500]
+    for r in out['rows']:
+        assert r['queries'] == 40 and r['search_k'] == (200 if r['keyframes'] <= 200 else 50)
+        for name in ('search', 'single', 'sequence'):
+            lat = r['latency_ms'][name]
+            assert lat['n'] == 40 and all(_finite(lat[k]) and lat[k] >= 0 for k in ('p50', 'p90', 'mean', 'max'))
+        assert all(_finite(v) for v in r['added_by_sequence_ms'].values())
+        for name in ('single', 'sequence'):
+            assert 0 <= r['accepted_correct'][name] <= r['accepted'][name] <= 40
+            assert sum(r['outcomes'][name].values()) == 40 and set(r['outcomes'][name]) <= set(OUTCOMES)
+        assert all(_finite(v) and v > 0 for v in r['rss_mb'].values())
+        assert _finite(r['sequence_state']['cache_mb'])
+    # the revisit is a strong one: the sequence detector finds it
+    assert out['rows'][-1]['accepted_correct']['sequence'] > 0
+
+
+def test_revisit_queries_follow_the_map():
+    frames = bl.synthetic_drive(32, n=100, rate_hz=2.0)
+    q, stamps, truth = bl.revisit_queries(frames.descriptors, frames.stamps_ns, 20)
+    assert q.shape == (20, 32) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    assert list(truth) == list(range(40, 60))
+    assert stamps[0] == frames.stamps_ns[-1] + 500_000_000 and np.all(np.diff(stamps) == 500_000_000)
+    cos = np.sum(q * frames.descriptors[truth], axis=1)
+    assert np.all(cos > 0.9)
+    with pytest.raises(Exception):
+        bl.revisit_queries(frames.descriptors, frames.stamps_ns, 101)
+
+
+def test_calibration_structure():
+    lines = []
+    out = bl.calibration_table([50, 200], rates=(0.01, 0.001), sources=('synthetic',), synthetic_queries=150,
+                               printer=lambda s, **_: lines.append(s))
+    assert len(lines) == 4 and len(out['rows']) == 4
+    assert {(r['keyframes'], r['requested_rate']) for r in out['rows']} == {(50, 0.01), (50, 0.001), (200, 0.01),
+                                                                           (200, 0.001)}
+    for r in out['rows']:
+        assert r['source'] == 'synthetic' and r['queries'] == 150
+        assert 0 <= r['accepted'] <= r['queries'] and sum(r['outcomes'].values()) == r['queries']
+        assert r['outcomes']['accepted'] == r['accepted']
+        assert _finite(r['measured_rate']) and _finite(r['ratio'])
+        assert r['ratio'] == pytest.approx(r['measured_rate'] / r['requested_rate'])
+        lo, hi = r['measured_rate_ci95']
+        assert 0 <= lo <= r['measured_rate'] <= hi <= 1
+    for r in out['settings']['detector'].values():
+        assert r['temporal_consistency'] == 1 and r['mode'] == 'localization'
+    json.dumps(out)
+
+
+def test_nordland_plan_keeps_queries_off_the_map():
+    plan = {n: (r, note) for n, r, note in bl.nordland_calibration_plan([50, 200, 1000, 3576, 10000])}
+    assert plan[50][0] == range(150, 1650) and plan[1000][0] == range(1100, 2600)
+    assert plan[3576][0] is None and plan[10000][0] is None and 'no row' in plan[10000][1]
+    for n, (r, _) in plan.items():
+        assert r is None or (r.start >= n + 100 and r.stop <= 3576)
+
+
+def test_binomial_interval():
+    assert bl.binomial_interval(0, 100)[0] == 0.0
+    lo, hi = bl.binomial_interval(5, 1000)
+    assert lo < 0.005 < hi
+
+
+def test_sections_and_flags():
+    p = argparse.ArgumentParser()
+    bl.add_arguments(p)
+    args = p.parse_args([])
+    assert bl.sections(args) == {'tables'}
+    assert bl.sections(p.parse_args(['--cost'])) == {'tables', 'cost'}
+    assert bl.sections(p.parse_args(['--cost', '--only', 'cost,calibration'])) == {'cost', 'calibration'}
+    args = p.parse_args(['--only', 'cost'])
+    assert args.cost_sizes == [1000, 10000, 100000] and args.cost_dim == 2048
+    assert args.calibration_sizes == [50, 200, 1000, 10000]
+    with pytest.raises(SystemExit):
+        p.parse_args(['--only', 'bogus'])
