@@ -517,7 +517,8 @@ def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: i
             'accepted': accepted, 'accepted_correct': correct, 'correct_within_ids': radius, 'outcomes': outcomes,
             'rss_mb': rss, 'rss_added_by_sequence_warmup_mb': rss['after_sequence_warmup'] - rss['after_single_warmup'],
             'rss_added_while_timed_mb': rss['end'] - rss['after_sequence_warmup'],
-            'sequence_state': seq_state, 'build_s': build_s, 'seconds': time.perf_counter() - t0}
+            'sequence_state': seq_state, 'build_s': build_s, 'seconds': time.perf_counter() - t0,
+            'loadavg_after': list(os.getloadavg())}
 
 
 def format_cost_row(r: dict) -> str:
@@ -610,7 +611,7 @@ def _map_and_rows(source: str, map_desc, map_stamps, q_desc, q_stamps, rates, pr
         for rate in rates:
             t0 = time.perf_counter()
             row = {'source': source, **false_alarm_row(db, q_desc, q_stamps, rate), **extra,
-                   'seconds': time.perf_counter() - t0}
+                   'seconds': time.perf_counter() - t0, 'loadavg_after': list(os.getloadavg())}
             rows.append(row)
             printer(format_calibration_row(row), flush=True)
     finally:
