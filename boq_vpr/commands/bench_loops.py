@@ -35,11 +35,19 @@ Two more measurements, on request:
    queries a part of the route at least 100 frames past the map) and synthetic routes (JSON key
    ``calibration``).
 
-``--only`` runs just the named sections (``tables``: 1-3; ``cost``; ``calibration``).
+6. ``drives`` (with ``--only drives``): the detector on every drive of ``DRIVE_TABLE`` (the Nordland
+   drives above, summer at 10 fps, the synthetic route, a small map of 75 places, 60 places seen
+   by a 10 and a 30 Hz camera, a second pass slower or faster) under each setting of
+   ``DRIVE_SETTINGS`` (``false_alarm_rate`` x ``temporal_consistency``, the shipped one marked):
+   accepted loops, true and false ones, precision, recall and revisited places closed (JSON key
+   ``drives``).
+
+``--only`` runs just the named sections (``tables``: 1-3; ``drives``; ``cost``; ``calibration``).
 
 Figures are printed and saved as JSON (``--out``)::
 
     boq-vpr bench loops --out bench/loops_nordland.json
+    OPENBLAS_NUM_THREADS=1 boq-vpr bench loops --only drives --models resnet18_nordland --out bench/loops_drives.json
     OPENBLAS_NUM_THREADS=1 boq-vpr bench loops --only cost --out bench/loops_cost.json
     OPENBLAS_NUM_THREADS=1 boq-vpr bench loops --only calibration --out bench/loops_calibration.json
 """
@@ -47,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import math
 import os
@@ -76,7 +85,7 @@ THRESHOLDS = (
     [('relative_score', v) for v in (0.8, 0.9)] +
     [('false_alarm_rate', v) for v in (0.01, 0.001)])
 
-SECTIONS = ('tables', 'cost', 'calibration')
+SECTIONS = ('tables', 'drives', 'cost', 'calibration')
 # --cost: map sizes, timed queries and untimed warm-up queries per map
 COST_SIZES = (1000, 10000, 100000)
 COST_QUERIES = 300
@@ -221,6 +230,71 @@ def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, second
     desc /= np.linalg.norm(desc, axis=1, keepdims=True)
     return _frames(desc.astype(np.float32), np.arange(n) / rate_hz, place,
                    f'places_{places}x{laps}_{rate_hz:g}hz', f'synthetic-{dim}')
+
+
+# Every drive of the drives table (--only drives): (name, what it is, correct within this many
+# ground-truth frames or places)
+DRIVE_TABLE = (
+    ('two_season', 'Nordland 2400-3575, summer then winter, 1 fps', 2),
+    ('summer', 'Nordland summer alone (no revisit), 1 fps', 2),
+    ('summer_10fps', 'Nordland summer alone (no revisit), 10 fps', 2),
+    ('synthetic', 'synthetic route without revisits, 3000 frames at 10 Hz, 2048-D', 2),
+    ('small_map', '75 distinct places (64-D) driven twice at 1 Hz', 0),
+    ('camera_10hz', '60 places, each in view 1 s, driven twice, 10 Hz camera', 0),
+    ('camera_30hz', '60 places, each in view 1 s, driven twice, 30 Hz camera', 0),
+    ('slower_0.8', 'as camera_10hz, the second pass at 0.8x speed (frames repeated)', 0),
+    ('faster_1.25', 'as camera_10hz, the second pass at 1.25x speed (frames skipped)', 0),
+)
+# the settings the defaults were chosen from (--only drives): false_alarm_rate x temporal_consistency
+DRIVE_SETTINGS = {'false_alarm_rate': (0.01, 0.001), 'temporal_consistency': (1, 2, 3)}
+
+
+def table_drive(name: str, encoder, data: Path):
+    """The frames of one drive of ``DRIVE_TABLE``."""
+    if name in ('two_season', 'summer'):
+        return nordland_drive(name, encoder, data)
+    if name == 'summer_10fps':
+        frames = nordland_drive('summer', encoder, data)
+        frames.stamps_ns = np.round(np.arange(len(frames)) * 0.1e9).astype(np.int64)
+        return frames
+    if name == 'synthetic':
+        return synthetic_drive(2048)
+    if name == 'small_map':
+        return places_drive(75, 64, rate_hz=1.0, laps=2, noise=0.4, shared=0.0)
+    if name in ('camera_10hz', 'camera_30hz'):
+        return places_drive(60, 256, rate_hz=10.0 if name == 'camera_10hz' else 30.0, laps=2)
+    speed = float(name.split('_')[1])
+    return places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, speed))
+
+
+def run_drives(args: argparse.Namespace) -> dict:
+    """The shipped detector on every drive of DRIVE_TABLE, and the settings of DRIVE_SETTINGS."""
+    import itertools
+    from .. import evaluation as ev
+    from ..encoder import Encoder
+    base = ev.detector_config(ev.load_params(args.params), {}, 'slam')
+    name, weights = parse_model_spec(args.models[0])
+    encoder = Encoder(name, weights=weights, backend='torch', device='cpu', precision='fp32', batch_size=64)
+    keys = list(DRIVE_SETTINGS)
+    settings = []
+    for values in itertools.product(*(DRIVE_SETTINGS[k] for k in keys)):
+        cfg = dataclasses.replace(base, **dict(zip(keys, values)))
+        label = ', '.join(f'{k} {v:g}' for k, v in zip(keys, values)) + (' (shipped)' if cfg == base else '')
+        settings.append((label, cfg))
+    rows = []
+    for drive, what, tolerance in DRIVE_TABLE:
+        frames = table_drive(drive, encoder, args.data)
+        for label, cfg in settings:
+            t0 = time.perf_counter()
+            r = run_setting(frames, cfg, tolerance)
+            row = {'drive': drive, 'what': what, 'setting': label, 'tolerance': tolerance,
+                   'seconds': time.perf_counter() - t0, **r}
+            rows.append(row)
+            places = r['places']
+            print(f'drives {drive:<13} {label:<46} keyframes {r["keyframes"]:>5} accepted {r["accepted"]:>4} '
+                  f'TP {r["tp"]:>4} FP {r["fp"]:>3} precision {r["precision"]:.3f} recall {r["recall"]:.3f} '
+                  f'places closed {places["closed"]}/{places["revisited"]} (wrong {places["wrong"]})', flush=True)
+    return {'detector': base.to_dict(), 'rows': rows}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -504,6 +578,9 @@ def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: i
         seq_state = _sequence_state(detectors['sequence'])
     finally:
         db.close()
+    # the map freed: nothing refers to it any more
+    del detectors, det, db
+    gc.collect()
     rss['after_close'] = rss_mb()
     lat = {name: percentiles(v) for name, v in ms.items()}
     single, seq = np.asarray(ms['single']), np.asarray(ms['sequence'])
@@ -723,6 +800,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict = {'sections': [s for s in SECTIONS if s in todo], 'provenance': provenance()}
     if 'tables' in todo:
         results.update(run_tables(args))
+    if 'drives' in todo:
+        results['drives'] = run_drives(args)
     if 'cost' in todo:
         t0 = time.perf_counter()
         results['cost'] = cost_table(args.cost_sizes, args.cost_dim, args.cost_queries, args.cost_warmup,
