@@ -4,13 +4,15 @@ time jumps, every index type, and settings out of range. The same drives are in
 ``boq-vpr bench loops``; the real-frame figures are in test_detector_nordland.py."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from boq_vpr.commands.bench_loops import _frames, places_drive, run_setting, synthetic_drive
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
 from boq_vpr.detection.sequence import Timeline, _Table
-from boq_vpr.errors import ConfigError
+from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.evaluation import build_map
 from boq_vpr.map import Keyframe, MapDatabase
 
@@ -153,3 +155,34 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     (table, held), = timeline.tables(np.array([300], np.int64))
     assert held.all() and table.ids.size <= 3 * Timeline.BLOCK and 300 in table.ids
     assert len(timeline._blocks) <= 3
+
+
+def test_the_synthetic_drives_of_the_bench_table_build():
+    from boq_vpr.commands.bench_loops import DRIVE_TABLE, table_drive
+    for name, _, tolerance in DRIVE_TABLE:
+        if name in ('two_season', 'summer', 'summer_10fps'):
+            continue    # Nordland frames through the model: test_detector_nordland.py
+        frames = table_drive(name, None, None)
+        assert len(frames) > 100 and frames.gt.frames.shape == (len(frames),) and tolerance in (0, 2)
+        assert np.all(np.diff(frames.stamps_ns) > 0)
+
+
+@pytest.mark.parametrize('damage', ['missing', 'truncated'])
+@pytest.mark.parametrize('index_type, options', [('flat', {}), ('pca', {'pca_dim': 8, 'train_size': 100})])
+def test_a_map_whose_descriptors_cannot_be_read_back_is_refused_at_load(tmp_path, damage, index_type, options):
+    # the sequence stage reads stored descriptors mid-drive: a map that cannot give them back is
+    # refused when it is loaded, naming the file, never later
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    db = MapDatabase(16, 'x', index_type, **options)
+    db.add(x, [Keyframe(-1, i) for i in range(300)])
+    db.save(tmp_path / 'map')
+    for name in ('keyframes.sqlite', 'index.faiss'):
+        copy = tmp_path / f'{name}-{damage}'
+        shutil.copytree(tmp_path / 'map', copy)
+        (path,) = copy.rglob(name)
+        if damage == 'missing':
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+        with pytest.raises(MapError, match=name):
+            MapDatabase.load(copy)

@@ -314,13 +314,13 @@ def run_setting(frames, config, tolerance: int = 2) -> dict:
             'precision': op['precision'], 'recall': op['recall'],
             'false_per_query': op['fp'] / queries if queries else float('nan'),
             'false_per_1000_keyframes': 1000.0 * op['fp'] / max(1, int((run.map_ids >= 0).sum())),
-            'outcomes': run.outcome_counts, 'places': _places_closed(run, frames)}
+            'outcomes': run.outcome_counts, 'places': _places_closed(run, frames, tolerance)}
 
 
-def _places_closed(run, frames) -> dict:
+def _places_closed(run, frames, tolerance: int = 0) -> dict:
     """Places revisited (a query keyframe with a keyframe of its place outside the exclusion
-    window), how many of them got a correct loop closure at least once, and how many places got a
-    wrong one."""
+    window), how many of them got a correct loop closure (within ``tolerance`` ground-truth
+    numbers) at least once, and how many places got a wrong one."""
     gt = frames.gt.frames
     first_id: dict[int, int] = {}
     for m in np.flatnonzero(run.map_ids >= 0).tolist():
@@ -331,7 +331,7 @@ def _places_closed(run, frames) -> dict:
         if g in first_id and (cut < 0 or first_id[g] < cut):
             revisited.add(g)
         if m >= 0:
-            (right if int(gt[m]) == g else wrong).add(g)
+            (right if abs(int(gt[m]) - g) <= tolerance else wrong).add(g)
     return {'revisited': len(revisited), 'closed': len(right & revisited), 'wrong': len(wrong)}
 
 

@@ -41,7 +41,7 @@ class Run:
     ranked: np.ndarray | None = None  # [Q, K] map indices for recall@k (-1 padded)
     ranked_scores: np.ndarray | None = None
     candidates: list[dict] = field(default_factory=list)
-    outcomes: list[str] = field(default_factory=list)      # [Q] a key of loop_closure.OUTCOMES
+    outcomes: list[str] = field(default_factory=list)      # [Q] a key of detection.OUTCOMES
     outcome_counts: dict[str, int] = field(default_factory=dict)   # every processed frame, not_keyframe included
     skipped: list[tuple[int, str]] = field(default_factory=list)   # (frame, reason) of frames not taken as keyframes
 
