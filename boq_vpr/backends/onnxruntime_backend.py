@@ -70,9 +70,11 @@ def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, 
     files = files[::step][:max_images]
     # keyed by the FP32 model's content too: a re-export with other weights under the same file
     # name must not reuse the old INT8 model
+    # and by the quantization recipe: an INT8 model made with other settings is not reused
     from ..export.onnx_export import onnx_sha256
-    out = cache_dir() / 'onnx' / (f'{fp32_onnx.stem}-int8-{onnx_sha256(fp32_onnx)[:16]}-{folder_digest(folder)}-'
-                                  f'{len(files)}.onnx')
+    from ..export.quantize import QUANT_RECIPE
+    out = cache_dir() / 'onnx' / (f'{fp32_onnx.stem}-int8-{QUANT_RECIPE}-{onnx_sha256(fp32_onnx)[:16]}-'
+                                  f'{folder_digest(folder)}-{len(files)}.onnx')
     if out.is_file():
         log.info('using cached INT8 model %s', out)
         return out
