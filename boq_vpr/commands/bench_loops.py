@@ -515,14 +515,15 @@ def cost_configs():
 
 
 def _sequence_state(det) -> dict:
-    """What the sequence stage holds (its similarity cache), where the detector exposes it."""
-    cache = getattr(getattr(det, 'sequence', None), 'cache', None)
-    if cache is None:
+    """What the sequence stage holds: its recent queries and the cached map metadata blocks."""
+    seq = getattr(det, 'sequence', None)
+    if seq is None:
         return {}
-    arrays = [getattr(cache, a, None) for a in ('values', 'filled', 'used')]
-    return {'cache_rows_allocated': int(getattr(cache, 'rows', 0)),
-            'cache_rows_used': len(getattr(cache, 'row_of', {})),
-            'cache_mb': sum(a.nbytes for a in arrays if isinstance(a, np.ndarray)) / 2 ** 20}
+    queries = list(seq.queries)
+    blocks = list(seq.timeline._blocks.values())
+    nbytes = sum(q.descriptor.nbytes + q.seeds.nbytes * 2 + q.seed_scores.nbytes * 2 for q in queries)
+    nbytes += sum(sum(a.nbytes for a in blk) for blk in blocks)
+    return {'queries_held': len(queries), 'metadata_blocks': len(blocks), 'cache_mb': nbytes / 2 ** 20}
 
 
 def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: int = COST_WARMUP,

@@ -341,7 +341,8 @@ class LoopClosureDetector:
                                              f'places among the {all_ids.size} eligible keyframes retrieved')
             if c.sequences:
                 level, scale, neutral = self._background(all_scores, all_ids, eligible, sig)
-                self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores)
+                self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores,
+                                        complete=all_ids.size >= eligible)
                 sequence = self.sequence.decide(eligible, id_below)
                 if sequence is None:
                     return rejected('undecided', 'sequence: too few competing places to judge the best hypothesis')

@@ -32,8 +32,11 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    would produce a sequence standing out that far. Evidence accumulates: an unmistakable match
    stands out after a few keyframes, a weak one only after a long consistent stretch.
 
-Cost: the similarities of the recent queries with the map keyframes the hypotheses visit, from the
-map's stored descriptors, cached per keyframe while its hypotheses live; independent of the map size.
+Cost: no descriptor is compared again. The evidence of a query comes from its own search (the
+keyframes it retrieved and their cosines); a keyframe it did not retrieve scored below the last one
+it did, and counts that bound, the same for every hypothesis. Only the few keyframes reported are
+read back from the map's stored descriptors (their cosine with the newest query). Map stamps are
+read from the map's metadata in small blocks, cached.
 """
 from __future__ import annotations
 
@@ -61,15 +64,13 @@ SEEDS_PER_QUERY = 50
 REFINE = 1
 # Aligned keyframes a hypothesis needs before it competes.
 MIN_TERMS = 3
-# Cached map keyframes (columns of similarities with the recent queries); least recently used go first.
-CACHE_ROWS = 4096
 
 
 @dataclass
 class QueryRecord:
     """One query keyframe of the running sequence."""
 
-    seq: int                  # running number of the query (the cache's key)
+    seq: int                  # running number of the query
     stamp_ns: int
     descriptor: np.ndarray    # [D], L2-normalized
     u: float                  # its background tail threshold
@@ -78,6 +79,33 @@ class QueryRecord:
     id_below: int | None      # map keyframes it could match have ids below this (None: any)
     seeds: np.ndarray         # its best matches' keyframe ids (best first)
     seed_scores: np.ndarray   # and their cosines
+    complete: bool = False    # its search returned every keyframe it could match (a small map)
+
+    def __post_init__(self) -> None:
+        order = np.argsort(self.seeds, kind='stable')
+        self._ids = self.seeds[order]
+        self._scores = self.seed_scores[order].astype(np.float64)
+        # a keyframe its search did not return scored below the last one it did: at most this
+        # evidence (an upper bound shared by every hypothesis; nearly always the floor)
+        last = float(self.seed_scores[-1]) if self.seed_scores.size else self.u
+        self._missed = max(min((last - self.u) / self.beta, 0.0), FLOOR)
+
+    def evidence(self, m: np.ndarray) -> np.ndarray:
+        """The evidence of map keyframes ``m`` (-1: none aligned) for this query, from its own search."""
+        if self._ids.size == 0:
+            return np.full(m.shape, self.neutral)
+        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
+        hit = self._ids[k] == m
+        e = np.where(hit, np.maximum((self._scores[k] - self.u) / self.beta, FLOOR),
+                     self.neutral if self.complete else self._missed)
+        return np.where(m >= 0, e, self.neutral)
+
+    def cosines(self, m: np.ndarray) -> np.ndarray:
+        """Cosines of map keyframes ``m`` with this query where its search returned them, else NaN."""
+        if self._ids.size == 0:
+            return np.full(m.shape, np.nan)
+        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
+        return np.where(self._ids[k] == m, self._scores[k], np.nan)
 
 
 @dataclass
@@ -138,8 +166,8 @@ class Timeline:
     that never go back; the running session is its own id range.
     """
 
-    BLOCK = 256
-    MAX_BLOCKS = 256
+    BLOCK = 64
+    MAX_BLOCKS = 4096
 
     def __init__(self, db: MapDatabase, session: Callable[[], tuple[int, array.array, array.array]]) -> None:
         self.db = db
@@ -191,86 +219,6 @@ class Timeline:
         return out
 
 
-class SimilarityCache:
-    """Cosine similarities of map keyframes with the recent query keyframes, one row per keyframe
-    (one column per query slot of the ring of ``length``), computed on first use from the map's
-    stored descriptors and reused while the keyframe's hypotheses live."""
-
-    def __init__(self, length: int, rows: int = CACHE_ROWS) -> None:
-        self.length = int(length)
-        self.rows = int(rows)
-        self.values = np.zeros((self.rows, self.length), np.float32)
-        self.filled = np.full((self.rows, self.length), -1, np.int64)   # query seq a value is for
-        self.row_of: dict[int, int] = {}
-        self.free = list(range(self.rows - 1, -1, -1))
-        self.used = np.zeros(self.rows, np.int64)
-        self.clock = 0
-
-    def clear(self) -> None:
-        self.row_of.clear()
-        self.free = list(range(self.rows - 1, -1, -1))
-        self.filled.fill(-1)
-        self.used.fill(0)
-
-    def lookup(self, db: MapDatabase, ids: np.ndarray, queries: list[QueryRecord], needed: np.ndarray,
-               known: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """``[len(queries), len(ids)]`` similarities (``ids`` unique and sorted); only the pairs
-        ``needed`` (``[len(queries), len(ids)]`` bool) are sure to be filled in. ``known``: (ids,
-        cosines) of the newest query already computed (its search results)."""
-        self.clock += 1
-        ids = np.asarray(ids, np.int64)
-        rows = np.fromiter((self.row_of.get(i, -1) for i in ids.tolist()), np.int64, ids.size)
-        new = np.flatnonzero(rows < 0)
-        if new.size:
-            if new.size > len(self.free):
-                self._evict(new.size)
-            for n in new.tolist():
-                r = self.free.pop()
-                rows[n] = r
-                self.row_of[int(ids[n])] = r
-                self.filled[r] = -1
-        self.used[rows] = self.clock
-        slots = np.array([q.seq % self.length for q in queries], np.int64)
-        seqs = np.array([q.seq for q in queries], np.int64)
-        stale = (self.filled[rows[None, :], slots[:, None]] != seqs[:, None]) & needed    # [L, U]
-        if known is not None:          # the newest query's cosines its own search already gave
-            known_ids, known_scores = known
-            k = np.searchsorted(ids, known_ids)
-            k = np.minimum(k, ids.size - 1)
-            hit = ids[k] == known_ids
-            r, j = rows[k[hit]], len(queries) - 1
-            self.values[r, slots[j]] = known_scores[hit]
-            self.filled[r, slots[j]] = seqs[j]
-            stale[j, k[hit]] = False
-        need_cols = np.flatnonzero(stale.any(axis=0))
-        if need_cols.size:
-            # the stale pairs only, one query at a time: the newest query against the anchors it has
-            # not seen, earlier queries against the keyframes that just joined a hypothesis
-            vectors = db.descriptors(ids[need_cols])                               # [u, D]
-            sub = stale[:, need_cols]
-            for j in np.flatnonzero(sub.any(axis=1)).tolist():
-                c = np.flatnonzero(sub[j])
-                r = rows[need_cols[c]]
-                self.values[r, slots[j]] = vectors[c] @ queries[j].descriptor
-                self.filled[r, slots[j]] = seqs[j]
-        return self.values[rows[None, :], slots[:, None]]                          # [L, U]
-
-    def _evict(self, count: int) -> None:
-        """Free at least ``count`` rows: the least recently used outside this lookup, growing the
-        cache when this lookup alone needs more."""
-        old = [(self.used[r], k) for k, r in self.row_of.items() if self.used[r] != self.clock]
-        old.sort()
-        for _, k in old[:max(0, count - len(self.free))]:
-            self.free.append(self.row_of.pop(k))
-        if count > len(self.free):
-            grow = max(count - len(self.free), self.rows)
-            self.values = np.concatenate([self.values, np.zeros((grow, self.length), np.float32)])
-            self.filled = np.concatenate([self.filled, np.full((grow, self.length), -1, np.int64)])
-            self.used = np.concatenate([self.used, np.zeros(grow, np.int64)])
-            self.free.extend(range(self.rows + grow - 1, self.rows - 1, -1))
-            self.rows += grow
-
-
 class SequenceMatcher:
     """The sequence stage of the detector (see the module docstring). Not thread-safe: the
     detector serializes calls."""
@@ -286,24 +234,23 @@ class SequenceMatcher:
         self.radius = int(radius)
         self.min_samples = int(min_samples)
         self.queries: collections.deque[QueryRecord] = collections.deque(maxlen=self.length)
-        self.cache = SimilarityCache(self.length)
         self._seq = 0
 
     def reset(self) -> None:
         """Forget the running sequence (a time jump, a new session, new settings)."""
         self.queries.clear()
-        self.cache.clear()
         self.timeline.clear()
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
-                  id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray) -> None:
+                  id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False) -> None:
         """Append a query keyframe; a gap longer than ``max_gap_s`` since the previous one starts a
         new sequence (the evidence before a time jump says nothing about where the robot is now)."""
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
-                                        id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32)))
+                                        id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
+                                        complete))
         self._seq += 1
 
     def _spacing_ns(self) -> float:
@@ -354,23 +301,9 @@ class SequenceMatcher:
         segment = np.concatenate(segments_all)          # one number per map session
         aligned = np.concatenate(aligned_parts)
         valid = aligned >= 0
-        uniq = np.unique(aligned[valid])
-        col = np.searchsorted(uniq, np.where(valid, aligned, uniq[0]))
-        needed = np.zeros((L, uniq.size), bool)
-        needed[np.broadcast_to(np.arange(L), aligned.shape)[valid], col[valid]] = True
-        newest = queries[-1]
-        try:
-            sims = self.cache.lookup(self.db, uniq, queries, needed, (newest.seeds, newest.seed_scores))  # [L, U]
-        except KeyError as err:
-            # keyframes removed from the map since a recent query saw them: start again from here
-            log.warning('sequence: %s; the evidence along the trajectory starts again', err)
-            self.reset()
-            return None
-        u = np.array([r.u for r in queries])
-        beta = np.array([r.beta for r in queries])
-        e = (sims[np.arange(L)[None, None, :], col] - u) / beta
-        neutral = np.array([r.neutral for r in queries])
-        e = np.where(valid, np.maximum(e, FLOOR), neutral)     # no aligned keyframe: no evidence either way
+        e = np.empty(aligned.shape, np.float64)
+        for j, r in enumerate(queries):
+            e[:, :, j] = r.evidence(aligned[:, :, j])
         totals = e.sum(axis=2)                                                           # [A, V]
         # a hypothesis needs MIN_TERMS aligned keyframes: one frame alone is not a trajectory (at the
         # start of a map every anchor would otherwise stand on its single-frame evidence)
@@ -389,9 +322,21 @@ class SequenceMatcher:
         verdict = judge(float(scores[order[0]]), background, eligible, complete, self.radius, self.min_samples)
         if verdict is None:
             return None
-        # the newest query's own cosine with each anchor (every anchor is aligned with itself)
-        pos = np.minimum(np.searchsorted(uniq, ids), uniq.size - 1)
-        cosine = np.where(uniq[pos] == ids, sims[L - 1, pos], np.nan)
+        # the newest query's own cosine with each anchor: from its search where it retrieved the
+        # anchor, else from the stored descriptors of the few anchors that are reported
+        newest = queries[-1]
+        cosine = newest.cosines(ids)
+        wanted = [i for peak in order[peaks][:16].tolist()
+                  for i in np.flatnonzero((np.abs(ids - ids[peak]) <= REFINE) & (segment == segment[peak])).tolist()]
+        missing = [i for i in wanted if not np.isfinite(cosine[i])]
+        if missing:
+            try:
+                cosine[missing] = self.db.descriptors(ids[missing]) @ newest.descriptor
+            except KeyError as err:
+                # keyframes removed from the map since a recent query saw them: start again from here
+                log.warning('sequence: %s; the evidence along the trajectory starts again', err)
+                self.reset()
+                return None
         ranked = []
         for peak in order[peaks].tolist():
             i = peak
