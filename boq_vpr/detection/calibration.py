@@ -13,29 +13,30 @@ aside, and the rest is thinned to one peak per ``radius`` ids, so that neighbour
 one look-alike place count once. These peaks ``r_1 >= ... >= r_n`` are the upper tail of the
 query's background scores. For a bulk that is Gaussian-like (what descriptor similarities over
 many unrelated places give), the upper tail is in the Gumbel domain of attraction: the
-exceedances ``r_i - r_n`` over the lowest peak are close to exponential with one scale ``beta``. If the best match were just one more
-background place, the best of those ``n`` tail samples would exceed ``u = r_n`` by
-``x = s_best - u`` with probability
+exceedances ``r_i - r_n`` over the lowest peak are close to exponential with one scale ``beta``,
+measured on the ``m = n - 1`` exceedances. If the best match were just one more background place, the
+best of ``n`` places would exceed ``u = r_n`` by ``x beta = s_best - u`` with probability
 
-    p = 1 - (1 - exp(-x / beta)) ** n
+    p = 1 - (1 - (1 + x / m) ** -m) ** n
 
-and a match is accepted when ``p <= false_alarm_rate``. ``p`` depends only on how far the best
-match stands out of the background in units of the background's own spread (the scale is estimated from the n exceedances, the best one
-included, as maximum likelihood under the hypothesis that it is background), so one
-``false_alarm_rate`` transfers across models and score scales; adding keyframes changes the
-background and therefore the threshold. Too few background peaks (an empty or tiny map) give no
-decision (``None``).
+(the exponential with the scale's own uncertainty), and a match is accepted when
+``p <= false_alarm_rate``. ``p`` depends only on how far the best match stands out of the background in
+units of the background's own spread, so one ``false_alarm_rate`` transfers across models and score
+scales; adding keyframes changes the background and therefore the threshold. Too few background peaks
+(an empty or tiny map) give no decision (``None``). A map of at most ``COMPLETE_MAX`` eligible
+keyframes is searched completely, and its whole background judges the match (``complete_p_value``).
 
 The tail must be the *upper* tail on maps of every size: where the retrieved peaks are a large
 share of the map (a few hundred keyframes), only the best ``TAIL_FRACTION`` of its places count
 (``tail_size``); otherwise the fitted scale is that of the whole bulk and an unmistakable match
 looks ordinary.
 
-The sequence stage (``boq_vpr.detection.sequence``) judges its hypotheses with the same tail
-test (``tail_p_value``), on sequence scores instead of single scores.
+The sequence stage (``boq_vpr.detection.sequence``) judges its hypotheses with the same
+tests (``judge``), on sequence scores instead of single scores.
 
 The exponential-tail and independence assumptions are approximations; the false-alarm rate they
-give is measured against the requested one in the README (``boq-vpr bench calibration``).
+give is measured against the requested one by map size in docs/detector.md
+(``boq-vpr bench loops --only calibration``).
 No library implements this for retrieval scores (scipy's ``genpareto`` fits need many more
 samples than a top-k list holds), so it is the few lines below.
 """
