@@ -73,8 +73,8 @@ class QueryRecord:
     seq: int                  # running number of the query
     stamp_ns: int
     descriptor: np.ndarray    # [D], L2-normalized
-    u: float                  # its background tail threshold
-    beta: float               # its background tail scale
+    u: float                  # its background level: the tail threshold (the mean in a small map)
+    beta: float               # its background scale: the tail scale (the spread in a small map)
     neutral: float            # the evidence a keyframe unrelated to it gives on average
     id_below: int | None      # map keyframes it could match have ids below this (None: any)
     seeds: np.ndarray         # its best matches' keyframe ids (best first)
