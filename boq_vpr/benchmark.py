@@ -30,6 +30,18 @@ def time_calls(fn: Callable[[], object], iterations: int, warmup: int = 2) -> li
     return out
 
 
+def current_rss_mib() -> float:
+    """Resident memory of this process now (VmRSS, MiB); NaN where /proc is absent."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float('nan')
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..benchmark import current_rss_mib, peak_rss_mib
 from ..errors import ConfigError
 from ..models.checkpoint import RANDOM_WEIGHTS
 from .bench_recall import DEFAULT_DATA, NORDLAND_HELD_OUT, load_frames, parse_model_spec
@@ -425,21 +426,9 @@ def run_tables(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------ helpers
 
 def rss_mb() -> float:
-    """The process's resident memory now (VmRSS), in MiB; the peak (ru_maxrss) where /proc is absent."""
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (ru_maxrss), in MiB."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """The process's resident memory now, in MiB; the peak where /proc is absent."""
+    now = current_rss_mib()
+    return now if math.isfinite(now) else peak_rss_mib()
 
 
 def percentiles(ms) -> dict:
@@ -819,7 +808,7 @@ def run(args: argparse.Namespace) -> int:
                                                    args.calibration_sources, encoder, args.data)
         results['calibration']['seconds_total'] = time.perf_counter() - t0
     results['provenance']['loadavg_end'] = list(os.getloadavg())
-    results['provenance']['peak_rss_mb'] = peak_rss_mb()
+    results['provenance']['peak_rss_mb'] = peak_rss_mib()
     results['wall_s'] = time.perf_counter() - t_start
     write_json(args.out, ev.as_jsonable(results))
     print(f'saved {args.out} ({results["wall_s"]:.0f} s)')

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ..benchmark import machine_info, peak_rss_mib, percentiles_ms
+from ..benchmark import current_rss_mib, machine_info, peak_rss_mib, percentiles_ms
 from ..errors import ConfigError
 from ..map_db import Keyframe, MapDatabase
 from .common import write_json
@@ -152,22 +152,11 @@ def time_single_queries(search: Callable[[np.ndarray], object], queries: np.ndar
     return out
 
 
-def _current_rss_mib() -> float:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float('nan')
-
-
 def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: str, opts: dict, k: int,
                   budget_s: float, save_load: bool = True, sweeps: dict | None = None) -> dict:
     sweeps = sweeps or {}
     gc.collect()
-    rss0 = _current_rss_mib()
+    rss0 = current_rss_mib()
     db = MapDatabase(source.d, 'bench', index_type, **opts)
     t0 = time.perf_counter()
     gen = 0.0
@@ -184,7 +173,7 @@ def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: st
         db.train()
     build = time.perf_counter() - t0 - gen
     index_bytes = db.memory_bytes() - db.ids().nbytes
-    rss1 = _current_rss_mib()
+    rss1 = current_rss_mib()
     lat = time_single_queries(lambda q: db.search(q, k), queries, budget_s)
     _, ids = db.search(queries, 1)
     recall = float(np.mean(ids[:, 0] == truth))
