@@ -348,15 +348,12 @@ class SequenceMatcher:
             ranked.append((int(ids[i]), float(scores[peak]), p, float(cosine[i])))
             if len(ranked) >= 16:
                 break
-        # the keyframe reported is the one of the winning stretch this query looks most like: the
-        # anchor or its neighbour (REFINE ids) with the higher cosine with the query
-        best = int(order[0])
-        near = np.flatnonzero((np.abs(ids - ids[best]) <= REFINE) & (segment == segment[best]))
-        if near.size > 1 and np.isfinite(cosine[near]).any():
-            best = int(near[np.nanargmax(cosine[near])])
+        # the keyframe reported is the winning place's first ranked entry (the anchor or the
+        # neighbour the query looks most like)
+        anchor, _, _, anchor_cosine = ranked[0]
         terms = aligned[keep][order[0], best_v[order[0]]]
-        return SequenceDecision(int(ids[best]), float(scores[order[0]]), verdict.p_value, L,
-                                float(self.speeds[best_v[order[0]]]), verdict.samples, float(cosine[best]),
+        return SequenceDecision(anchor, float(scores[order[0]]), verdict.p_value, L,
+                                float(self.speeds[best_v[order[0]]]), verdict.samples, anchor_cosine,
                                 tuple(int(m) for m in terms[terms >= 0]), ranked)
 
 
