@@ -89,7 +89,7 @@ setup(
         'console_scripts': [
             'boq-vpr = boq_vpr.cli:main',
             'boq_vpr = boq_vpr.cli:main',
-            'vpr_node = boq_vpr.node:main',
+            'vpr_node = boq_vpr.ros.node:main',
         ],
     },
 )

@@ -17,8 +17,8 @@ from pathlib import Path
 from .cli import main as cli_main
 from .commands.evaluate import _fmt
 from .errors import DatasetError
-from .images import list_images
-from .sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name, held_out_dir
+from .inputs.images import list_images
+from .inputs.sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name, held_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / 'config' / 'vpr.yaml'

@@ -28,7 +28,7 @@ def check_image(image: np.ndarray, what: str = 'image') -> np.ndarray:
         raise ImageError(f'{what}: expected a numpy array H x W x 3, got {type(image).__name__}')
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f'{what}: expected shape H x W x 3 (RGB), got {image.shape}; '
-                         'convert grayscale/RGBA/BGR first (boq_vpr.images.to_rgb8)')
+                         'convert grayscale/RGBA/BGR first (boq_vpr.inputs.images.to_rgb8)')
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f'{what}: empty image {image.shape}')
     if image.dtype == np.uint8:

@@ -242,7 +242,7 @@ def generated_places(n: int, size: tuple[int, int], seed: int = 0) -> tuple[list
 
 def folder_places(folder: Path, n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images of a folder, alternately database and query (no ground truth needed: parity only)."""
-    from boq_vpr.images import list_images, load_image
+    from boq_vpr.inputs.images import list_images, load_image
     files = list_images(folder, recursive=True)[:2 * n]
     if len(files) < 4:
         raise Skip(f'{folder}: fewer than 4 images')
@@ -623,7 +623,7 @@ def run_node_latency(plan: Plan, images: tuple[list, list], inference: dict, arg
     """Per-frame latency of the node's pipeline (Encoder batch 1 -> LoopClosureDetector) without DDS."""
     from boq_vpr.encoder import Encoder
     from boq_vpr.detection import DetectorConfig, LoopClosureDetector
-    from boq_vpr.map_db import MapDatabase
+    from boq_vpr.map import MapDatabase
     from boq_vpr.models import RANDOM_WEIGHTS
 
     res = inference.get('resnet50_16384')

@@ -37,7 +37,7 @@ def nordland_dir() -> Path:
 def heldout_dir() -> Path:
     """The shipped Nordland section (``boq_vpr/data/nordland_heldout``): summer/ and winter/, frames
     2400-3575 under their names in the whole set. Missing is an error, not a skip: it ships."""
-    from boq_vpr.sample_data import held_out_dir
+    from boq_vpr.inputs.sample_data import held_out_dir
     return held_out_dir()
 
 

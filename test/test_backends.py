@@ -15,7 +15,7 @@ from boq_vpr.backends.engine_cache import EngineKey, cached_onnx, read_engine_ke
 from boq_vpr.commands.verify import compare, parse_backend_spec
 from boq_vpr.encoder import Encoder
 from boq_vpr.errors import BackendError, ConfigError, ExportError, ImageError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.models import get_config
 
 MODEL = 'resnet18_1024'

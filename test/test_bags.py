@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from boq_vpr import bags
-from boq_vpr import ground_truth as gt
+from boq_vpr.inputs import bags
+from boq_vpr.inputs import ground_truth as gt
 from boq_vpr.cli import main as cli_main
 from boq_vpr.errors import BagError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 
 T0 = 1_700_000_000 * 1_000_000_000
 DT = 100_000_000
@@ -123,7 +123,7 @@ def test_undecodable_frame_is_skipped_and_counted(tmp_path, frames, caplog):
         w.write('/img/compressed', bags.COMPRESSED_IMAGE, T0 + DT, broken)
         w.add_image('/img/compressed', frames[1], T0 + 2 * DT, fmt='jpeg')
     report = bags.ReadReport()
-    with caplog.at_level(logging.WARNING, logger='boq_vpr.bags'):
+    with caplog.at_level(logging.WARNING, logger='boq_vpr.inputs.bags'):
         got = list(bags.iter_images(path, report=report))
     assert [g.index for g in got] == [0, 2]
     assert len(report.skipped) == 1 and report.skipped[0]['index'] == 1

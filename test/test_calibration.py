@@ -10,7 +10,7 @@ import pytest
 from boq_vpr.detection.calibration import background_peaks, significance
 from boq_vpr.errors import ConfigError
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
-from boq_vpr.map_db import MapDatabase
+from boq_vpr.map import MapDatabase
 
 
 def test_background_peaks_set_the_best_place_aside_and_count_each_place_once():
@@ -105,7 +105,7 @@ def test_empty_and_tiny_maps_leave_frames_undecided_and_outcomes_add_up():
 
 
 def test_relative_score_without_a_reference_is_undecided():
-    from boq_vpr.map_db import Keyframe
+    from boq_vpr.map import Keyframe
     det = LoopClosureDetector(MapDatabase(64, 'test'), DetectorConfig(mode='localization', relative_score=0.5, min_score=-1.0,
                                                                      false_alarm_rate=0.0, temporal_consistency=1))
     d = _stream(3)

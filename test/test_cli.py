@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from boq_vpr.cli import main
-from boq_vpr.images import list_images
+from boq_vpr.inputs.images import list_images
 from boq_vpr.models import build_model
 
 

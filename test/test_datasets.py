@@ -203,7 +203,7 @@ def test_image_list_dataset_uses_inference_preprocessing(tmp_path):
     ds = ImageListDataset(paths, Preprocessor((32, 64)))
     x, i = ds[1]
     assert x.shape == (3, 32, 64) and x.dtype == torch.float32 and i == 1
-    from boq_vpr.images import load_image
+    from boq_vpr.inputs.images import load_image
     ref = Preprocessor((32, 64)).to_tensor(load_image(paths[1]))[0]
     assert torch.equal(x, ref)
 
@@ -393,7 +393,7 @@ def test_make_train_set_bad_poses(tmp_path):
 
 def test_make_train_set_from_bags(tmp_path):
     """Two drives recorded as bags (images + odometry), the second with a zero pose stamp gap."""
-    from boq_vpr import bags
+    from boq_vpr.inputs import bags
     from training.make_train_set import Traversal as T
     paths = []
     for d, storage in enumerate(('sqlite3', 'mcap')):

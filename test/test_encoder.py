@@ -7,7 +7,7 @@ import pytest
 from boq_vpr.backends import backend_names, make_backend
 from boq_vpr.encoder import Encoder
 from boq_vpr.errors import BackendError, ConfigError, ImageError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.models import get_config
 
 

@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import pytest
 
-from boq_vpr import bags
+from boq_vpr.inputs import bags
 from boq_vpr import evaluation as ev
 from boq_vpr.cli import main as cli_main
 from boq_vpr.evaluation import Frames, build_map
-from boq_vpr.images import list_images
+from boq_vpr.inputs.images import list_images
 
 MODEL = ['--model', 'resnet18_1024', '--backend', 'torch', '--device', 'cpu', '--batch-size', '8']
 FIRST, COUNT, TOL = 200, 40, 2
@@ -280,7 +280,7 @@ def test_stamps_out_of_order_are_reordered_and_reported(nordland_bags, tmp_path)
                 _, msg = w.image_message(frames[i].rgb, stamps[i])
                 w.write('/camera/image_raw', bags.RAW_IMAGE, stamps[0] + n, msg)
         # ground truth: summer and winter frames at the same place share the frame index
-        from boq_vpr.ground_truth import write_table
+        from boq_vpr.inputs.ground_truth import write_table
         write_table(bags.ground_truth_sidecar(path), stamps, frames=[k % 5 for k in range(10)])
     args = ['--set', 'exclusion_frames=2', '--set', 'exclusion_time_s=0', '--frame-tolerance', '0', '--no-plots']
     m1 = _evaluate([str(shuffled), '--out', str(tmp_path / 'o1'), *args])

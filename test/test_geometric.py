@@ -10,9 +10,9 @@ import pytest
 
 from boq_vpr.errors import ConfigError
 from boq_vpr.detection.geometric import GeometricVerifier
-from boq_vpr.images import load_image
+from boq_vpr.inputs.images import load_image
 from boq_vpr.detection import DetectorConfig, LoopClosureDetector
-from boq_vpr.map_db import Keyframe, MapDatabase
+from boq_vpr.map import Keyframe, MapDatabase
 
 
 def perturb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

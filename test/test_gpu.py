@@ -13,7 +13,7 @@ import torch
 from boq_vpr.backends.capabilities import has_module
 from boq_vpr.encoder import Encoder
 from boq_vpr.errors import ExportError, ImageError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.models import get_config
 from conftest import NORDLAND
 
@@ -177,7 +177,7 @@ def test_tensorrt_int8_engine_key_follows_the_calibration_set(calibration_dir, t
     """Another calibration folder is another engine (the key holds the calibration digest), not the old one."""
     import shutil
     from boq_vpr.backends.tensorrt_backend import TensorRTBackend
-    from boq_vpr.images import list_images
+    from boq_vpr.inputs.images import list_images
     other = tmp_path / 'other'
     other.mkdir()
     for p in list_images(calibration_dir)[:16]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from boq_vpr.errors import ImageError
-from boq_vpr.images import decode_to_rgb8, load_image, raw_to_rgb8
+from boq_vpr.inputs.images import decode_to_rgb8, load_image, raw_to_rgb8
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 

@@ -134,7 +134,7 @@ def test_launch_description_builds_on_a_ros_install(tmp_path, monkeypatch):
 
 def test_setup_installs_the_node_the_launch_file_and_the_config():
     text = (ROOT / 'setup.py').read_text()
-    assert "'vpr_node = boq_vpr.node:main'" in text
+    assert "'vpr_node = boq_vpr.ros.node:main'" in text
     assert "glob('launch/*.launch.py')" in text and "glob('config/*.yaml')" in text
 
 

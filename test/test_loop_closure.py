@@ -10,7 +10,7 @@ import pytest
 from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.detection.keyframes import KeyframeSelector
 from boq_vpr.detection import DetectorConfig, FrameResult, LoopClosureDetector
-from boq_vpr.map_db import Keyframe, MapDatabase
+from boq_vpr.map import Keyframe, MapDatabase
 
 D = 256
 HZ = 10

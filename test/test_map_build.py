@@ -11,7 +11,7 @@ import pytest
 from boq_vpr.cli import main
 from boq_vpr.commands.build_map import parse_index_options, read_poses
 from boq_vpr.errors import ConfigError
-from boq_vpr.map_db import MapDatabase
+from boq_vpr.map import MapDatabase
 
 ARGS = ['--model', 'resnet18_1024', '--image-size', '32x64', '--backend', 'torch', '--device', 'cpu']
 
@@ -83,9 +83,9 @@ def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
 def test_build_from_bag_with_pose_topic(heldout_dir, tmp_path, capsys):
     """A bag's image topic becomes keyframes at the header stamps; poses come from the pose topic
     nearest in time (within --max-pose-dt), the descriptors equal encoding the frames directly."""
-    from boq_vpr import bags
+    from boq_vpr.inputs import bags
     from boq_vpr.commands.common import encoder_from_args
-    from boq_vpr.images import list_images, load_image
+    from boq_vpr.inputs.images import list_images, load_image
     frames = [load_image(f) for f in list_images(heldout_dir / 'summer')[:8]]
     bag = tmp_path / 'run1'
     t0, dt = 1_700_000_000 * 10**9, 100_000_000

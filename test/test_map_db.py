@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from boq_vpr.errors import ConfigError, MapError
-from boq_vpr.map_db import INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
+from boq_vpr.map import INDEX_TYPES, MANIFEST, Keyframe, MapDatabase
 from boq_vpr.map.index import GrowableArray, VectorIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ _WRITER = textwrap.dedent('''
     import os, sys, time
     import numpy as np
     import faiss
-    from boq_vpr.map_db import MapDatabase, Keyframe
+    from boq_vpr.map import MapDatabase, Keyframe
     path, pause = sys.argv[1], sys.argv[2]
     db = MapDatabase.load(path)
     if pause == 'data':

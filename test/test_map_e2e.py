@@ -16,9 +16,9 @@ import pytest
 
 from boq_vpr.cli import main
 from boq_vpr.encoder import Encoder
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.detection import DetectorConfig, LoopClosureDetector
-from boq_vpr.map_db import MapDatabase
+from boq_vpr.map import MapDatabase
 
 MODEL = 'resnet18_1024'
 SIZE = (32, 64)          # the frames' own size: with random weights, small inputs retrieve best

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from boq_vpr import ground_truth as gt
-from boq_vpr import metrics as m
+from boq_vpr.inputs import ground_truth as gt
+from boq_vpr.evaluation import metrics as m
 from boq_vpr.errors import BagError
 
 
@@ -156,7 +156,7 @@ def test_positive_matrix_by_distance_and_by_frame():
 
 
 def test_interpolation_and_nearest_labels():
-    from boq_vpr.poses import lookup_poses
+    from boq_vpr.inputs.poses import lookup_poses
     t = np.array([0, 10, 20], np.int64)
     p = np.array([[0, 0, 0], [10, 0, 0], [10, 10, 0]], float)
     out = lookup_poses(t, p, np.array([5, 10, 15, 25, 100]), max_dt_ns=10).positions

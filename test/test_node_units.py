@@ -20,7 +20,7 @@ from boq_vpr.ros.stats import LatencyWindow, PipelineStats, RateMeter, Throttle
 
 @pytest.fixture(scope='module')
 def frame(heldout_dir) -> np.ndarray:
-    from boq_vpr.images import list_images, load_image
+    from boq_vpr.inputs.images import list_images, load_image
     return load_image(list_images(heldout_dir / 'summer')[500])
 
 
@@ -124,7 +124,7 @@ def test_compressed_images_and_their_rejections(frame):
 @pytest.mark.parametrize('ext', ['.png', '.jpg'])
 def test_huge_compressed_images_are_refused_from_their_header(ext):
     """A small file declaring 72 Mpx is refused before decoding; a large frame under the limit decodes."""
-    from boq_vpr.images import MAX_IMAGE_PIXELS
+    from boq_vpr.inputs.images import MAX_IMAGE_PIXELS
     ok, huge = cv2.imencode(ext, np.zeros((9000, 8000), np.uint8))
     assert ok and 9000 * 8000 > MAX_IMAGE_PIXELS and huge.nbytes < 2_000_000
     with pytest.raises(FrameRejected) as err:

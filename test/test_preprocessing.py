@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from boq_vpr.errors import ImageError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessor, target_size
 
 # Measured max absolute difference against torchvision: 0 (same kernel); the bound leaves room

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from boq_vpr import bags
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs import bags
+from boq_vpr.inputs.images import list_images, load_image
 
 T0 = 1_700_000_000 * 1_000_000_000
 DT = 50_000_000

@@ -66,7 +66,7 @@ def _adapt_batchnorm(path: Path, images: list[np.ndarray]) -> None:
 @pytest.fixture(scope='module')
 def world(heldout_dir: Path, tmp_path_factory) -> World:
     from boq_vpr.encoder import Encoder
-    from boq_vpr.images import list_images, load_image
+    from boq_vpr.inputs.images import list_images, load_image
     files = list_images(heldout_dir / 'summer')
     weights = tmp_path_factory.mktemp('weights') / 'resnet18_1024_nordland_bn.pth'
     _adapt_batchnorm(weights, [load_image(f) for f in files[5::40]])
@@ -384,7 +384,7 @@ def saved_map(slam: Session, world: World, tmp_path_factory):
 
 
 def test_services_save_set_mapping_and_clear(slam: Session, world: World, saved_map):
-    from boq_vpr.map_db import MapDatabase
+    from boq_vpr.map import MapDatabase
     path, _, size = saved_map
     reloaded = MapDatabase.load(path)
     assert len(reloaded) == size > 0
@@ -605,7 +605,7 @@ def _start_unconfigured(folder: Path, params: dict, domain: int) -> Session:
 
 
 def test_lifecycle_transitions_drive_the_node_and_shutdown_saves_the_map(world: World, tmp_path: Path):
-    from boq_vpr.map_db import MapDatabase
+    from boq_vpr.map import MapDatabase
     (tmp_path / 'ok').mkdir()
     (tmp_path / 'bad').mkdir()
     good = _base_params(world, tmp_path / 'ok') | {'autostart': False, 'map.save_on_shutdown': True}
@@ -658,7 +658,7 @@ def test_lifecycle_transitions_drive_the_node_and_shutdown_saves_the_map(world: 
 # start-up and shutdown
 
 def test_shutdown_saves_the_map(slam: Session):
-    from boq_vpr.map_db import MapDatabase
+    from boq_vpr.map import MapDatabase
     size = slam.n('map_size')
     assert slam.proc.stop() == 0
     assert 'saved the map on shutdown' in slam.proc.log()

@@ -16,7 +16,7 @@ from boq_vpr.encoder import Encoder
 from boq_vpr.errors import CheckpointError
 from boq_vpr.models import build_model, load_weights, resolve_weights, shipped_weights
 from boq_vpr.models import checkpoint
-from boq_vpr.pixel_baseline import pixel_descriptors
+from boq_vpr.evaluation.pixel_baseline import pixel_descriptors
 
 NAME = 'resnet18_nordland'
 # Held-out section (training/nordland.py), every 4th frame: 294 winter queries, 294 summer map frames.

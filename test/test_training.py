@@ -188,7 +188,7 @@ def tiny_config(root: Path, out: Path, **trainer) -> TrainConfig:
 
 def test_train_on_nordland_loss_down_recall_up_weights_load_into_encoder(nordland_sets, tmp_path):
     from boq_vpr.encoder import Encoder
-    from boq_vpr.images import load_image
+    from boq_vpr.inputs.images import load_image
     from training.run import TrainingRun
     from training.valsets import ValSetConfig, load_valset
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from boq_vpr.errors import DatasetError
-from boq_vpr.images import load_image
+from boq_vpr.inputs.images import load_image
 
 log = logging.getLogger(__name__)
 

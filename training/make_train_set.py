@@ -5,7 +5,7 @@ Input: one or more traversals, each either
 - an image folder and a poses CSV with a header and the columns ``image`` (file name relative to
   the folder) and either ``x,y`` (metres, any fixed frame) or ``lat,lon`` (WGS84 degrees),
   optionally ``yaw`` / ``heading`` (degrees) and ``stamp`` (seconds); or
-- a bag (rosbag2 or ROS 1, read with ``boq_vpr.bags``): an image topic and a pose topic
+- a bag (rosbag2 or ROS 1, read with ``boq_vpr.inputs.bags``): an image topic and a pose topic
   (Odometry / PoseStamped / PoseWithCovarianceStamped, metres), the pose interpolated to each
   image stamp, the yaw taken from the orientation.
 
@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 
 from boq_vpr.errors import ConfigError, DatasetError, ImageError
-from boq_vpr.images import load_image
+from boq_vpr.inputs.images import load_image
 
 from .gsv import COLUMNS, image_name
 
@@ -119,8 +119,8 @@ def yaw_degrees(q: Sequence[float]) -> float:
 def read_bag_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
     """Frames of a bag traversal: image stamps with interpolated positions (metres, 'xy').
     Images without a pose within ``max_pose_gap_s`` are left out with a warning."""
-    from boq_vpr import bags
-    from boq_vpr.poses import lookup_poses
+    from boq_vpr.inputs import bags
+    from boq_vpr.inputs.poses import lookup_poses
     poses = sorted(bags.read_poses(t.bag, t.pose_topic), key=lambda p: p.stamp_ns)
     if not poses:
         raise DatasetError(f'{t.bag}: the pose topic has no messages')
@@ -288,7 +288,7 @@ def _write_images(traversals: Sequence[Traversal], frames: list[Frame], targets:
         t = traversals[ti]
         if t.bag is None:
             continue
-        from boq_vpr import bags
+        from boq_vpr.inputs import bags
         for im in bags.iter_images(t.bag, t.image_topic, decode=True, every=t.every):
             out = wanted.pop(im.index, None)
             if out is not None:

@@ -1,5 +1,5 @@
 """Validation retrieval: top-k search and recall@k through the project's one recall function
-(``boq_vpr.metrics.recall_at_k``: queries without a true match are left out)."""
+(``boq_vpr.evaluation.metrics.recall_at_k``: queries without a true match are left out)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,7 +7,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from boq_vpr.metrics import recall_at_k
+from boq_vpr.evaluation.metrics import recall_at_k
 
 DEFAULT_K = (1, 5, 10)
 

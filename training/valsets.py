@@ -15,7 +15,7 @@
   ``images/<key>.jpg``; cities ``cph`` and ``sf`` (MSLS-val); positives within 25 m, queries
   without a positive are left out, as in the official MSLS evaluation.
 
-Recall@k of every layout goes through ``boq_vpr.metrics.recall_at_k`` (``training.metrics.recalls``).
+Recall@k of every layout goes through ``boq_vpr.evaluation.metrics.recall_at_k`` (``training.metrics.recalls``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from boq_vpr.errors import ConfigError, DatasetError, ImageError
-from boq_vpr.images import list_images, load_image
+from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.preprocessing import Preprocessor
 
 from .config import ValSetConfig

@@ -51,7 +51,7 @@ def check_input(batch: torch.Tensor | np.ndarray, image_size: tuple[int, int] | 
 
 def folder_digest(folder: Path) -> str:
     """Hash of a folder's image file names and sizes (identifies a calibration set)."""
-    from ..images import list_images
+    from ..inputs.images import list_images
     h = hashlib.sha256()
     for p in list_images(folder, recursive=True):
         h.update(f'{p.relative_to(folder)}:{p.stat().st_size};'.encode())
@@ -62,7 +62,7 @@ def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, 
               max_images: int = 64) -> Path:
     """The INT8 copy of ``fp32_onnx`` calibrated on a folder of images (cached by folder content)."""
     from ..export import calibration_batches, quantize_int8
-    from ..images import list_images, load_image
+    from ..inputs.images import list_images, load_image
     from ..preprocessing import Preprocessor
     folder = Path(calibration)
     files = list_images(folder, recursive=True)

@@ -413,7 +413,7 @@ def _calibration_batches(config: ModelConfig, folder: Path, max_images: int = CA
                          batch_size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
     """Preprocessed calibration batches of exactly ``batch_size`` images (a shorter last batch is dropped)."""
     from ..export import calibration_batches
-    from ..images import list_images, load_image
+    from ..inputs.images import list_images, load_image
     from ..preprocessing import Preprocessor
     files = list_images(folder, recursive=True)
     files = files[::max(1, len(files) // max_images)][:max_images]

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.capabilities import cpu_supports_bf16, physical_cores
-from ..benchmark import machine_info, peak_rss_mib, percentiles_ms
-from ..images import list_images, load_image
+from ..evaluation.benchmark import machine_info, peak_rss_mib, percentiles_ms
+from ..inputs.images import list_images, load_image
 from ..models.config import MODEL_CONFIGS
 from ..errors import ConfigError
 from .common import size_arg, write_json

@@ -65,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmark import current_rss_mib, peak_rss_mib
+from ..evaluation.benchmark import current_rss_mib, peak_rss_mib
 from ..errors import ConfigError
 from ..models.checkpoint import RANDOM_WEIGHTS
 from .bench_recall import DEFAULT_DATA, NORDLAND_HELD_OUT, load_frames, parse_model_spec
@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _frames(descriptors: np.ndarray, stamps_s: np.ndarray, places: np.ndarray, name: str, fingerprint: str):
     from ..evaluation import Frames
-    from ..ground_truth import GroundTruth
+    from ..inputs.ground_truth import GroundTruth
     n = len(descriptors)
     return Frames(np.ascontiguousarray(descriptors, np.float32), np.round(np.asarray(stamps_s) * 1e9).astype(np.int64),
                   np.arange(n), ['camera'] * n, name, '/camera/image_raw', fingerprint,
@@ -305,7 +305,7 @@ def run_setting(frames, config, tolerance: int = 2) -> dict:
     recall and the outcome of every frame. ``tolerance``: a match is correct within this many
     ground-truth frame (or place) numbers."""
     from .. import evaluation as ev
-    from ..ground_truth import Criterion
+    from ..inputs.ground_truth import Criterion
     run = ev.run_slam(frames, config, k=1, retrieval=False, progress=False)
     scored = ev.score_run(run, frames, frames, Criterion(frame_tolerance=tolerance, by='frame'), ks=(1,))
     op = scored.metrics['operating_point']

@@ -28,9 +28,9 @@ import faiss
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ..benchmark import current_rss_mib, machine_info, peak_rss_mib, percentiles_ms
+from ..evaluation.benchmark import current_rss_mib, machine_info, peak_rss_mib, percentiles_ms
 from ..errors import ConfigError
-from ..map_db import Keyframe, MapDatabase
+from ..map import Keyframe, MapDatabase
 from .common import write_json
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmark import machine_info
+from ..evaluation.benchmark import machine_info
 from ..errors import BoqVprError
 from ..models.config import MODEL_CONFIGS
 from .common import write_json
@@ -61,7 +61,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _build_map(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
     from ..encoder import Encoder
-    from ..images import list_images, load_image
+    from ..inputs.images import list_images, load_image
     from ..map import Keyframe, MapDatabase
     files = list_images(args.map_images)[:args.map_size]
     if not files:
@@ -159,7 +159,7 @@ def _run_rate(args: argparse.Namespace, rate: float, map_path: Path, queries: li
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..images import list_images, load_image
+    from ..inputs.images import list_images, load_image
     domain = args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100
     queries = [load_image(f) for f in list_images(args.query_images)[:args.map_size]]
     if not queries:

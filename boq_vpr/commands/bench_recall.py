@@ -1,6 +1,6 @@
 """``boq-vpr bench recall``: recall@1/5/10 of frame-aligned traversals (winter queries against the
 summer map, a query's true matches within ``--tolerance`` frames), for several models and the
-pixel baseline (``boq_vpr.pixel_baseline``) measured in the same run on the same frames.
+pixel baseline (``boq_vpr.evaluation.pixel_baseline``) measured in the same run on the same frames.
 
 Default: the Nordland frames held out from the training of ``resnet18_nordland`` (2400-3575), the
 shipped model, the untrained model of the same configuration, and the baseline::
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..images import load_image
-from ..metrics import recall_at_k, retrieval_hits
+from ..inputs.images import load_image
+from ..evaluation.metrics import recall_at_k, retrieval_hits
 from ..models.checkpoint import RANDOM_WEIGHTS
 from ..models.config import MODEL_CONFIGS
-from ..sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name
+from ..inputs.sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name
 from .common import write_json
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def load_frames(folder: Path, frames: range) -> list[np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     from ..encoder import Encoder
-    from ..pixel_baseline import DEFAULT_PATCH, DEFAULT_SIZE, pixel_descriptors
+    from ..evaluation.pixel_baseline import DEFAULT_PATCH, DEFAULT_SIZE, pixel_descriptors
     if args.every < 1 or args.tolerance < 0:
         raise ConfigError('--every must be >= 1 and --tolerance >= 0')
     frames = args.frames[::args.every]

@@ -8,7 +8,7 @@ stamps, keyframe ``i`` gets the stamp ``i / --rate`` seconds.
 
 Bags (rosbag2 directory, ``.db3``/``.mcap`` file, ROS 1 ``.bag``): every image of ``--topic``
 becomes a keyframe at its header stamp; ``--pose-topic`` (Odometry, PoseStamped or
-PoseWithCovarianceStamped) gives each keyframe its pose at the image stamp (``boq_vpr.poses``: interpolated
+PoseWithCovarianceStamped) gives each keyframe its pose at the image stamp (``boq_vpr.inputs.poses``: interpolated
 between the two poses around it when both are within ``--max-pose-dt``, else the nearest within it),
 as the node does with odometry.
 """
@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import bags
+from ..inputs import bags
 from ..errors import ConfigError, ImageError, MapError
-from ..images import list_images
+from ..inputs.images import list_images
 from ..values import NS_PER_S
 from ..map import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
 from .common import add_encoder_args, encoder_from_args, write_json
@@ -241,7 +241,7 @@ def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, di
 def _add_bag(args: argparse.Namespace, encoder, db: MapDatabase, session: str) -> dict:
     """Encode the images of one bag topic into ``db``, with poses from ``--pose-topic``."""
     from ..evaluation import read_frames
-    from ..poses import lookup_poses
+    from ..inputs.poses import lookup_poses
     frames = read_frames(args.folder, encoder, args.topic, keep_images=args.thumbnails)
     n = len(frames)
     pose_of = np.full(n, -1, np.int64)

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ImageError
-from ..images import list_images, load_image
+from ..inputs.images import list_images, load_image
 from .common import add_encoder_args, encoder_from_args, write_json
 
 log = logging.getLogger(__name__)

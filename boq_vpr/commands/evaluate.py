@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import evaluation as ev
-from .. import metrics as mt
-from .. import plots
-from ..bags import STAMP_SOURCES
+from ..evaluation import metrics as mt
+from ..evaluation import plots
+from ..inputs.bags import STAMP_SOURCES
 from ..errors import BagError, ConfigError
-from ..ground_truth import CRITERIA, Criterion, from_poses
+from ..inputs.ground_truth import CRITERIA, Criterion, from_poses
 from .common import add_encoder_args, encoder_from_args, write_json
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _frames(args, lazy: _LazyEncoder, bag: Path | None, topic: str | None, gt_sp
                                 max_frames=args.max_frames, keep_images=keep_images)
         frames.gt = ev.ground_truth_for(bag, frames.stamps_ns, gt_spec, args.gt_max_dt)
     if args.odom_topic:
-        from ..bags import read_poses
+        from ..inputs.bags import read_poses
         src = bag or Path(frames.source)
         frames.odom = from_poses(read_poses(src, args.odom_topic), frames.stamps_ns, args.gt_max_dt,
                                  source=f'{src}:{args.odom_topic}').positions
@@ -262,7 +262,7 @@ def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Fr
         else:
             positives = []
             if scored.has_positive is not None:
-                from ..ground_truth import positive_matrix
+                from ..inputs.ground_truth import positive_matrix
                 crit = Criterion(frame_tolerance=metrics['ground_truth_frame_tolerance'], by='frame')
                 pm = positive_matrix(queries.gt.subset(scored.query_index), map_frames.gt, crit, 'frame')
                 pm &= ev.eligible_mask(run)[np.searchsorted(run.query_index, scored.query_index)]

@@ -21,10 +21,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..values import NS_PER_S
-from ..bags import IMAGE_FORMATS, STORAGES, BagWriter, ground_truth_sidecar, list_topics
+from ..inputs.bags import IMAGE_FORMATS, STORAGES, BagWriter, ground_truth_sidecar, list_topics
 from ..errors import BagError, ConfigError, ImageError
-from ..ground_truth import write_table
-from ..images import list_images, load_image
+from ..inputs.ground_truth import write_table
+from ..inputs.images import list_images, load_image
 
 FRAME_INDEX = ('order', 'filename')
 

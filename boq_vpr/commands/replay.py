@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from ..bags import STORAGES
+from ..inputs.bags import STORAGES
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from ..replay import BagPlayer, parse_remaps
+        from ..ros.replay import BagPlayer, parse_remaps
     except ImportError as err:
         raise ConfigError(f'boq-vpr replay needs rclpy ({err}): source a ROS 2 install, or pip install '
                           "'boq_vpr[ros]' on a machine without one") from None

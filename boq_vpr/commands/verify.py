@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _sample(folder: Path, limit: int) -> list[Path]:
-    from ..images import list_images
+    from ..inputs.images import list_images
     files = list_images(folder)
     if not files:
         raise ImageError(f'no images in {folder}')
@@ -105,7 +105,7 @@ def compare(reference: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, n
 
 def run(args: argparse.Namespace) -> int:
     from ..encoder import Encoder
-    from ..images import load_image
+    from ..inputs.images import load_image
     specs = [parse_backend_spec(s) for s in args.backends]
     db_images = [load_image(p) for p in _sample(args.database, args.limit)]
     q_images = [load_image(p) for p in _sample(args.queries, args.limit)]

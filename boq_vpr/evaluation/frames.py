@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .. import bags
-from .. import ground_truth as gtm
+from ..inputs import bags
+from ..inputs import ground_truth as gtm
 from ..errors import BagError, ConfigError
-from ..ground_truth import GroundTruth
-from ..images import decode_to_rgb8
+from ..inputs.ground_truth import GroundTruth
+from ..inputs.images import decode_to_rgb8
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import bags
-from .. import ground_truth as gtm
+from ..inputs import bags
+from ..inputs import ground_truth as gtm
 from ..errors import BagError
 from ..detection import CANDIDATE_COLUMNS
 from ..values import NS_PER_S

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..ground_truth import GroundTruth
+from ..inputs.ground_truth import GroundTruth
 from ..detection import DetectorConfig, FrameResult, LoopClosureDetector
 from ..map import Keyframe, MapDatabase
 from ..pipeline import FramePipeline

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .. import ground_truth as gtm
-from .. import metrics as mt
+from ..inputs import ground_truth as gtm
+from . import metrics as mt
 from ..errors import ConfigError
-from ..ground_truth import Criterion
+from ..inputs.ground_truth import Criterion
 from ..detection import DetectorConfig
 from .frames import Frames, latency_summary
 from .runs import Run

@@ -288,12 +288,12 @@ class VprClient:
 
 
 class NodeProcess:
-    """``vpr_node`` as a separate process (``python -m boq_vpr.node``) in its own ROS domain."""
+    """``vpr_node`` as a separate process (``python -m boq_vpr.ros.node``) in its own ROS domain."""
 
     def __init__(self, domain_id: int, params_file: str | Path | None = None, params: dict[str, Any] | None = None,
                  log_path: str | Path | None = None, ros_args: Sequence[str] = (),
                  env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, '-m', 'boq_vpr.node', '--ros-args']
+        cmd = [sys.executable, '-m', 'boq_vpr.ros.node', '--ros-args']
         if params_file is not None:
             cmd += ['--params-file', str(params_file)]
         for key, value in (params or {}).items():

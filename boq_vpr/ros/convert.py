@@ -2,7 +2,7 @@
 
 A malformed message raises ``FrameRejected`` whose ``reason`` names the problem (the node counts
 rejections per reason); it never raises anything else for bad input. Raw images go through
-cv_bridge when it is installed (a ROS install), else through ``boq_vpr.images.raw_to_rgb8``, and,
+cv_bridge when it is installed (a ROS install), else through ``boq_vpr.inputs.images.raw_to_rgb8``, and,
 for the encodings only rosbags-image knows (YUV, 16-bit Bayer, 16-bit RGBA), through rosbags-image.
 Compressed images are decoded with OpenCV (what cv_bridge does too) after a signature check, so a
 truncated JPEG is rejected instead of decoded into a half-grey image.
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..values import NS_PER_S
-from ..images import (SUPPORTED_ENCODINGS, ImageTooLarge, array_to_rgb8, check_image_size, decode_to_rgb8,
+from ..inputs.images import (SUPPORTED_ENCODINGS, ImageTooLarge, array_to_rgb8, check_image_size, decode_to_rgb8,
                       encoding_layout, raw_to_rgb8)
 
 log = logging.getLogger(__name__)

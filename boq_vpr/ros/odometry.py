@@ -1,10 +1,10 @@
-"""Odometry input: checked poses into a ``PoseBuffer``, looked up by image stamp (``boq_vpr.poses``)."""
+"""Odometry input: checked poses into a ``PoseBuffer``, looked up by image stamp (``boq_vpr.inputs.poses``)."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from ..poses import PoseBuffer
+from ..inputs.poses import PoseBuffer
 from ..values import NS_PER_S, ns_to_sec
 from .convert import FrameRejected, stamp_to_ns
 

@@ -137,7 +137,7 @@ def _node_parameters() -> list[ParamSpec]:
         # input
         P('image_transport', 'raw', 'raw: subscribe `image` (sensor_msgs/Image); compressed: subscribe '
           '`image/compressed` (sensor_msgs/CompressedImage)', ('raw', 'compressed'), read_only=True),
-        P('converter', 'auto', 'image conversion: cv_bridge, builtin (boq_vpr.images / rosbags-image), or '
+        P('converter', 'auto', 'image conversion: cv_bridge, builtin (boq_vpr.inputs.images / rosbags-image), or '
           'auto (cv_bridge when installed)', CONVERTERS, read_only=True),
         P('use_odom', False, 'subscribe `odom` (nav_msgs/Odometry) and give keyframes the pose at their stamp',
           read_only=True),

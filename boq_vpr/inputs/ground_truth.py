@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import BagError, ConfigError
+from ..errors import BagError, ConfigError
 from .poses import lookup_poses
-from .values import NS_PER_S
+from ..values import NS_PER_S
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def nearest_labels(stamps_ns: np.ndarray, sample_ns: np.ndarray, labels: np.ndar
 
 def from_poses(samples: Sequence, stamps_ns: np.ndarray, max_gap_s: float = 0.5,
                source: str = 'pose topic') -> GroundTruth:
-    """Ground truth from pose samples (``boq_vpr.bags.PoseSample``) interpolated to image stamps."""
+    """Ground truth from pose samples (``boq_vpr.inputs.bags.PoseSample``) interpolated to image stamps."""
     samples = sorted(samples, key=lambda s: s.stamp_ns)
     t = np.array([s.stamp_ns for s in samples], np.int64)
     p = np.array([s.position for s in samples], np.float64).reshape(-1, 3)
@@ -273,7 +273,7 @@ def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
 
 def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,
                label_max_dt_s: float = 0.001) -> GroundTruth:
-    """Ground truth at image stamps from a table matched by time: positions by ``boq_vpr.poses``
+    """Ground truth at image stamps from a table matched by time: positions by ``boq_vpr.inputs.poses``
     (interpolated between the rows around a stamp when both are within ``max_dt_s``, else the nearest
     row within it), frame indices from the nearest
     row within ``label_max_dt_s`` (frame indices belong to one image: they are not interpolated)."""

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 # Nordland frames resnet18_nordland never saw in training (training/nordland.py)
 NORDLAND_HELD_OUT = range(2400, 3576)
 SEASONS = ('summer', 'winter')
-HELD_OUT_DIR = Path(__file__).resolve().parent / 'data' / 'nordland_heldout'
+HELD_OUT_DIR = Path(__file__).resolve().parents[1] / 'data' / 'nordland_heldout'
 
 
 def frame_name(index: int) -> str:

@@ -2,7 +2,7 @@
 ``/clock``, and record chosen topics (e.g. the node's outputs) into a new bag while it plays.
 
 Messages are published as the serialized bytes stored in the bag (ROS 1 bags are converted to
-ROS 2 CDR first), so nothing is re-encoded. Bag reading and writing go through ``boq_vpr.bags``.
+ROS 2 CDR first), so nothing is re-encoded. Bag reading and writing go through ``boq_vpr.inputs.bags``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from . import bags
-from .errors import BagError, ConfigError
-from .values import NS_PER_S
+from ..inputs import bags
+from ..errors import BagError, ConfigError
+from ..values import NS_PER_S
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Reads rosbag2 (sqlite3 and mcap, a bag directory or a single ``.db3``/``.mcap`` file) and ROS 1
 ``.bag`` files: topic listing, image messages (``sensor_msgs/Image`` and ``CompressedImage``)
-as ``(stamp_ns, RGB uint8)`` through ``boq_vpr.images``, and poses (``nav_msgs/Odometry``,
+as ``(stamp_ns, RGB uint8)`` through ``boq_vpr.inputs.images``, and poses (``nav_msgs/Odometry``,
 ``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped``). Writes rosbag2 (sqlite3, mcap)
 and ROS 1 bags of images, poses and any standard message. This is the one bag module: the
 evaluator, the replay tool, ``make-bag`` and the training data builders all go through it.
@@ -21,9 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import BagError, ImageError
+from ..errors import BagError, ImageError
 from .images import decode_to_rgb8, raw_to_rgb8
-from .values import NS_PER_S
+from ..values import NS_PER_S
 
 log = logging.getLogger(__name__)
 

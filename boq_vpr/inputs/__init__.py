@@ -1,0 +1,3 @@
+"""What comes in: image files and messages as RGB (``images``), rosbag2 and ROS 1 bags (``bags``),
+poses looked up by stamp (``poses``), ground truth for evaluation (``ground_truth``) and the Nordland
+frames that ship with the package (``sample_data``)."""
