@@ -1,7 +1,9 @@
-"""Units and value parsing shared by every module (defined once here)."""
+"""Units, value parsing and file digests shared by every module (defined once here)."""
 from __future__ import annotations
 
+import hashlib
 import numbers
+from pathlib import Path
 from typing import Any
 
 NS_PER_S = 1_000_000_000
@@ -12,6 +14,31 @@ _BOOL_WORDS = {'true': True, 'false': False, '1': True, '0': False, 'yes': True,
 def ns_to_sec(stamp_ns: int) -> float:
     """A stamp in integer nanoseconds as float seconds (the unit of ``~/loop_closure``)."""
     return stamp_ns / NS_PER_S
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """A ROS time (``builtin_interfaces/Time``: ``sec``, ``nanosec``) as integer nanoseconds.
+
+    ValueError when ``nanosec`` is outside [0, 1e9), as a malformed message can have it.
+    """
+    sec, nsec = int(stamp.sec), int(stamp.nanosec)
+    if nsec < 0 or nsec >= NS_PER_S:
+        raise ValueError(f'stamp nanosec {nsec} outside [0, 1e9)')
+    return sec * NS_PER_S + nsec
+
+
+def ns_to_stamp(ns: int) -> tuple[int, int]:
+    """Integer nanoseconds as ``(sec, nanosec)``."""
+    return int(ns) // NS_PER_S, int(ns) % NS_PER_S
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (weights, ONNX files, map files)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def parse_bool(name: str, value: Any) -> bool:
