@@ -1,5 +1,6 @@
-"""A loop-closure threshold from the map's own scores: how unlikely is the best match if the query
-has no true match in the map?
+"""A loop-closure threshold from the map's own scores.
+
+How unlikely is the best match if the query has no true match in the map?
 
 A fixed cosine threshold means something different for every model, input size and environment.
 Instead, the user asks for a false-alarm rate per query (``false_alarm_rate``, e.g. 0.001), and
@@ -72,8 +73,11 @@ class Significance:
 
 
 def place_peaks(ids: np.ndarray, radius: int) -> np.ndarray:
-    """Indices of the peaks of ``ids`` (ordered best first): each is more than ``radius`` ids from
-    every better peak, so neighbouring keyframes of one place count once."""
+    """Return the indices of the peaks of ``ids`` (ordered best first).
+
+    Each is more than ``radius`` ids from every better peak, so neighbouring keyframes of one place
+    count once.
+    """
     taken: set[int] = set()
     keep = []
     span = range(-int(radius), int(radius) + 1)
@@ -85,8 +89,11 @@ def place_peaks(ids: np.ndarray, radius: int) -> np.ndarray:
 
 
 def background_peaks(scores: np.ndarray, ids: np.ndarray, radius: int) -> np.ndarray:
-    """Scores of the background peaks: retrieved keyframes more than ``radius`` ids from the best
-    one and from every better-scored peak (``scores`` best first; ``ids`` -1 for padding)."""
+    """Return the scores of the background peaks.
+
+    These are the retrieved keyframes more than ``radius`` ids from the best one and from every
+    better-scored peak (``scores`` best first; ``ids`` -1 for padding).
+    """
     scores = np.asarray(scores, np.float64).ravel()
     ids = np.asarray(ids, np.int64).ravel()
     assert scores.shape == ids.shape, 'scores and ids must have the same length'
@@ -105,7 +112,8 @@ def tail_size(peaks: int, eligible: int | None, radius: int, min_samples: int) -
     most of the background (a map of 100 keyframes retrieved 50 deep puts the lowest peak near the
     median, and a tail fitted there is far too heavy). So the tail is capped at ``TAIL_FRACTION``
     of the eligible places (``eligible`` keyframes, one place per ``radius + 1`` ids), and never
-    below ``min_samples``. ``eligible`` None: the map size is unknown, every peak is tail."""
+    below ``min_samples``. ``eligible`` None: the map size is unknown, every peak is tail.
+    """
     if eligible is None:
         return peaks
     places = max(1, int(eligible) // (int(radius) + 1))
@@ -113,15 +121,18 @@ def tail_size(peaks: int, eligible: int | None, radius: int, min_samples: int) -
 
 
 def tail_p_value(best: float, tail: np.ndarray) -> tuple[float, float, float]:
-    """(p, excess, beta): the probability that the best of ``n = len(tail)`` background places
-    exceeds the tail threshold ``u`` (the last of ``tail``, best first) by at least ``best - u``.
+    """Return (p, excess, beta) for ``best`` against the upper tail of the background.
+
+    ``p``: the probability that the best of ``n = len(tail)`` background places exceeds the tail
+    threshold ``u`` (the last of ``tail``, best first) by at least ``best - u``.
 
     The scale ``beta`` is the mean exceedance of the other ``m = n - 1`` tail samples over ``u``
     (exponential by the memoryless property), and the scale's own uncertainty is kept: one
     background place exceeds ``u`` by ``x beta`` with probability ``(1 + x/m)^-m`` (an exponential
     with an estimated scale; the exponential itself for large ``m``), so a match far out of a
     background of a few places is significant, as it should be, where a scale fitted with the
-    best match included would cap the significance of anything at about ``n e^-n``."""
+    best match included would cap the significance of anything at about ``n e^-n``.
+    """
     n = int(tail.size)
     m = n - 1
     u = float(tail[-1])
@@ -142,11 +153,14 @@ def tail_p_value(best: float, tail: np.ndarray) -> tuple[float, float, float]:
 
 
 def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float, float, float]:
-    """(p, z, mean, std): the probability that the best of ``n = len(background) + 1`` places
-    scores at least ``best`` when ``background`` holds every other place of the map (a small map,
-    searched completely). The whole background is known, so its mean and spread are measured, not
+    """Return (p, z, mean, std) for ``best`` against the whole background of a small map.
+
+    ``p``: the probability that the best of ``n = len(background) + 1`` places scores at least
+    ``best`` when ``background`` holds every other place of the map (a small map, searched
+    completely). The whole background is known, so its mean and spread are measured, not
     extrapolated from a few tail samples; Student's t with ``COMPLETE_DOF`` degrees of freedom, a
-    little heavier-tailed than a Gaussian, gives each place's chance of standing out ``z`` spreads."""
+    little heavier-tailed than a Gaussian, gives each place's chance of standing out ``z`` spreads.
+    """
     n = int(background.size) + 1
     mean = float(np.mean(background))
     std = float(np.std(background, ddof=1)) if background.size > 1 else 0.0
@@ -161,9 +175,11 @@ def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float,
 
 def judge(best: float, background: np.ndarray, eligible: int | None, complete: bool, radius: int,
           min_samples: int) -> Significance | None:
-    """The significance of ``best`` against its background peaks (best first): from every other
-    place when the background is ``complete``, else from the upper tail (``tail_size``);
-    None when fewer than ``min_samples`` peaks exist."""
+    """Return the significance of ``best`` against its background peaks (best first).
+
+    It is judged from every other place when the background is ``complete``, else from the upper
+    tail (``tail_size``); None when fewer than ``min_samples`` peaks exist.
+    """
     if background.size < max(2, min_samples):
         return None
     if complete:
@@ -177,12 +193,15 @@ def judge(best: float, background: np.ndarray, eligible: int | None, complete: b
 
 def significance(scores: np.ndarray, ids: np.ndarray, radius: int,
                  min_samples: int = DEFAULT_MIN_SAMPLES, eligible: int | None = None) -> Significance | None:
-    """The significance of the best of ``scores`` (one query's search result, best first) against
-    the other retrieved keyframes; None when fewer than ``min_samples`` background peaks exist.
+    """Return the significance of the best of ``scores`` against the other retrieved keyframes.
+
+    ``scores`` is one query's search result, best first. None when fewer than ``min_samples``
+    background peaks exist.
     ``eligible``: how many keyframes the search could return. When the search returned all of
     them, the whole background is known and judged as such (``complete_p_value``); otherwise the
     tail is capped to a share of the eligible places (``tail_size``). None: every retrieved peak is
-    tail."""
+    tail.
+    """
     scores = np.asarray(scores, np.float64).ravel()
     ids = np.asarray(ids, np.int64).ravel()
     if scores.size == 0 or ids[0] < 0:
