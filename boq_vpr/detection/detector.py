@@ -96,7 +96,7 @@ class LoopCandidate:
         return self.kind == 'loop'
 
     def row(self) -> tuple[float, ...]:
-        """The candidate as a row of CANDIDATE_COLUMNS (stamps in seconds)."""
+        """Return the candidate as a row of CANDIDATE_COLUMNS (stamps in seconds)."""
         return (self.query_stamp_ns / NS_PER_S, self.match_stamp_ns / NS_PER_S, float(self.match_id),
                 0.0 if self.same_session else 1.0, float(KINDS.index(self.kind)), float(self.score),
                 float(self.rank), 1.0 if self.verified else 0.0, float(self.inliers))
@@ -142,8 +142,11 @@ class LoopClosureDetector:
         self.configure(config)
 
     def configure(self, config: DetectorConfig) -> None:
-        """New settings (validated first); the map and the current session's exclusion window are kept,
-        the filters' running state is reset."""
+        """Apply new settings (validated first).
+
+        The map and the current session's exclusion window are kept, the filters' running state is
+        reset.
+        """
         config.validate()
         verifier = (GeometricVerifier(config.geometric_features, ratio=config.geometric_ratio,
                                       ransac_threshold_px=config.geometric_ransac_px,
@@ -163,8 +166,11 @@ class LoopClosureDetector:
             self.reset()
 
     def reset(self) -> None:
-        """Forget the evidence along the trajectory, temporal-consistency, relative-score and
-        keyframe-selection state (the map is kept)."""
+        """Forget the running state of the filters (the map is kept).
+
+        That is the evidence along the trajectory and the temporal-consistency, relative-score and
+        keyframe-selection state.
+        """
         with self._lock:
             self.sequence.reset()
             self._chains: list[_Chain] = []
@@ -173,9 +179,12 @@ class LoopClosureDetector:
             self.selector.reset()
 
     def new_session(self) -> None:
-        """Start a new session: keyframes already in the map become an earlier session (never inside
-        the exclusion window; matches into them are relocalizations). Called on attaching to a map
-        and after the map was cleared."""
+        """Start a new session.
+
+        Keyframes already in the map become an earlier session (never inside the exclusion window;
+        matches into them are relocalizations). Called on attaching to a map and after the map was
+        cleared.
+        """
         with self._lock:
             self._session_start = self.db.next_id
             # keyframes this session added, in id order, and their stamps (non-decreasing within a
@@ -190,8 +199,11 @@ class LoopClosureDetector:
         return self._session_start, self._session_ids, self._session_stamps
 
     def eligible_count(self, id_below: int | None) -> int:
-        """Keyframes a query may match: the map, less the running session's keyframes at or above
-        ``id_below`` (the exclusion window)."""
+        """Count the keyframes a query may match.
+
+        That is the map, less the running session's keyframes at or above ``id_below`` (the exclusion
+        window).
+        """
         n = len(self.db)
         if id_below is None:
             return n
@@ -209,9 +221,12 @@ class LoopClosureDetector:
 
     # ------------------------------------------------------------------ helpers
     def search_limit(self, stamp_ns: int) -> int:
-        """Matches of a query at ``stamp_ns`` must have ids below this (slam mode: the exclusion window
+        """Return the bound below which the ids of a query's matches must lie.
+
+        Matches of a query at ``stamp_ns`` must have ids below this (slam mode: the exclusion window
         of the running session). The window covers only this session's own keyframes (its id range),
-        whatever the labels and stamps of the keyframes that were in the map before it."""
+        whatever the labels and stamps of the keyframes that were in the map before it.
+        """
         c = self.config
         next_id = self.db.next_id
         cut = next_id
@@ -237,10 +252,13 @@ class LoopClosureDetector:
 
     @staticmethod
     def _background(scores: np.ndarray, ids: np.ndarray, eligible: int, sig) -> tuple[float, float, float]:
-        """(level, scale, neutral): what a query's similarities are measured against in the sequence
-        stage, and the evidence an unrelated keyframe gives on average. A complete search (a small
+        """Return (level, scale, neutral): a query's background in the sequence stage.
+
+        ``level`` and ``scale`` are what a query's similarities are measured against in the sequence
+        stage, ``neutral`` the evidence an unrelated keyframe gives on average. A complete search (a small
         map) gives the mean and spread of every eligible keyframe; otherwise the background tail's
-        threshold and scale (``sig``), below which nearly every keyframe lies (evidence at the floor)."""
+        threshold and scale (``sig``), below which nearly every keyframe lies (evidence at the floor).
+        """
         if ids.size >= eligible:
             rest = scores[1:]
             level, scale = float(rest.mean()), max(float(rest.std(ddof=1)), 1e-6)
@@ -255,16 +273,20 @@ class LoopClosureDetector:
     # ------------------------------------------------------------------ main entry
     def process(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
                 image: np.ndarray | None = None, source: str = '') -> FrameResult:
-        """One frame: query the map, filter, and (slam mode with ``mapping`` on, keyframes only) add it
-        to the map. With ``mapping`` off, slam mode queries the same frames (the keyframe selector
-        still decides which frames are queried, so every filter keeps its meaning in keyframes) and
-        adds nothing. A stamp before the previous frame's of the same session is a ``MapError``
-        (a new session, e.g. after a simulator restart, starts with ``new_session``)."""
+        """Process one frame: query the map, filter, and add the frame to the map.
+
+        The frame is added in slam mode with ``mapping`` on, keyframes only. With ``mapping`` off, slam
+        mode queries the same frames (the keyframe selector still decides which frames are queried, so
+        every filter keeps its meaning in keyframes) and adds nothing. A stamp before the previous
+        frame's of the same session is a ``MapError`` (a new session, e.g. after a simulator restart,
+        starts with ``new_session``).
+        """
         q = np.asarray(descriptor, np.float32)
         if q.ndim == 2 and q.shape[0] == 1:
             q = q[0]
         if q.ndim != 1 or q.shape[0] != self.db.descriptor_dim:
-            raise MapError(f'descriptor must be [{self.db.descriptor_dim}] (one frame), got {tuple(np.shape(descriptor))}')
+            raise MapError(f'descriptor must be [{self.db.descriptor_dim}] (one frame), '
+                           f'got {tuple(np.shape(descriptor))}')
         norm = float(np.linalg.norm(q))
         if not math.isfinite(norm) or norm < 1e-12:
             raise MapError('descriptor is zero or not finite; check the encoder output')
@@ -303,7 +325,7 @@ class LoopClosureDetector:
             return result
 
     def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None) -> FrameResult:
-        """The stages after keyframe selection, in the order of OUTCOMES."""
+        """Run the stages after keyframe selection, in the order of OUTCOMES."""
         c = self.config
         id_below = self.search_limit(stamp_ns) if c.mode == 'slam' else None
         # search outside the exclusion window
@@ -383,15 +405,16 @@ class LoopClosureDetector:
         previous = self._chains if gap_ok else []
         chains = []
         for mid, _ in survivors:
-            length = 1 + max((ch.length for ch in previous if abs(ch.match_id - mid) <= c.consistency_tolerance),
-                             default=0)
+            length = 1 + max((ch.length for ch in previous
+                              if abs(ch.match_id - mid) <= c.consistency_tolerance), default=0)
             chains.append(_Chain(mid, length))
         self._chains = chains
         if survivors and c.temporal_consistency > 1:
             consistent = [s for s, ch in zip(survivors, chains) if ch.length >= c.temporal_consistency]
             if not consistent:
                 longest = max(ch.length for ch in chains)
-                return FrameResult(None, [], decision, best, f'temporal consistency ({longest}/{c.temporal_consistency})',
+                return FrameResult(None, [], decision, best,
+                                   f'temporal consistency ({longest}/{c.temporal_consistency})',
                                    'not_consistent', sequence)
             survivors = consistent
         # geometric verification, best first, until max_candidates are accepted
