@@ -1,6 +1,9 @@
-"""Geometric verification of a loop candidate: local features (OpenCV ORB or SIFT), Lowe's ratio
-test, and RANSAC on the fundamental matrix (or the essential matrix when the camera matrix is
-known); a pair is verified when enough matches are inliers."""
+"""Geometric verification of a loop candidate.
+
+Local features (OpenCV ORB or SIFT), Lowe's ratio test, and RANSAC on the fundamental matrix (or
+the essential matrix when the camera matrix is known); a pair is verified when enough matches are
+inliers.
+"""
 from __future__ import annotations
 
 import logging

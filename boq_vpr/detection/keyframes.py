@@ -19,7 +19,7 @@ class KeyframeDecision:
 
 
 class KeyframeSelector:
-    """A frame becomes a keyframe when every enabled condition holds against the last keyframe:
+    """A frame becomes a keyframe when every enabled condition holds against the last keyframe.
 
     - ``min_time_s``: at least this much time has passed (0 = off);
     - ``min_distance_m``: the position moved at least this far (0 = off; frames without a
@@ -47,11 +47,13 @@ class KeyframeSelector:
             return KeyframeDecision(True)
         dt = (int(stamp_ns) - self._stamp_ns) * 1e-9
         if self.min_time_s > 0 and dt < self.min_time_s:
-            return KeyframeDecision(False, f'not a keyframe: {dt:.3f} s since the last one (min_time_s {self.min_time_s})')
+            return KeyframeDecision(False, f'not a keyframe: {dt:.3f} s since the last one '
+                                           f'(min_time_s {self.min_time_s})')
         if self.min_distance_m > 0 and position is not None and self._position is not None:
             dist = float(np.linalg.norm(np.asarray(position, np.float64) - self._position))
             if dist < self.min_distance_m:
-                return KeyframeDecision(False, f'not a keyframe: moved {dist:.3f} m (min_distance_m {self.min_distance_m})')
+                return KeyframeDecision(False, f'not a keyframe: moved {dist:.3f} m '
+                                               f'(min_distance_m {self.min_distance_m})')
         if self.max_similarity < 1.0 and self._descriptor is not None:
             sim = float(np.dot(descriptor.ravel(), self._descriptor))
             if sim > self.max_similarity:
