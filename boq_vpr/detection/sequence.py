@@ -24,8 +24,8 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    ``stamp(a) - v (t_q - t_j)``. A sequence follows one session of the map (never across a session
    boundary), takes only map keyframes that were eligible for query ``j`` (outside its exclusion
    window), and a query with no map keyframe near its aligned time (missed keyframes, a stop, the
-   start of the map) counts what an unrelated keyframe gives on average (no evidence either way). The hypothesis score is the sum of its evidence, the best over
-   the speeds.
+   start of the map) counts what an unrelated keyframe gives on average (no evidence either way).
+   The hypothesis score is the sum of its evidence, the best over the speeds.
 4. **Decision.** The best anchor's score is judged against the scores of the competing anchors with
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
    the tail capped on small maps): the probability that a query whose trajectory revisits nothing
@@ -41,7 +41,6 @@ read from the map's metadata in small blocks, cached.
 from __future__ import annotations
 
 import array
-import bisect
 import collections
 import logging
 import math
@@ -91,7 +90,7 @@ class QueryRecord:
         self._missed = max(min((last - self.u) / self.beta, 0.0), FLOOR)
 
     def evidence(self, m: np.ndarray) -> np.ndarray:
-        """The evidence of map keyframes ``m`` (-1: none aligned) for this query, from its own search."""
+        """Return the evidence of map keyframes ``m`` (-1: none aligned) for this query, from its own search."""
         if self._ids.size == 0:
             return np.full(m.shape, self.neutral)
         k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
@@ -124,8 +123,10 @@ class SequenceDecision:
 
 
 class _Table:
-    """Keyframes of one or more map sessions in id order, with a key that orders them by (session,
-    stamp), so that the keyframe of a session nearest to a stamp is one ``searchsorted`` away."""
+    """Keyframes of one or more map sessions in id order, with a key ordering them by (session, stamp).
+
+    The key puts the keyframe of a session nearest to a stamp one ``searchsorted`` away.
+    """
 
     SPAN = 1 << 50     # ns of one session in the key (13 days; longer sessions are clipped at the end)
 
@@ -143,8 +144,10 @@ class _Table:
         return np.where(self.ids.size and (self.ids[k] == ids), k, -1) if self.ids.size else np.full(ids.shape, -1)
 
     def nearest(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """For anchors at ``rows`` (shape [A]) and stamps ``targets`` ([A, ...]), the row of the
-        keyframe of each anchor's session nearest to each target."""
+        """Return the row of the keyframe of each anchor's session nearest to each target.
+
+        The anchors are at ``rows`` (shape [A]), the target stamps are ``targets`` ([A, ...]).
+        """
         shape = (-1,) + (1,) * (targets.ndim - 1)
         seg = self.segment[rows].reshape(shape)
         first = self.first[rows].reshape(shape)
@@ -190,8 +193,11 @@ class Timeline:
         return blk
 
     def tables(self, ids: np.ndarray) -> list[tuple[_Table, np.ndarray]]:
-        """(table, mask of ``ids`` it holds): the running session, and the earlier keyframes in
-        the blocks around those ``ids`` that are earlier."""
+        """Return (table, mask of ``ids`` it holds) pairs.
+
+        The tables are the running session, and the earlier keyframes in the blocks around those
+        ``ids`` that are earlier.
+        """
         start, sids, sstamps = self._session()
         out = []
         running = ids >= start
@@ -220,8 +226,10 @@ class Timeline:
 
 
 class SequenceMatcher:
-    """The sequence stage of the detector (see the module docstring). Not thread-safe: the
-    detector serializes calls."""
+    """The sequence stage of the detector (see the module docstring).
+
+    Not thread-safe: the detector serializes calls.
+    """
 
     def __init__(self, db: MapDatabase, timeline: Timeline, length: int, seeds: int,
                  speeds: tuple[float, ...], max_gap_s: float, radius: int, min_samples: int) -> None:
@@ -243,8 +251,11 @@ class SequenceMatcher:
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
                   id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False) -> None:
-        """Append a query keyframe; a gap longer than ``max_gap_s`` since the previous one starts a
-        new sequence (the evidence before a time jump says nothing about where the robot is now)."""
+        """Append a query keyframe.
+
+        A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
+        before a time jump says nothing about where the robot is now).
+        """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
@@ -258,8 +269,10 @@ class SequenceMatcher:
         return float(np.median(np.diff(st))) if st.size > 1 else 1e9
 
     def decide(self, eligible: int, id_below: int | None) -> SequenceDecision | None:
-        """The best hypothesis for the newest query and its false-alarm probability; None when
-        there are too few competing places to judge it."""
+        """Return the best hypothesis for the newest query and its false-alarm probability.
+
+        None when there are too few competing places to judge it.
+        """
         queries = list(self.queries)
         L = len(queries)
         dts = np.array([queries[-1].stamp_ns - r.stamp_ns for r in queries], np.int64)   # [L] >= 0
@@ -358,8 +371,10 @@ class SequenceMatcher:
 
 
 def speeds_between(lo: float, hi: float, count: int) -> tuple[float, ...]:
-    """``count`` relative speeds spaced evenly in log between ``lo`` and ``hi`` (1.0 included when
-    the range holds it and ``count`` is odd and the range is symmetric)."""
+    """Return ``count`` relative speeds spaced evenly in log between ``lo`` and ``hi``.
+
+    1.0 is included when the range holds it and ``count`` is odd and the range is symmetric.
+    """
     if count == 1 or math.isclose(lo, hi):
         return (math.sqrt(lo * hi),)
     return tuple(float(v) for v in np.geomspace(lo, hi, count))
