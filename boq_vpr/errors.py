@@ -38,6 +38,8 @@ class ExportError(BoqVprError):
 
 
 def explain(err: BaseException) -> str:
-    """An error in one line for a log or a service response: our own errors say what to do already,
-    others get their type named."""
+    """Describe an error in one line for a log or a service response.
+
+    Our own errors say what to do already, others get their type named.
+    """
     return str(err) if isinstance(err, BoqVprError) else f'{type(err).__name__}: {err}'

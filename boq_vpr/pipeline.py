@@ -58,8 +58,10 @@ def split_candidates(result: FrameResult) -> tuple[LoopCandidate | None, LoopCan
 
 
 def keyframe_spacing(keyframes: list[Keyframe]) -> float | None:
-    """Median distance (m) between consecutive keyframes (by id) of one session label and frame that
-    both have a position; None when no such pair exists."""
+    """Median distance (m) between consecutive keyframes (by id) of one session label and frame.
+
+    Only pairs that both have a position count; None when no such pair exists.
+    """
     steps = []
     prev = None
     for kf in sorted(keyframes, key=lambda k: k.id):
@@ -73,9 +75,11 @@ def keyframe_spacing(keyframes: list[Keyframe]) -> float | None:
 
 
 def auto_position_variance(db: MapDatabase) -> float | None:
-    """The position variance (m^2) of a relocalization into ``db`` when no fixed one is set: one
-    keyframe step (median spacing) as the standard deviation, at least ``MIN_POSITION_VARIANCE``.
-    A match tells which keyframe the camera is near, not where between it and its neighbours."""
+    """Return the position variance (m^2) of a relocalization into ``db`` when no fixed one is set.
+
+    One keyframe step (median spacing) as the standard deviation, at least ``MIN_POSITION_VARIANCE``.
+    A match tells which keyframe the camera is near, not where between it and its neighbours.
+    """
     spacing = keyframe_spacing(db.keyframes())
     if spacing is None:
         return None
@@ -83,8 +87,10 @@ def auto_position_variance(db: MapDatabase) -> float | None:
 
 
 def pose_covariance(has_orientation: bool, position_variance: float, orientation_variance: float) -> list[float]:
-    """Row-major 6x6 covariance (x, y, z, roll, pitch, yaw) of a relocalization pose; an unknown
-    orientation gets ``UNKNOWN_ORIENTATION_VARIANCE``."""
+    """Row-major 6x6 covariance (x, y, z, roll, pitch, yaw) of a relocalization pose.
+
+    An unknown orientation gets ``UNKNOWN_ORIENTATION_VARIANCE``.
+    """
     cov = np.zeros((6, 6))
     cov[0, 0] = cov[1, 1] = cov[2, 2] = position_variance
     ov = orientation_variance if has_orientation else UNKNOWN_ORIENTATION_VARIANCE
@@ -93,8 +99,10 @@ def pose_covariance(has_orientation: bool, position_variance: float, orientation
 
 
 class FramePipeline:
-    """convert -> encode -> detect -> outputs for one frame at a time. Thread-safe: ``lock`` guards the
-    detector and the map (the node's services take it too)."""
+    """convert -> encode -> detect -> outputs for one frame at a time.
+
+    Thread-safe: ``lock`` guards the detector and the map (the node's services take it too).
+    """
 
     def __init__(self, encoder: Any, detector: LoopClosureDetector, lock: threading.RLock | None = None) -> None:
         self.encoder = encoder
@@ -108,7 +116,7 @@ class FramePipeline:
 
     # ------------------------------------------------------------------ encode
     def encode(self, rgb: np.ndarray) -> np.ndarray:
-        """The descriptor ``[D]`` of one RGB uint8 image."""
+        """Return the descriptor ``[D]`` of one RGB uint8 image."""
         return self.encoder.encode(rgb)[0]
 
     def encode_with_attention(self, rgb: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
@@ -140,7 +148,7 @@ class FramePipeline:
     # ------------------------------------------------------------------ detect
     def detect(self, descriptor: np.ndarray, stamp_ns: int, position=None, orientation=None, frame_id: str = '',
                image: np.ndarray | None = None, source: str = '') -> FrameOutputs:
-        """The detector's decision on one descriptor, split into what a back end receives."""
+        """Return the detector's decision on one descriptor, split into what a back end receives."""
         with self.lock:
             result = self.detector.process(descriptor, stamp_ns, position=position, orientation=orientation,
                                            frame_id=frame_id, image=image, source=source)
@@ -151,9 +159,12 @@ class FramePipeline:
     def process(self, convert: Callable[[], np.ndarray], stamp_ns: int,
                 pose: Callable[[int], tuple[tuple | None, tuple | None, str]] | None = None,
                 source: str = '', attention_block: int | None = None) -> FrameOutputs:
-        """``convert()`` gives the RGB image (it may raise for a bad message); ``pose(stamp_ns)`` the
+        """Run one frame through convert, encode and detect, and return its outputs.
+
+        ``convert()`` gives the RGB image (it may raise for a bad message); ``pose(stamp_ns)`` the
         camera pose at the stamp, or (None, None, ''). ``attention_block``: also compute that block's
-        attention."""
+        attention.
+        """
         t0 = time.perf_counter()
         rgb = convert()
         t1 = time.perf_counter()
