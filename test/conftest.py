@@ -3,7 +3,8 @@
 ``heldout_dir``: Nordland frames 2400-3575 (summer, winter), shipped with the package, in every
 clone. ``nordland_dir``: the whole trimmed Nordland set (3576 frames per season) and
 ``reference_dir``: the official model's fixtures, both in ``../shared`` beside the repository
-(``BOQ_VPR_SHARED`` points elsewhere); tests that need them skip where they are absent."""
+(``BOQ_VPR_SHARED`` points elsewhere); tests that need them skip where they are absent.
+"""
 from __future__ import annotations
 
 import os
@@ -35,8 +36,11 @@ def nordland_dir() -> Path:
 
 @pytest.fixture(scope='session')
 def heldout_dir() -> Path:
-    """The shipped Nordland section (``boq_vpr/data/nordland_heldout``): summer/ and winter/, frames
-    2400-3575 under their names in the whole set. Missing is an error, not a skip: it ships."""
+    """Return the shipped Nordland section (``boq_vpr/data/nordland_heldout``).
+
+    It holds summer/ and winter/, frames 2400-3575 under their names in the whole set. Missing is an
+    error, not a skip: it ships.
+    """
     from boq_vpr.inputs.sample_data import held_out_dir
     return held_out_dir()
 
@@ -48,7 +52,7 @@ def _torch_threads():
 
 
 def load_script(name: str):
-    """A script of scripts/ (not a package module) imported as a module, for its tests."""
+    """Import a script of scripts/ (not a package module) as a module, for its tests."""
     import importlib.util
     import sys
     spec = importlib.util.spec_from_file_location(name, ROOT / 'scripts' / f'{name}.py')

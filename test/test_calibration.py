@@ -1,5 +1,7 @@
-"""The calibrated threshold (boq_vpr.detection.calibration) and the outcome of every frame, on synthetic
-descriptors: the statistics, bad settings, tiny maps, and outcome counts that add up."""
+"""The calibrated threshold (boq_vpr.detection.calibration) and the outcome of every frame.
+
+On synthetic descriptors: the statistics, bad settings, tiny maps, and outcome counts that add up.
+"""
 from __future__ import annotations
 
 import math
@@ -42,7 +44,7 @@ def test_significance_of_an_exponential_tail_matches_the_formula():
 
 
 def _null_p_values(sample, n_queries: int = 4000, n_map: int = 2000, seed: int = 1) -> np.ndarray:
-    """p of the best of ``n_map`` background scores (no true match) for many queries."""
+    """P of the best of ``n_map`` background scores (no true match) for many queries."""
     rng = np.random.default_rng(seed)
     return np.asarray([significance(np.sort(sample(rng, n_map))[::-1][:50], np.arange(0, 500, 10), radius=3).p_value
                        for _ in range(n_queries)])
@@ -106,8 +108,9 @@ def test_empty_and_tiny_maps_leave_frames_undecided_and_outcomes_add_up():
 
 def test_relative_score_without_a_reference_is_undecided():
     from boq_vpr.map import Keyframe
-    det = LoopClosureDetector(MapDatabase(64, 'test'), DetectorConfig(mode='localization', relative_score=0.5, min_score=-1.0,
-                                                                     false_alarm_rate=0.0, temporal_consistency=1))
+    det = LoopClosureDetector(MapDatabase(64, 'test'),
+                              DetectorConfig(mode='localization', relative_score=0.5, min_score=-1.0,
+                                             false_alarm_rate=0.0, temporal_consistency=1))
     d = _stream(3)
     det.db.add(d[:2], [Keyframe(-1, 0), Keyframe(-1, 1)])
     r = det.process(d[2], 1)

@@ -1,5 +1,8 @@
-"""Training and validation datasets: GSV-Cities layout, validation layouts with hand-computed
-recall@k, and the training-set builder. Small generated folders; no training."""
+"""Training and validation datasets.
+
+GSV-Cities layout, validation layouts with hand-computed recall@k, and the training-set builder.
+Small generated folders; no training.
+"""
 from __future__ import annotations
 
 import csv
@@ -56,7 +59,8 @@ def test_recall_at_k_hand_computed():
     got = recalls(pred, [np.array([0]), np.array([2]), np.array([3])], (1, 2, 3, 4))
     assert got == pytest.approx(HAND_RECALL)
     # k beyond the predictions uses all of them; a query without positives is left out
-    assert recalls(pred[:, :2], [np.array([0]), np.array([2]), np.array([])], (1, 5)) == pytest.approx({1: 1 / 2, 5: 1.0})
+    assert (recalls(pred[:, :2], [np.array([0]), np.array([2]), np.array([])], (1, 5))
+            == pytest.approx({1: 1 / 2, 5: 1.0}))
     with pytest.raises(AssertionError):
         recalls(pred, [np.array([0])], (1,))     # one ground-truth row for three queries
     with pytest.raises(AssertionError):

@@ -1,5 +1,7 @@
-"""The loop-closure detector on descriptor streams whose truth is known: a route that revisits its
-first half, with per-frame noise and perceptual-aliasing distractors."""
+"""The loop-closure detector on descriptor streams whose truth is known.
+
+A route that revisits its first half, with per-frame noise and perceptual-aliasing distractors.
+"""
 from __future__ import annotations
 
 import math
@@ -18,8 +20,11 @@ NS = 1_000_000_000 // HZ
 
 
 def place_vectors(n: int, width: int = 5, seed: int = 0) -> np.ndarray:
-    """Unit place descriptors along a route: neighbours within ``width`` places look alike
-    (cosine 1 - distance/width), places further apart are unrelated."""
+    """Return unit place descriptors along a route.
+
+    Neighbours within ``width`` places look alike (cosine 1 - distance/width), places further apart
+    are unrelated.
+    """
     g = np.random.default_rng(seed).standard_normal((n + width, D)).astype(np.float32)
     p = np.stack([g[i:i + width].sum(0) for i in range(n)])
     return p / np.linalg.norm(p, axis=1, keepdims=True)
@@ -31,15 +36,19 @@ def frame(p: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
 
 
 class Route:
-    """First pass over places 0..199, a revisit of 0..99, then new places 300..399 with
-    distractor frames that look like an old place (isolated aliasing) every 10 frames."""
+    """A route over places whose truth is known, with a revisit and aliasing distractors.
+
+    First pass over places 0..199, a revisit of 0..99, then new places 300..399 with distractor
+    frames that look like an old place (isolated aliasing) every 10 frames.
+    """
 
     def __init__(self, sigma: float = 0.3, seed: int = 0, distractors: bool = True):
         rng = np.random.default_rng(seed + 1)
         places = place_vectors(400, seed=seed)
         self.place = list(range(200)) + list(range(100)) + list(range(300, 400))
         self.distractor = [False] * 300 + [distractors and i % 10 == 5 for i in range(100)]
-        self.true_place = [p if not d else (37 + 13 * i) % 200 for i, (p, d) in enumerate(zip(self.place, self.distractor))]
+        self.true_place = [p if not d else (37 + 13 * i) % 200
+                           for i, (p, d) in enumerate(zip(self.place, self.distractor))]
         self.desc = np.stack([frame(places[p], sigma, rng) for p in self.true_place])
         self.revisit = range(200, 300)
 
@@ -66,7 +75,7 @@ def detector(**kw) -> LoopClosureDetector:
 
 
 def accepted(results: list[FrameResult]) -> dict[int, int]:
-    """query frame -> accepted match (keyframe ids equal frame indices here)."""
+    """Query frame -> accepted match (keyframe ids equal frame indices here)."""
     return {t: r.candidates[0].match_id for t, r in enumerate(results) if r.candidates}
 
 
@@ -350,8 +359,10 @@ def test_a_stamp_going_back_within_a_session_is_refused_and_a_new_session_may_re
 
 
 def test_paused_mapping_queries_the_frames_the_keyframe_selector_takes():
-    """With mapping off the filters still count keyframes, not camera frames (30 Hz camera, one
-    keyframe per 0.5 s)."""
+    """With mapping off the filters still count keyframes, not camera frames.
+
+    A 30 Hz camera, one keyframe per 0.5 s.
+    """
     route = Route(distractors=False)
 
     def outcomes(mapping: bool) -> list[str]:

@@ -1,7 +1,10 @@
-"""The shipped detector (config/vpr.yaml) on real descriptors: resnet18_nordland on Nordland frames,
-through the same detector library as the node. The two-season drive runs on the section shipped
-with the package (so in CI too); summer alone needs the whole traversal (../shared). The figures
-behind the defaults: ``boq-vpr bench loops`` (docs/detector.md)."""
+"""The shipped detector (config/vpr.yaml) on real descriptors.
+
+The model resnet18_nordland on Nordland frames, through the same detector library as the node. The
+two-season drive runs on the section shipped with the package (so in CI too); summer alone needs the
+whole traversal (../shared). The figures behind the defaults: ``boq-vpr bench loops``
+(docs/detector.md).
+"""
 from __future__ import annotations
 
 import dataclasses

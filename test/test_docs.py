@@ -1,6 +1,9 @@
-"""The user guide and its reference: README.md stays short and every link from it (and from docs/)
-resolves inside the repository; docs/parameters.md and config/vpr.yaml are what the node's
-parameter declarations give; the project speaks of itself, not of how it was developed."""
+"""The user guide and its reference.
+
+README.md stays short and every link from it (and from docs/) resolves inside the repository;
+docs/parameters.md and config/vpr.yaml are what the node's parameter declarations give; the project
+speaks of itself, not of how it was developed.
+"""
 from __future__ import annotations
 
 import re
@@ -74,7 +77,8 @@ def test_parameter_reference_and_params_file_are_generated_from_the_declarations
 def test_a_parameter_added_in_code_makes_both_files_stale(monkeypatch):
     declared = parameters._node_parameters
     monkeypatch.setattr(parameters, '_node_parameters',
-                        lambda: declared() + [ParamSpec('odom_extra_delay_sec', 0.5, 'a new parameter', range=(0.0, 1.0))])
+                        lambda: declared() + [ParamSpec('odom_extra_delay_sec', 0.5, 'a new parameter',
+                                                        range=(0.0, 1.0))])
     assert sorted(stale_generated(ROOT)) == ['config/vpr.yaml', 'docs/parameters.md']
     row = [line for line in parameters_markdown().splitlines() if line.startswith('| `odom_extra_delay_sec`')]
     assert row == ['| `odom_extra_delay_sec` | float | `0.5` | [0.0, 1.0] |  | a new parameter |']

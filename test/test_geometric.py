@@ -1,5 +1,8 @@
-"""Geometric verification on real Nordland frames: a frame and a moved, rescaled, relit copy of it
-verify; frames of different places do not. Also inside the detector, on stored thumbnails."""
+"""Geometric verification on real Nordland frames.
+
+A frame and a moved, rescaled, relit copy of it verify; frames of different places do not. Also
+inside the detector, on stored thumbnails.
+"""
 from __future__ import annotations
 
 from pathlib import Path

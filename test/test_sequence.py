@@ -1,7 +1,9 @@
-"""Evidence along the trajectory (boq_vpr.detection.sequence) on synthetic routes whose truth is
-known: small maps, camera rates, speed changes, a route without revisits, session boundaries,
+"""Evidence along the trajectory (boq_vpr.detection.sequence) on synthetic routes whose truth is known.
+
+Small maps, camera rates, speed changes, a route without revisits, session boundaries,
 time jumps, every index type, and settings out of range. The same drives are in
-``boq-vpr bench loops``; the real-frame figures are in test_detector_nordland.py."""
+``boq-vpr bench loops``; the real-frame figures are in test_detector_nordland.py.
+"""
 from __future__ import annotations
 
 import shutil
