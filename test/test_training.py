@@ -1,5 +1,8 @@
-"""Training: configuration precedence, schedule, freezing, backbone weights, CLI, and a real
-training run on Nordland frames (CPU) whose weights load into the inference encoder."""
+"""Training, from its configuration to a real run on Nordland frames.
+
+Configuration precedence, schedule, freezing, backbone weights, CLI, and a real training run on
+Nordland frames (CPU) whose weights load into the inference encoder.
+"""
 from __future__ import annotations
 
 import json
@@ -47,7 +50,8 @@ def test_presets_load_and_validate():
 def test_config_precedence_command_line_over_file_over_defaults(tmp_path):
     f = tmp_path / 'mine.yaml'
     f.write_text('model: resnet18_1024\noptim:\n  lr: 0.001\n  warmup_steps: 7\ntrainer:\n  max_epochs: 3\n')
-    c = load_config(f, overrides={'trainer': {'max_epochs': 9}}, assignments=['optim.lr=5e-4', 'data.image_size=64x128'])
+    c = load_config(f, overrides={'trainer': {'max_epochs': 9}},
+                    assignments=['optim.lr=5e-4', 'data.image_size=64x128'])
     assert c.model == 'resnet18_1024'                       # file over default
     assert c.optim.warmup_steps == 7                        # file
     assert c.optim.lr == 5e-4                               # command line over file
@@ -156,8 +160,11 @@ VAL_FRAMES = range(3000, 3200)         # held out: 200 summer database images, 2
 
 @pytest.fixture(scope='module')
 def nordland_sets(nordland_dir, tmp_path_factory):
-    """A GSV-layout training set built with make-train-set from summer and winter traversals, and a
-    held-out Pittsburgh-style validation set (10 m per frame: positives within 25 m = +-2 frames)."""
+    """Build a training set and a validation set from Nordland frames.
+
+    A GSV-layout training set built with make-train-set from summer and winter traversals, and a
+    held-out Pittsburgh-style validation set (10 m per frame: positives within 25 m = +-2 frames).
+    """
     from training.make_train_set import Traversal, build_train_set
     root = tmp_path_factory.mktemp('nordland')
     for season in ('summer', 'winter'):
@@ -170,7 +177,8 @@ def nordland_sets(nordland_dir, tmp_path_factory):
     for sub, season in (('database', 'summer'), ('queries', 'winter')):
         (val / sub).mkdir(parents=True)
         for i in VAL_FRAMES:
-            shutil.copy(nordland_dir / season / nordland_name(i), val / sub / f'@{10.0 * i:09.2f}@0.00@{season}{i}@.png')
+            shutil.copy(nordland_dir / season / nordland_name(i),
+                        val / sub / f'@{10.0 * i:09.2f}@0.00@{season}{i}@.png')
     return root, summary
 
 
@@ -182,8 +190,8 @@ def tiny_config(root: Path, out: Path, **trainer) -> TrainConfig:
                  'val_sets': [{'layout': 'pitts', 'root': str(root / 'val'), 'name': 'nordland'}],
                  'val_batch_size': 200},
         'optim': {'lr': 1e-3, 'warmup_steps': 5, 'milestones': [100], 'gamma': 1.0},
-        'trainer': {'max_epochs': 6, 'check_val_every_n_epoch': 2, 'accelerator': 'cpu', 'deterministic': True, 'seed': 1,
-                    'out_dir': str(out), 'progress_bar': False, 'log_every_n_steps': 5, **trainer}})
+        'trainer': {'max_epochs': 6, 'check_val_every_n_epoch': 2, 'accelerator': 'cpu', 'deterministic': True,
+                    'seed': 1, 'out_dir': str(out), 'progress_bar': False, 'log_every_n_steps': 5, **trainer}})
 
 
 def test_train_on_nordland_loss_down_recall_up_weights_load_into_encoder(nordland_sets, tmp_path):
@@ -230,7 +238,8 @@ def test_train_on_nordland_loss_down_recall_up_weights_load_into_encoder(nordlan
 
     metrics = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     assert metrics['untrained']['nordland']['R1'] == before and len(metrics['history']) == 6
-    assert metrics['best_val_R1'] == pytest.approx(max(h['val']['nordland']['R1'] for h in result.history if 'val' in h))
+    assert metrics['best_val_R1'] == pytest.approx(max(h['val']['nordland']['R1'] for h in result.history
+                                                       if 'val' in h))
     assert load_config(tmp_path / 'run' / 'config.yaml') == config
 
 
