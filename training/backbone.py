@@ -1,5 +1,8 @@
-"""Backbone handling for training: ImageNet weights, freezing all but the last blocks,
-gradient checkpointing. None of it changes the model's state_dict keys."""
+"""Backbone handling for training.
+
+ImageNet weights, freezing all but the last blocks, gradient checkpointing. None of it changes the
+model's state_dict keys.
+"""
 from __future__ import annotations
 
 import functools
@@ -24,8 +27,10 @@ _RESNET_STAGES = ((0, 1, 2, 3), (4,), (5,), (6,))
 
 
 def trainable_units(model: VPRModel) -> list[nn.Module]:
-    """The backbone's trainable units in order: ResNet stages (stem, layer1, layer2, layer3) or
-    the DINOv2 transformer blocks."""
+    """Return the backbone's trainable units in order.
+
+    ResNet stages (stem, layer1, layer2, layer3) or the DINOv2 transformer blocks.
+    """
     bb = model.backbone
     if model.config.is_vit:
         return list(bb.dino.blocks)
@@ -33,8 +38,10 @@ def trainable_units(model: VPRModel) -> list[nn.Module]:
 
 
 def convert_backbone_state(state: dict[str, torch.Tensor], is_vit: bool) -> dict[str, torch.Tensor]:
-    """ImageNet weights (torchvision ResNet, DINOv2 release file, or our own ``backbone.*`` keys)
-    -> keys of ``model.backbone``."""
+    """Map ImageNet weights to the keys of ``model.backbone``.
+
+    The weights: torchvision ResNet, DINOv2 release file, or our own ``backbone.*`` keys.
+    """
     if any(k.startswith('backbone.') for k in state):
         return {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
     if is_vit:
@@ -105,8 +112,10 @@ def set_frozen_eval(frozen: list[nn.Module]) -> None:
 
 
 def enable_gradient_checkpointing(model: VPRModel) -> int:
-    """Recompute the activations of trainable backbone units in the backward pass instead of
-    storing them. Returns the number of wrapped modules."""
+    """Recompute the activations of trainable backbone units in the backward pass, not storing them.
+
+    Returns the number of wrapped modules.
+    """
     modules: list[nn.Module] = []
     if model.config.is_vit:
         modules = [b for b in model.backbone.dino.blocks if any(p.requires_grad for p in b.parameters())]

@@ -104,7 +104,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def model_config(self) -> ModelConfig:
-        """The ModelConfig named or described by ``model``."""
+        """Return the ModelConfig named or described by ``model``."""
         if isinstance(self.model, str):
             return get_config(self.model)
         try:
@@ -125,7 +125,8 @@ class TrainConfig:
         if d.images_per_place < 2:
             raise ConfigError(f'data.images_per_place must be >= 2 (positives need pairs), got {d.images_per_place}')
         if d.places_per_batch < 2:
-            raise ConfigError(f'data.places_per_batch must be >= 2 (negatives need other places), got {d.places_per_batch}')
+            raise ConfigError('data.places_per_batch must be >= 2 (negatives need other places), '
+                              f'got {d.places_per_batch}')
         for key, size in (('data.image_size', d.image_size), ('data.val_image_size', d.val_image_size)):
             if size is None:
                 continue
@@ -144,7 +145,8 @@ class TrainConfig:
         from .valsets import LAYOUTS
         for i, v in enumerate(d.val_sets):
             if v.layout not in LAYOUTS:
-                raise ConfigError(f'data.val_sets[{i}].layout {v.layout!r} unknown; valid: {", ".join(sorted(LAYOUTS))}')
+                raise ConfigError(f'data.val_sets[{i}].layout {v.layout!r} unknown; '
+                                  f'valid: {", ".join(sorted(LAYOUTS))}')
             if not v.root:
                 raise ConfigError(f'data.val_sets[{i}].root is empty')
 
@@ -258,7 +260,7 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def set_dotted(data: dict, key: str, value: Any) -> dict:
-    """``data`` with ``a.b.c = value`` (intermediate mappings created)."""
+    """Return ``data`` with ``a.b.c = value`` (intermediate mappings created)."""
     parts = key.split('.')
     if not all(parts):
         raise ConfigError(f'bad key {key!r}; use dotted names like optim.lr')
@@ -292,7 +294,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def read_yaml(source: str | Path) -> dict:
-    """A preset name (``PRESETS``) or a YAML file path -> mapping."""
+    """Read a preset name (``PRESETS``) or a YAML file path into a mapping."""
     path = PRESETS.get(str(source), Path(source))
     if not path.is_file():
         raise ConfigError(f'no preset or file {str(source)!r}; presets: {", ".join(sorted(PRESETS))}')
@@ -307,8 +309,11 @@ def read_yaml(source: str | Path) -> dict:
 
 def load_config(source: str | Path | None = None, overrides: dict | None = None,
                 assignments: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the preset or YAML file, then ``assignments`` (``KEY=VALUE``), then
-    ``overrides`` (a nested mapping, e.g. from command-line flags)."""
+    """Load a configuration: defaults, then the preset or YAML file, then assignments, then overrides.
+
+    ``assignments`` are ``KEY=VALUE`` strings, ``overrides`` a nested mapping (e.g. from command-line
+    flags).
+    """
     data: dict = read_yaml(source) if source is not None else {}
     for text in assignments or []:
         key, value = parse_assignment(text)
