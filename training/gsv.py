@@ -34,7 +34,7 @@ MAX_LISTED = 5
 
 def image_name(city: str, place_id: int, year: int, month: int, northdeg: int,
                lat: float, lon: float, panoid: str) -> str:
-    """The GSV-Cities file name of one image."""
+    """Return the GSV-Cities file name of one image."""
     return (f'{city}_{int(place_id):07d}_{int(year):04d}_{int(month):02d}_{int(northdeg):03d}_'
             f'{float(lat)}_{float(lon)}_{panoid}.jpg')
 
@@ -163,7 +163,8 @@ def read_city(root: str | Path, city: str) -> list[dict]:
         if not panoid:
             raise DatasetError(_row_error(csv, i, "column 'panoid' is empty"))
         if city_id != city:
-            raise DatasetError(_row_error(csv, i, f"column 'city_id' is {city_id!r}, expected {city!r} (the file name)"))
+            raise DatasetError(_row_error(csv, i, f"column 'city_id' is {city_id!r}, "
+                                                  f"expected {city!r} (the file name)"))
         name = image_name(city, pid, year, month, north, lat, lon, panoid)
         if name not in files:
             name = by_key.get((pid, year, month, north, panoid), name)
@@ -191,16 +192,19 @@ def list_cities(root: str | Path) -> list[str]:
 
 
 class GSVCitiesDataset(Dataset):
-    """Places of a GSV-Cities-layout dataset. Item ``i``: ``(images [K, 3, H, W], labels [K])``
-    with K = ``images_per_place`` images of place ``i`` (a random K of them per call, or the
-    K most recent with ``random_sample=False``)."""
+    """Places of a GSV-Cities-layout dataset.
+
+    Item ``i``: ``(images [K, 3, H, W], labels [K])`` with K = ``images_per_place`` images of place
+    ``i`` (a random K of them per call, or the K most recent with ``random_sample=False``).
+    """
 
     def __init__(self, root: str | Path, cities: Sequence[str] | str = 'all', images_per_place: int = 4,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, random_sample: bool = True) -> None:
         self.root = Path(root)
         if images_per_place < 1:
             raise DatasetError(f'images_per_place must be >= 1, got {images_per_place}')
-        names = list_cities(self.root) if cities in ('all', None) else [cities] if isinstance(cities, str) else list(cities)
+        names = (list_cities(self.root) if cities in ('all', None)
+                 else [cities] if isinstance(cities, str) else list(cities))
         self.k = images_per_place
         self.transform = transform
         self.random_sample = random_sample

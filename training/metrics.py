@@ -1,5 +1,8 @@
-"""Validation retrieval: top-k search and recall@k through the project's one recall function
-(``boq_vpr.evaluation.metrics.recall_at_k``: queries without a true match are left out)."""
+"""Validation retrieval: top-k search and recall@k.
+
+Recall goes through the project's one recall function (``boq_vpr.evaluation.metrics.recall_at_k``:
+queries without a true match are left out).
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,8 +16,10 @@ DEFAULT_K = (1, 5, 10)
 
 
 def retrieve(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Indices ``[Q, min(k, N)]`` of the nearest database descriptors by inner product
-    (cosine similarity for L2-normalized descriptors), best first."""
+    """Return the indices ``[Q, min(k, N)]`` of the nearest database descriptors, best first.
+
+    Nearest by inner product (cosine similarity for L2-normalized descriptors).
+    """
     assert database.ndim == 2 and queries.ndim == 2, (database.shape, queries.shape)
     assert database.shape[1] == queries.shape[1], (database.shape, queries.shape)
     assert database.shape[0] > 0 and k >= 1, (database.shape, k)
@@ -25,8 +30,11 @@ def retrieve(database: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def hits_from_positives(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``hits [Q, M]`` (prediction j of query q is one of its positives) and ``has_positive [Q]``
-    from per-query lists of positive database indices (no dense ``[Q, N]`` matrix)."""
+    """Return ``hits [Q, M]`` and ``has_positive [Q]`` from per-query lists of positive indices.
+
+    ``hits[q, j]``: prediction j of query q is one of its positives. The positives are lists of
+    database indices (no dense ``[Q, N]`` matrix).
+    """
     predictions = np.asarray(predictions)
     assert predictions.ndim == 2, predictions.shape
     assert len(positives) == predictions.shape[0], (len(positives), predictions.shape)

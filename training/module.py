@@ -1,5 +1,8 @@
-"""The Lightning module: multi-similarity loss and miner, AdamW, warmup then step decay,
-validation recall@k on each validation set."""
+"""The Lightning module.
+
+Multi-similarity loss and miner, AdamW, warmup then step decay, validation recall@k on each
+validation set.
+"""
 from __future__ import annotations
 
 import bisect
@@ -22,8 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class WarmupStepSchedule:
-    """Learning-rate factor per optimizer step: linear warmup over ``warmup_steps``, times
-    ``gamma`` for each milestone epoch passed (``steps_per_epoch`` steps per epoch)."""
+    """Learning-rate factor per optimizer step.
+
+    Linear warmup over ``warmup_steps``, times ``gamma`` for each milestone epoch passed
+    (``steps_per_epoch`` steps per epoch).
+    """
 
     def __init__(self, warmup_steps: int, milestones: Sequence[int], gamma: float, steps_per_epoch: int) -> None:
         assert steps_per_epoch >= 1 and warmup_steps >= 0 and 0 < gamma <= 1
@@ -146,7 +152,8 @@ class BoQTrainingModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_outputs = {}
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         images, index = batch
         desc = self.model(images).float()
         self._val_outputs.setdefault(dataloader_idx, []).append((desc.detach(), index.detach()))
@@ -157,7 +164,8 @@ class BoQTrainingModule(L.LightningModule):
         recalls_all: dict[str, dict[int, float]] = {}
         for i, vs in enumerate(self.val_sets):
             outs = self._val_outputs.get(i, [])
-            desc = torch.cat([d for d, _ in outs]) if outs else torch.zeros(0, self.model.descriptor_dim, device=self.device)
+            desc = (torch.cat([d for d, _ in outs]) if outs
+                    else torch.zeros(0, self.model.descriptor_dim, device=self.device))
             idx = torch.cat([j for _, j in outs]) if outs else torch.zeros(0, dtype=torch.long, device=self.device)
             if self.trainer.world_size > 1:     # every rank saw a shard (padded): gather and de-pad by index
                 desc = self.all_gather(desc).flatten(0, 1)
@@ -180,7 +188,8 @@ class BoQTrainingModule(L.LightningModule):
         self._epoch_recalls = recalls_all if self.trainer.state.fn == 'fit' else {}
         self._val_outputs = {}
         if recalls_all:
-            log.info('validation: %s', {n: {f'R{k}': round(v, 4) for k, v in r.items()} for n, r in recalls_all.items()})
+            log.info('validation: %s',
+                     {n: {f'R{k}': round(v, 4) for k, v in r.items()} for n, r in recalls_all.items()})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         history = list(self.history)
