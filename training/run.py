@@ -1,5 +1,7 @@
-"""A training run: data, model and Lightning trainer from a TrainConfig; weights the inference
-side loads (``boq_vpr.models.load_weights``, ``boq_vpr.encoder.Encoder``, ``boq-vpr export``).
+"""A training run: data, model and Lightning trainer from a TrainConfig.
+
+It writes weights the inference side loads (``boq_vpr.models.load_weights``,
+``boq_vpr.encoder.Encoder``, ``boq-vpr export``).
 
 Output folder (``trainer.out_dir``)::
 
@@ -47,9 +49,11 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 class ThroughputMeter:
-    """Training images per second between consecutive batch ends of an epoch (data loading
-    included, validation and each epoch's first ``skip`` batches left out); CUDA is synchronized
-    at each batch end so the time is the GPU's."""
+    """Training images per second between consecutive batch ends of an epoch.
+
+    Data loading is included, validation and each epoch's first ``skip`` batches left out; CUDA is
+    synchronized at each batch end so the time is the GPU's.
+    """
 
     def __init__(self, skip: int = 2) -> None:
         self.skip = skip
@@ -98,8 +102,10 @@ class TrainResult:
 
 
 class TrainingRun:
-    """Everything one ``fit`` needs, built and checked up front so ``summary()`` can be printed
-    before any training step."""
+    """Everything one ``fit`` needs, built and checked up front.
+
+    That way ``summary()`` can be printed before any training step.
+    """
 
     def __init__(self, config: TrainConfig) -> None:
         import lightning as L
@@ -164,7 +170,7 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> str:
-        """Data and hyperparameters, for printing before training."""
+        """Describe the data and hyperparameters, for printing before training."""
         c, d, o, t = self.config, self.config.data, self.config.optim, self.config.trainer
         mc = self.model_config
         n_train, n_total = count_parameters(self.model)

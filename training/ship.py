@@ -34,8 +34,10 @@ def to_fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def descriptor_difference(name: str, fp32: Path, stored: Path, images: list[Path]) -> dict:
-    """Cosine between descriptors of the fp32 weights and of the stored (fp16) weights, and
-    whether both retrieve the same nearest neighbour among the images."""
+    """Compare the descriptors of the fp32 weights and of the stored (fp16) weights.
+
+    The cosine between them, and whether both retrieve the same nearest neighbour among the images.
+    """
     config = get_config(name)
     models = [load_weights(build_model(config), p).eval() for p in (fp32, stored)]
     pre = Preprocessor(config.image_size)
@@ -52,11 +54,12 @@ def descriptor_difference(name: str, fp32: Path, stored: Path, images: list[Path
 
 
 def write_log(history: list[dict], path: Path) -> None:
-    """The per-epoch training log (kept across resumes in metrics.json) as CSV."""
+    """Write the per-epoch training log (kept across resumes in metrics.json) as CSV."""
     rows = ['epoch,steps,lr,train_loss,mined_pairs,val_R1,val_R5,val_R10']
     for h in history:
         val = next(iter(h.get('val', {}).values()), {})
-        rows.append(','.join(str(v) for v in (h['epoch'], h.get('steps', ''), f'{h["lr"]:.6g}', f'{h["train_loss"]:.5f}',
+        rows.append(','.join(str(v) for v in (h['epoch'], h.get('steps', ''), f'{h["lr"]:.6g}',
+                                             f'{h["train_loss"]:.5f}',
                                              f'{h.get("mined_pairs", float("nan")):.4f}',
                                              *(f'{val[k]:.4f}' if k in val else '' for k in ('R1', 'R5', 'R10')))))
     path.write_text('\n'.join(rows) + '\n')

@@ -8,8 +8,11 @@ from boq_vpr.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 def train_transform(size: tuple[int, int], randaugment_ops: int = 3, magnitude: int = 9) -> v2.Compose:
-    """uint8 RGB tensor ``[3, h, w]`` -> normalized float ``[3, H, W]``: bilinear resize to ``size``,
-    RandAugment(N=``randaugment_ops``) (skipped for 0), ImageNet mean/std."""
+    """Map a uint8 RGB tensor ``[3, h, w]`` to a normalized float ``[3, H, W]`` for training.
+
+    Bilinear resize to ``size``, RandAugment(N=``randaugment_ops``) (skipped for 0), ImageNet
+    mean/std.
+    """
     steps: list = [v2.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)]
     if randaugment_ops > 0:
         steps.append(v2.RandAugment(num_ops=randaugment_ops, magnitude=magnitude,

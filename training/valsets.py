@@ -288,7 +288,7 @@ LAYOUTS: dict[str, Callable[[ValSetConfig], ValSet]] = {
 
 
 def load_valset(cfg: ValSetConfig) -> ValSet:
-    """The validation set described by ``cfg``; wrong layout names raise ConfigError."""
+    """Return the validation set described by ``cfg``; wrong layout names raise ConfigError."""
     try:
         loader = LAYOUTS[cfg.layout]
     except KeyError:
@@ -302,7 +302,8 @@ def parse_valset_spec(text: str) -> ValSetConfig:
     """``LAYOUT:PATH[:PREFIX]`` (command line) -> ValSetConfig, e.g. ``pitts:/data/pitts30k/val``."""
     layout, sep, rest = text.partition(':')
     if not sep or not rest:
-        raise ConfigError(f'--val {text!r}: expected LAYOUT:PATH[:PREFIX] with LAYOUT one of {", ".join(sorted(LAYOUTS))}')
+        raise ConfigError(f'--val {text!r}: expected LAYOUT:PATH[:PREFIX] with LAYOUT one of '
+                          f'{", ".join(sorted(LAYOUTS))}')
     if layout not in LAYOUTS:
         raise ConfigError(f'--val {text!r}: unknown layout {layout!r}; valid: {", ".join(sorted(LAYOUTS))}')
     root, _, prefix = rest.partition(':') if layout == 'npy' else (rest, '', '')
