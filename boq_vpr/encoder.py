@@ -17,10 +17,11 @@ import numpy as np
 
 from .backends import FIXED_SIZE_BACKENDS, EncoderBackend, make_backend
 from .errors import BackendError, ConfigError, ImageError
-from .models.checkpoint import file_sha256, resolve_weights
+from .models.checkpoint import resolve_weights
 from .models.config import ModelConfig, get_config
 from .models.vpr import RANDOM_SEED, feature_shape
 from .preprocessing import Preprocessor
+from .values import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,19 @@ FP32); ``use_trt_ep=True`` puts ONNX Runtime's TensorRT execution provider first
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import BackendError, ExportError, ImageError
-from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..errors import BackendError, ExportError
+from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, read_onnx
 from ..models.config import ModelConfig
 from .capabilities import physical_cores
-from .engine_cache import cache_dir, cached_onnx
+from .common import check_input
+from .engine_cache import cache_dir
+from .onnx_files import int8_onnx, resolve_onnx  # noqa: F401  (commands.export imports int8_onnx from here)
 
 log = logging.getLogger(__name__)
 
@@ -37,51 +38,6 @@ def _ort():
     except ImportError as err:
         raise BackendError('onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu') from err
     return onnxruntime
-
-
-def check_input(batch: torch.Tensor | np.ndarray, image_size: tuple[int, int] | None, backend: str) -> None:
-    """Raise ImageError naming the expected shape when ``batch`` does not fit the graph."""
-    shape = tuple(batch.shape)
-    if len(shape) != 4 or shape[1] != 3 or shape[0] < 1:
-        raise ImageError(f'{backend}: expected a batch [N, 3, H, W], got {list(shape)}')
-    if image_size is not None and tuple(shape[2:]) != tuple(image_size):
-        raise ImageError(f'{backend}: expected input [N, 3, {image_size[0]}, {image_size[1]}], got {list(shape)}; '
-                         'preprocess to the exported size or export with --dynamic-size')
-
-
-def folder_digest(folder: Path) -> str:
-    """Hash of a folder's image file names and sizes (identifies a calibration set)."""
-    from ..inputs.images import list_images
-    h = hashlib.sha256()
-    for p in list_images(folder, recursive=True):
-        h.update(f'{p.relative_to(folder)}:{p.stat().st_size};'.encode())
-    return h.hexdigest()[:16]
-
-
-def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, calibration: str | Path,
-              max_images: int = 64) -> Path:
-    """The INT8 copy of ``fp32_onnx`` calibrated on a folder of images (cached by folder content)."""
-    from ..export import calibration_batches, quantize_int8
-    from ..inputs.images import list_images, load_image
-    from ..preprocessing import Preprocessor
-    folder = Path(calibration)
-    files = list_images(folder, recursive=True)
-    step = max(1, len(files) // max_images)
-    files = files[::step][:max_images]
-    # keyed by the FP32 model's content too: a re-export with other weights under the same file
-    # name must not reuse the old INT8 model
-    # and by the quantization recipe: an INT8 model made with other settings is not reused
-    from ..export.onnx_export import onnx_sha256
-    from ..export.quantize import QUANT_RECIPE
-    out = cache_dir() / 'onnx' / (f'{fp32_onnx.stem}-int8-{QUANT_RECIPE}-{onnx_sha256(fp32_onnx)[:16]}-'
-                                  f'{folder_digest(folder)}-{len(files)}.onnx')
-    if out.is_file():
-        log.info('using cached INT8 model %s', out)
-        return out
-    images = [load_image(p) for p in files]
-    pre = Preprocessor(tuple(config.image_size), 'fixed', config.stride if config.is_vit else 1)
-    quantize_int8(fp32_onnx, out, calibration_batches(images, pre))
-    return out
 
 
 class OnnxRuntimeBackend:
@@ -120,27 +76,12 @@ class OnnxRuntimeBackend:
             raise BackendError(f'onnxruntime: unknown device {device!r}; valid: auto, cpu, cuda, cuda:N')
         self.precision = precision
 
-        if onnx_path is not None:
-            path = Path(onnx_path)
-            _, spec = read_onnx(path)
-            check_spec_matches(spec, config, weights, str(path))
-            if precision == 'int8' and spec.precision != 'int8':
-                if calibration is None:
-                    raise BackendError(f'{path} is FP32; int8 needs calibration images (calibration=FOLDER) '
-                                       'or an INT8 file from `boq-vpr export --precision int8`')
-                path = int8_onnx(config, weights, path, calibration)
-            elif spec.precision != precision:
-                raise BackendError(f'{path} is a {spec.precision} export but precision {precision} was asked for; '
-                                   f'use precision {spec.precision} or `boq-vpr export --precision {precision}`')
-        else:
-            path = cached_onnx(config, weights, dynamic_size=dynamic_size, attention=attention,
-                               precision='fp16' if precision == 'fp16' else 'fp32')
-            if precision == 'int8':
-                if calibration is None:
-                    raise BackendError('onnxruntime int8 needs calibration images of the deployment camera: pass '
-                                       'calibration=FOLDER (--calibration), or an INT8 ONNX from '
-                                       '`boq-vpr export --precision int8`')
-                path = int8_onnx(config, weights, path, calibration)
+        path, spec = resolve_onnx(self.name, config, weights, onnx_path, precision=precision,
+                                  export_precision='fp16' if precision == 'fp16' else 'fp32',
+                                  calibration=calibration, dynamic_size=dynamic_size, attention=attention)
+        if precision != 'int8' and spec.precision != precision:
+            raise BackendError(f'{path} is a {spec.precision} export but precision {precision} was asked for; '
+                               f'use precision {spec.precision} or `boq-vpr export --precision {precision}`')
         self.onnx_path = path
         _, self.spec = read_onnx(path)
 

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ExportError
-from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..export import ATTENTION_NAME, DESCRIPTOR_NAME, INPUT_NAME, read_onnx
 from ..models.config import ModelConfig
 from .capabilities import physical_cores
-from .engine_cache import cached_onnx
-from .onnxruntime_backend import check_input, int8_onnx
+from .common import check_input
+from .onnx_files import resolve_onnx
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,9 @@ class OpenVinoBackend:
             raise BackendError(f'openvino: this CPU has no native bf16 (capabilities {sorted(caps)}); use fp32')
         self.precision = precision
 
-        if onnx_path is not None:
-            path = Path(onnx_path)
-            _, spec = read_onnx(path)
-            check_spec_matches(spec, config, weights, str(path))
-        else:
-            path = cached_onnx(config, weights, dynamic_size=dynamic_size, attention=attention)
-            _, spec = read_onnx(path)
-        if precision == 'int8' and spec.precision != 'int8':
-            if calibration is None:
-                raise BackendError('openvino int8 needs calibration images (calibration=FOLDER, --calibration) '
-                                   'or an INT8 ONNX from `boq-vpr export --precision int8`')
-            path = int8_onnx(config, weights, path, calibration)
-        elif spec.precision == 'int8' and precision != 'int8':
+        path, spec = resolve_onnx(self.name, config, weights, onnx_path, precision=precision,
+                                  calibration=calibration, dynamic_size=dynamic_size, attention=attention)
+        if spec.precision == 'int8' and precision != 'int8':
             raise BackendError(f'{path} is an INT8 model; use precision int8 or the FP32 export')
         self.onnx_path = path
         _, self.spec = read_onnx(path)

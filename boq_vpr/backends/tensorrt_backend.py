@@ -33,10 +33,12 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ExportError
-from ..export import DESCRIPTOR_NAME, INPUT_NAME, check_spec_matches, read_onnx
+from ..export import DESCRIPTOR_NAME, INPUT_NAME
 from ..models.config import ModelConfig
-from .engine_cache import EngineKey, cache_dir, cached_onnx, read_engine_key, write_engine
-from .onnxruntime_backend import check_input, folder_digest
+from ..values import file_sha256
+from .common import check_input
+from .engine_cache import EngineKey, cache_dir, read_engine_key, write_engine
+from .onnx_files import calibration_files, folder_digest, resolve_onnx
 
 if TYPE_CHECKING:  # the static check sees the real API (tensorrt-stubs); at run time TensorRT is optional
     import tensorrt as trt
@@ -285,10 +287,10 @@ class TensorRTBackend:
             raise BackendError(f'tensorrt int8: max_batch ({max_batch}) must be at least the calibration batch '
                                f'({CALIBRATION_BATCH})')
         # TensorRT 10: build from the FP32 graph with precision flags. Strongly typed: the graph's own types.
+        # INT8 is calibrated by the builder, so the graph itself is asked for at graph_precision.
         graph_precision = 'fp16' if self.strongly_typed and self.precision == 'fp16' else 'fp32'
-        onnx = Path(onnx_path) if onnx_path is not None else cached_onnx(config, weights, precision=graph_precision)
-        _, spec = read_onnx(onnx)
-        check_spec_matches(spec, config, weights, str(onnx))
+        onnx, spec = resolve_onnx(self.name, config, weights, onnx_path, precision=graph_precision,
+                                  export_precision=graph_precision)
         if spec.precision != graph_precision:
             raise BackendError(f'{onnx} is a {spec.precision} export; TensorRT {version} builds {self.precision} '
                                f'engines from the {graph_precision} export (`boq-vpr export --precision '
@@ -297,7 +299,7 @@ class TensorRTBackend:
         shapes = ((1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w))
         self.workspace = int(workspace)
         calib = calibration_digest(self.calibration) if self.precision == 'int8' and self.calibration else ''
-        key = EngineKey(onnx_sha256=_sha(onnx), tensorrt=version, gpu=gpu_name(self.device_obj),
+        key = EngineKey(onnx_sha256=file_sha256(onnx), tensorrt=version, gpu=gpu_name(self.device_obj),
                         precision=self.precision, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2],
                         workspace_bytes=self.workspace, strongly_typed=self.strongly_typed,
                         precision_constraints=precision_constraints(self.precision, self.strongly_typed),
@@ -404,19 +406,13 @@ class TensorRTBackend:
                 'calibration': str(self.calibration) if self.calibration else None}
 
 
-def _sha(path: Path) -> str:
-    from ..export import onnx_sha256
-    return onnx_sha256(path)
-
-
 def _calibration_batches(config: ModelConfig, folder: Path, max_images: int = CALIBRATION_MAX_IMAGES,
                          batch_size: int = CALIBRATION_BATCH) -> list[np.ndarray]:
     """Preprocessed calibration batches of exactly ``batch_size`` images (a shorter last batch is dropped)."""
     from ..export import calibration_batches
-    from ..inputs.images import list_images, load_image
+    from ..inputs.images import load_image
     from ..preprocessing import Preprocessor
-    files = list_images(folder, recursive=True)
-    files = files[::max(1, len(files) // max_images)][:max_images]
+    files = calibration_files(folder, max_images)
     h, w = config.image_size
     pre = Preprocessor((int(h), int(w)), 'fixed', config.stride if config.is_vit else 1)
     batches = calibration_batches([load_image(p) for p in files], pre, batch_size=batch_size)

@@ -18,7 +18,7 @@ from ..errors import BackendError
 from ..models import load_model
 from ..models.config import ModelConfig
 from .capabilities import cpu_supports_bf16
-from .onnxruntime_backend import check_input
+from .common import check_input
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import torch
 
 from ..errors import ExportError
 from ..models import load_model
-from ..models.checkpoint import file_sha256
 from ..models.config import ModelConfig
 from ..models.vpr import RANDOM_SEED, VPRModel
+from ..values import file_sha256
 from .graph import InferenceGraph, to_mixed_precision
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,6 @@ def read_onnx(path: str | Path, load_weights: bool = False):
         raise ExportError(f'{path}: not a valid ONNX model (truncated or corrupt?): {err}') from err
     meta = {p.key: p.value for p in proto.metadata_props}
     return proto, ExportSpec.from_metadata(meta, source=str(path))
-
-
-def onnx_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of an ONNX file (engine cache key)."""
-    return file_sha256(path)
 
 
 def check_spec_matches(spec: ExportSpec, config: ModelConfig, weights: str | Path | None, source: str,

@@ -14,7 +14,6 @@ the writing, fsyncs and checksums run outside the lock, while the map keeps serv
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MapError
+from ..values import file_sha256
 from .store import DB_FILE, KeyframeStore
 
 FORMAT = 'boq_vpr-map'
@@ -49,14 +49,6 @@ class Snapshot:
     ids: np.ndarray                # a view of an append-only buffer (stable)
     pending: np.ndarray | None     # likewise
     reader: sqlite3.Connection     # a read transaction on the metadata store
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 22), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,7 +130,7 @@ def _write_data(folder: Path, snap: Snapshot) -> dict:
     files = {}
     for name in names:
         _fsync_file(folder / name)
-        files[name] = {'bytes': (folder / name).stat().st_size, 'sha256': file_digest(folder / name)}
+        files[name] = {'bytes': (folder / name).stat().st_size, 'sha256': file_sha256(folder / name)}
     _fsync_dir(folder)
     return files
 
@@ -225,7 +217,7 @@ def read_manifest(path: Path, fingerprint: str | None = None, descriptor_dim: in
         if size != expected_bytes:
             raise MapError(f'{f} is truncated or altered: {size} bytes, the manifest says {expected_bytes}; '
                            f'restore it or rebuild the map')
-        if file_digest(f) != expected_sha:
+        if file_sha256(f) != expected_sha:
             raise MapError(f'{f} is corrupt (checksum mismatch); restore it or rebuild the map')
     return manifest
 

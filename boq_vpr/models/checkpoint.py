@@ -6,7 +6,6 @@ refused. Keys must match the model exactly; a mismatch lists missing, unexpected
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import pickle
 import zipfile
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..values import file_sha256  # noqa: F401  (imported from here by commands.info and training/ship.py)
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +151,6 @@ def load_model(config, weights: str | Path | None = None) -> nn.Module:
                     'descriptors are meaningless for real places', getattr(config, 'name', config), RANDOM_SEED)
         return build_model(config, seed=RANDOM_SEED)
     return load_weights(build_model(config), weights)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file (weights fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def summarize_state_dict(state: Mapping[str, torch.Tensor]) -> dict:

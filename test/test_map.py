@@ -551,13 +551,13 @@ def test_save_writes_outside_the_map_lock(tmp_path, monkeypatch):
     x = structured(500, seed=9)
     db.add(x[:400], keyframes(400), thumbnails=[np.zeros((8, 8), np.uint8)] * 400)
     writing, release = threading.Event(), threading.Event()
-    real = persist.file_digest
+    real = persist.file_sha256
 
     def slow_digest(path):
         writing.set()
         assert release.wait(60), 'test never released the save'
         return real(path)
-    monkeypatch.setattr(persist, 'file_digest', slow_digest)
+    monkeypatch.setattr(persist, 'file_sha256', slow_digest)
     saver = threading.Thread(target=db.save, args=(tmp_path / 'map',))
     saver.start()
     assert writing.wait(60)
