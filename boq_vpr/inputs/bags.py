@@ -1,11 +1,12 @@
-"""Bag input and output with ``rosbags`` (no ROS install needed).
+"""Bag input with ``rosbags`` (no ROS install needed).
 
 Reads rosbag2 (sqlite3 and mcap, a bag directory or a single ``.db3``/``.mcap`` file) and ROS 1
 ``.bag`` files: topic listing, image messages (``sensor_msgs/Image`` and ``CompressedImage``)
 as ``(stamp_ns, RGB uint8)`` through ``boq_vpr.inputs.images``, and poses (``nav_msgs/Odometry``,
-``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped``). Writes rosbag2 (sqlite3, mcap)
-and ROS 1 bags of images, poses and any standard message. This is the one bag module: the
-evaluator, the replay tool, ``make-bag`` and the training data builders all go through it.
+``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped``). Bags are written by
+``boq_vpr.inputs.bag_writer.BagWriter`` (rosbag2 sqlite3 and mcap, ROS 1), also importable from
+here. These are the one bag modules: the evaluator, the replay tool, ``make-bag`` and the training
+data builders all go through them.
 """
 from __future__ import annotations
 
@@ -18,34 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from ..errors import BagError, ImageError
-from .images import decode_to_rgb8, raw_to_rgb8
-from ..values import NS_PER_S
+from ..errors import BagError, ConfigError, ImageError
+from ..values import stamp_to_ns
+from .bag_writer import IMAGE_FORMATS, STORAGES, BagWriter
+from .messages import (COMPRESSED_IMAGE, IMAGE_TYPES, ODOMETRY, POSE_COV_STAMPED, POSE_STAMPED, POSE_TYPES, RAW_IMAGE,
+                       PoseSample, image_from_message, pose_from_message, typestore)
 
 log = logging.getLogger(__name__)
 
-STORAGES = ('sqlite3', 'mcap', 'ros1')
-IMAGE_FORMATS = ('raw', 'jpeg', 'png')
-RAW_IMAGE = 'sensor_msgs/msg/Image'
-COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
-IMAGE_TYPES = (RAW_IMAGE, COMPRESSED_IMAGE)
-ODOMETRY = 'nav_msgs/msg/Odometry'
-POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
-POSE_COV_STAMPED = 'geometry_msgs/msg/PoseWithCovarianceStamped'
-POSE_TYPES = (ODOMETRY, POSE_STAMPED, POSE_COV_STAMPED)
+__all__ = ['BagImage', 'BagWriter', 'COMPRESSED_IMAGE', 'GROUND_TRUTH_SIDECAR', 'IMAGE_FORMATS', 'IMAGE_TYPES',
+           'ODOMETRY', 'POSE_COV_STAMPED', 'POSE_STAMPED', 'POSE_TYPES', 'PoseSample', 'RAW_IMAGE', 'ReadReport',
+           'STAMP_SOURCES', 'STORAGES', 'TopicSummary', 'ground_truth_sidecar', 'image_from_message', 'is_bag',
+           'iter_images', 'iter_messages', 'iter_poses', 'iter_raw_messages', 'list_topics', 'open_bag',
+           'pose_from_message', 'read_poses', 'select_topic']
+
 STAMP_SOURCES = ('header', 'bag')
-
-
-def _typestore(ros1: bool = False):
-    from rosbags.typesys import Stores, get_typestore
-    if ros1:
-        return get_typestore(Stores.ROS1_NOETIC)
-    # the newest ROS 2 message definitions this rosbags release knows (older ones lack Kilted)
-    name = next(n for n in ('ROS2_KILTED', 'ROS2_JAZZY', 'ROS2_HUMBLE') if hasattr(Stores, n))
-    return get_typestore(getattr(Stores, name))
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -63,16 +53,6 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - present in rosbags >= 0.9.20
         pass
     return tuple(errors)
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """A ROS time (``sec``/``nanosec``) -> integer nanoseconds."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-def ns_to_stamp(ns: int) -> tuple[int, int]:
-    """Integer nanoseconds -> (sec, nanosec)."""
-    return int(ns) // NS_PER_S, int(ns) % NS_PER_S
 
 
 @dataclass(frozen=True)
@@ -96,16 +76,6 @@ class BagImage:
     stamp_ns: int
     bag_ns: int
     rgb: np.ndarray | None
-    frame_id: str = ''
-
-
-@dataclass
-class PoseSample:
-    """One pose message: stamp, position (x, y, z), orientation quaternion (x, y, z, w), frame."""
-
-    stamp_ns: int
-    position: tuple[float, float, float]
-    orientation: tuple[float, float, float, float]
     frame_id: str = ''
 
 
@@ -165,7 +135,7 @@ def open_bag(path: str | Path) -> Iterator[Any]:
     if not path.exists():
         raise BagError(f'{path}: no such bag (give a rosbag2 directory, a .db3/.mcap file or a ROS 1 .bag)')
     try:
-        reader = AnyReader([path], default_typestore=_typestore(_is_ros1(path)))
+        reader = AnyReader([path], default_typestore=typestore(_is_ros1(path)))
         reader.open()
     except _read_errors() as err:
         raise BagError(f'{path}: cannot be opened as a bag ({type(err).__name__}: {err}); '
@@ -216,19 +186,6 @@ def select_topic(path: str | Path, topics: dict[str, TopicSummary], topic: str |
     raise BagError(f'{path}: several {what} topics, choose one: {", ".join(t.name for t in candidates)}')
 
 
-def image_from_message(msg: Any, msgtype: str, what: str = 'image') -> np.ndarray:
-    """A deserialized Image or CompressedImage message -> RGB uint8 (``ImageError`` if unusable)."""
-    if msgtype == RAW_IMAGE:
-        return raw_to_rgb8(msg.data, int(msg.height), int(msg.width), str(msg.encoding), int(msg.step),
-                           bool(msg.is_bigendian))
-    if msgtype == COMPRESSED_IMAGE:
-        fmt = str(msg.format).lower()
-        if 'compresseddepth' in fmt:
-            raise ImageError(f'{what}: compressedDepth images are not supported (format {msg.format!r})')
-        return decode_to_rgb8(msg.data, what=what)
-    raise ImageError(f'{what}: {msgtype} is not an image message type ({", ".join(IMAGE_TYPES)})')
-
-
 def iter_images(path: str | Path, topic: str | None = None, *, stamp: str = 'header', decode: bool = True,
                 report: ReadReport | None = None, max_frames: int | None = None,
                 every: int = 1) -> Iterator[BagImage]:
@@ -240,9 +197,9 @@ def iter_images(path: str | Path, topic: str | None = None, *, stamp: str = 'hea
     ``every``: keep one message in ``every``; ``max_frames``: stop after that many frames.
     """
     if stamp not in STAMP_SOURCES:
-        raise ValueError(f'stamp must be one of {", ".join(STAMP_SOURCES)}, got {stamp!r}')
+        raise ConfigError(f'stamp must be one of {", ".join(STAMP_SOURCES)}, got {stamp!r}')
     if every < 1:
-        raise ValueError(f'every must be >= 1, got {every}')
+        raise ConfigError(f'every must be >= 1, got {every}')
     path = Path(path)
     report = report if report is not None else ReadReport()
     with open_bag(path) as reader:
@@ -272,14 +229,18 @@ def iter_images(path: str | Path, topic: str | None = None, *, stamp: str = 'hea
                 log.warning('%s: cannot be deserialized (%s), skipped', what, err)
                 report.skipped.append({'index': index, 'reason': f'deserialize: {err}'})
                 continue
-            header_ns = stamp_to_ns(msg.header.stamp)
             if stamp == 'bag':
                 stamp_ns = int(bag_ns)
-            elif header_ns == 0:
-                report.zero_stamps += 1
-                stamp_ns = int(bag_ns)
             else:
-                stamp_ns = header_ns
+                try:
+                    stamp_ns = stamp_to_ns(msg.header.stamp)
+                except ValueError as err:   # nanosec out of range: a malformed header
+                    log.warning('%s skipped: %s', what, err)
+                    report.skipped.append({'index': index, 'reason': str(err)})
+                    continue
+                if stamp_ns == 0:
+                    report.zero_stamps += 1
+                    stamp_ns = int(bag_ns)
             rgb = None
             if decode:
                 try:
@@ -307,22 +268,12 @@ def iter_images(path: str | Path, topic: str | None = None, *, stamp: str = 'hea
         log.warning('%s:%s: %d image stamps go backwards in bag order', path, report.topic, report.out_of_order)
 
 
-def pose_from_message(msg: Any, msgtype: str) -> PoseSample:
-    """A deserialized Odometry / PoseStamped / PoseWithCovarianceStamped -> ``PoseSample``."""
-    if msgtype == ODOMETRY or msgtype == POSE_COV_STAMPED:
-        pose = msg.pose.pose
-    elif msgtype == POSE_STAMPED:
-        pose = msg.pose
-    else:
-        raise BagError(f'{msgtype} is not a pose message type ({", ".join(POSE_TYPES)})')
-    p, q = pose.position, pose.orientation
-    return PoseSample(stamp_to_ns(msg.header.stamp), (float(p.x), float(p.y), float(p.z)),
-                      (float(q.x), float(q.y), float(q.z), float(q.w)), str(msg.header.frame_id))
-
-
 def iter_poses(path: str | Path, topic: str | None = None) -> Iterator[PoseSample]:
-    """Pose messages of ``topic`` (the only pose topic when None) in bag order; a zero header
-    stamp is replaced by the bag receive time."""
+    """Pose messages of ``topic`` (the only pose topic when None) in bag order.
+
+    A zero header stamp is replaced by the bag receive time; a message whose header stamp is
+    invalid (nanosec out of range) is skipped with a warning.
+    """
     path = Path(path)
     with open_bag(path) as reader:
         chosen = select_topic(path, _summaries(reader), topic, POSE_TYPES, 'pose')
@@ -339,7 +290,13 @@ def iter_poses(path: str | Path, topic: str | None = None) -> Iterator[PoseSampl
                 raise BagError(f'{path}: cannot read message {n} of {chosen.name} '
                                f'({type(err).__name__}: {err}); the bag is truncated or corrupt') from err
             n += 1
-            sample = pose_from_message(msg, conn.msgtype)
+            try:
+                sample = pose_from_message(msg, conn.msgtype)
+            except ConfigError:
+                raise
+            except ValueError as err:   # nanosec out of range: a malformed header
+                log.warning('%s:%s message %d skipped: %s', path, chosen.name, n - 1, err)
+                continue
             if sample.stamp_ns == 0:
                 sample.stamp_ns = int(bag_ns)
             yield sample
@@ -389,7 +346,7 @@ def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> 
     path = Path(path)
     if not _is_ros1(path):
         return _iter_bag(path, topics, lambda reader, conn, raw: bytes(raw))
-    store2 = _typestore(False)
+    store2 = typestore(False)
     cache: dict[str, object] = {}
     return _iter_bag(path, topics, lambda reader, conn, raw: _ros1_to_cdr(reader.typestore, store2, conn.msgtype,
                                                                           raw, cache))
@@ -402,147 +359,3 @@ def _ros1_to_cdr(store1: Any, store2: Any, msgtype: str, raw: bytes, cache: dict
     if msgtype not in store2.types:
         raise BagError(f'{msgtype} of a ROS 1 bag has no ROS 2 counterpart to publish')
     return bytes(migrate_bytes(store1, store2, msgtype, msgtype, cache, raw, src_is2=False, dst_is2=True))
-
-
-class BagWriter:
-    """Writes a new bag: rosbag2 (``sqlite3`` or ``mcap``) or ROS 1 (``ros1``, a ``.bag`` file).
-
-    Use as a context manager; on an exception the partial bag is closed as far as it got. The
-    message log time is the stamp given (so replay follows the recorded timing).
-    """
-
-    def __init__(self, path: str | Path, storage: str = 'sqlite3', version: int = 8) -> None:
-        if storage not in STORAGES:
-            raise ValueError(f'storage must be one of {", ".join(STORAGES)}, got {storage!r}')
-        self.path = Path(path)
-        self.storage = storage
-        if self.path.exists():
-            raise BagError(f'{self.path} exists already; choose a new output path (bags are never overwritten)')
-        if storage == 'ros1' and self.path.suffix != '.bag':
-            raise BagError(f'{self.path}: a ROS 1 bag must end in .bag')
-        self._ros1 = storage == 'ros1'
-        self.typestore = _typestore(self._ros1)
-        if self._ros1:
-            from rosbags.rosbag1 import Writer as Writer1
-            self._writer = Writer1(self.path)
-        else:
-            from rosbags.rosbag2 import StoragePlugin, Writer as Writer2
-            plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-            self._writer = Writer2(self.path, version=version, storage_plugin=plugin)
-        self._connections: dict[tuple[str, str], Any] = {}
-        self.counts: dict[str, int] = {}
-        self._open = False
-
-    def __enter__(self) -> 'BagWriter':
-        self.open()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def open(self) -> None:
-        self._writer.open()
-        self._open = True
-
-    def close(self) -> None:
-        if self._open:
-            self._writer.close()
-            self._open = False
-            log.info('wrote %s (%s): %s', self.path, self.storage,
-                     ', '.join(f'{t} {n}' for t, n in self.counts.items()))
-
-    def msg(self, msgtype: str, **fields: Any) -> Any:
-        """A message object of ``msgtype`` (e.g. 'std_msgs/msg/Header') from keyword fields."""
-        return self.typestore.types[msgtype](**fields)
-
-    def header(self, stamp_ns: int, frame_id: str = '', seq: int = 0) -> Any:
-        sec, nsec = ns_to_stamp(stamp_ns)
-        stamp = self.msg('builtin_interfaces/msg/Time', sec=sec, nanosec=nsec)
-        if self._ros1:
-            return self.msg('std_msgs/msg/Header', seq=seq, stamp=stamp, frame_id=frame_id)
-        return self.msg('std_msgs/msg/Header', stamp=stamp, frame_id=frame_id)
-
-    def write(self, topic: str, msgtype: str, stamp_ns: int, message: Any) -> None:
-        """Serialize and write one message at log time ``stamp_ns``."""
-        if not self._open:
-            raise BagError(f'{self.path}: writer is not open')
-        key = (topic, msgtype)
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
-            self._connections[key] = conn
-        data = (self.typestore.serialize_ros1(message, msgtype) if self._ros1
-                else self.typestore.serialize_cdr(message, msgtype))
-        self._writer.write(conn, int(stamp_ns), data)
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-
-    def write_raw(self, topic: str, msgtype: str, stamp_ns: int, data: bytes) -> None:
-        """Write already serialized bytes (CDR for rosbag2, ROS 1 for ROS 1 bags)."""
-        if not self._open:
-            raise BagError(f'{self.path}: writer is not open')
-        key = (topic, msgtype)
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
-            self._connections[key] = conn
-        self._writer.write(conn, int(stamp_ns), data)
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-
-    def image_message(self, rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera',
-                      fmt: str = 'raw', jpeg_quality: int = 95) -> tuple[str, Any]:
-        """(msgtype, message) of an RGB uint8 image: raw ``rgb8`` Image, or CompressedImage in
-        JPEG/PNG with the image_transport format string."""
-        if fmt not in IMAGE_FORMATS:
-            raise ValueError(f'image format must be one of {", ".join(IMAGE_FORMATS)}, got {fmt!r}')
-        rgb = np.ascontiguousarray(rgb)
-        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-            raise ImageError(f'expected RGB uint8 HxWx3, got {rgb.dtype} {rgb.shape}')
-        header = self.header(stamp_ns, frame_id)
-        if fmt == 'raw':
-            h, w = rgb.shape[:2]
-            return RAW_IMAGE, self.msg(RAW_IMAGE, header=header, height=h, width=w, encoding='rgb8',
-                                       is_bigendian=0, step=w * 3, data=rgb.reshape(-1))
-        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == 'jpeg' else []
-        ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', bgr, params)
-        if not ok:  # pragma: no cover - OpenCV fails only on invalid input
-            raise ImageError(f'cannot encode image as {fmt}')
-        return COMPRESSED_IMAGE, self.msg(COMPRESSED_IMAGE, header=header,
-                                          format=f'rgb8; {fmt} compressed bgr8', data=buf.reshape(-1))
-
-    def add_image(self, topic: str, rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera',
-                  fmt: str = 'raw', jpeg_quality: int = 95) -> None:
-        """Write an RGB uint8 image as Image (``fmt='raw'``) or CompressedImage (jpeg, png)."""
-        msgtype, message = self.image_message(rgb, stamp_ns, frame_id, fmt, jpeg_quality)
-        self.write(topic, msgtype, stamp_ns, message)
-
-    def pose_message(self, msgtype: str, stamp_ns: int, position: Sequence[float],
-                     orientation: Sequence[float] | None = None, frame_id: str = 'map',
-                     child_frame_id: str = '') -> Any:
-        """A PoseStamped, PoseWithCovarianceStamped or Odometry message."""
-        q = tuple(orientation) if orientation is not None else (0.0, 0.0, 0.0, 1.0)
-        pose = self.msg('geometry_msgs/msg/Pose',
-                        position=self.msg('geometry_msgs/msg/Point', x=float(position[0]), y=float(position[1]),
-                                          z=float(position[2])),
-                        orientation=self.msg('geometry_msgs/msg/Quaternion', x=float(q[0]), y=float(q[1]),
-                                             z=float(q[2]), w=float(q[3])))
-        header = self.header(stamp_ns, frame_id)
-        if msgtype == POSE_STAMPED:
-            return self.msg(POSE_STAMPED, header=header, pose=pose)
-        cov = self.msg('geometry_msgs/msg/PoseWithCovariance', pose=pose, covariance=np.zeros(36, np.float64))
-        if msgtype == POSE_COV_STAMPED:
-            return self.msg(POSE_COV_STAMPED, header=header, pose=cov)
-        if msgtype == ODOMETRY:
-            zero = self.msg('geometry_msgs/msg/Vector3', x=0.0, y=0.0, z=0.0)
-            twist = self.msg('geometry_msgs/msg/TwistWithCovariance',
-                             twist=self.msg('geometry_msgs/msg/Twist', linear=zero, angular=zero),
-                             covariance=np.zeros(36, np.float64))
-            return self.msg(ODOMETRY, header=header, child_frame_id=child_frame_id, pose=cov, twist=twist)
-        raise ValueError(f'pose message type must be one of {", ".join(POSE_TYPES)}, got {msgtype!r}')
-
-    def add_pose(self, topic: str, stamp_ns: int, position: Sequence[float],
-                 orientation: Sequence[float] | None = None, frame_id: str = 'map',
-                 msgtype: str = POSE_STAMPED, child_frame_id: str = '') -> None:
-        """Write a pose (PoseStamped by default; Odometry or PoseWithCovarianceStamped on request)."""
-        self.write(topic, msgtype, stamp_ns,
-                   self.pose_message(msgtype, stamp_ns, position, orientation, frame_id, child_frame_id))

@@ -1,18 +1,29 @@
-"""Image conversion: files, encoded bytes and raw buffers -> RGB uint8 ``H x W x 3``.
+"""Image conversion: files, encoded bytes, raw buffers and image messages -> RGB uint8 ``H x W x 3``.
 
-The single conversion step used by the CLI, the node, the replay tool and the evaluator.
-ROS message wrappers live with the node; they hand the message fields to ``raw_to_rgb8`` and
-``decode_to_rgb8``.
+The single conversion step used by the CLI, the node, the replay tool and the evaluator. Image
+messages (``sensor_msgs/Image`` and ``CompressedImage``, from rclpy or from a bag read with
+rosbags) have every field checked first (``raw_message_to_rgb8``, ``compressed_message_to_rgb8``):
+a malformed one raises ``FrameRejected`` whose ``reason`` names the problem (the node counts
+rejections per reason). Raw encodings this module does not convert itself (YUV, 16-bit Bayer,
+16-bit RGBA) go through rosbags-image. Compressed images are decoded with OpenCV after a signature
+check, so a truncated JPEG is rejected instead of decoded into a half-grey image. No ROS imports.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
 from ..errors import ImageError
+
+try:
+    from rosbags.image import image as _rbimage
+except ImportError:  # pragma: no cover - rosbags-image is a dependency
+    _rbimage = None
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +153,139 @@ def array_to_rgb8(img: np.ndarray, bgr: bool = False) -> np.ndarray:
     else:
         raise ImageError(f'unsupported image shape {img.shape}')
     return np.ascontiguousarray(img)
+
+
+# ---------------------------------------------------------------------------------------------
+# image messages (rclpy or rosbags objects: only their fields are read)
+
+_PLANAR = ('nv12', 'nv21')  # 4:2:0 planar layouts: not supported
+
+
+class FrameRejected(ImageError):
+    """A message that cannot be used; ``reason`` is a short counter name (e.g. ``wrong_step``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _bytes_per_pixel(encoding: str) -> tuple[int, int] | None:
+    """(channels, bytes per channel) of a raw encoding, or None when unknown."""
+    layout = encoding_layout(encoding)
+    if layout is not None:
+        return layout
+    if _rbimage is not None and encoding in _rbimage.ENCODINGMAP and encoding not in _PLANAR:
+        depth, _fmt, typestr, channels = _rbimage.ENCODINGMAP[encoding]
+        return channels, np.dtype(typestr).itemsize
+    return None
+
+
+def raw_encodings() -> list[str]:
+    """Raw encodings of image messages this module converts."""
+    names = set(SUPPORTED_ENCODINGS)
+    if _rbimage is not None:
+        names |= {e for e in _rbimage.ENCODINGMAP if e not in _PLANAR}
+    return sorted(names)
+
+
+def check_raw_message(msg: Any) -> tuple[int, int]:
+    """Validate the fields of a sensor_msgs/Image; return (channels, bytes per channel)."""
+    h, w, step, n = int(msg.height), int(msg.width), int(msg.step), len(msg.data)
+    enc = str(msg.encoding)
+    info = _bytes_per_pixel(enc)
+    if info is None:
+        raise FrameRejected('unknown_encoding', f'unsupported encoding {enc!r}; supported: {", ".join(raw_encodings())}')
+    if h == 0 or w == 0:
+        raise FrameRejected('empty_image', f'empty image {w}x{h} ({enc})')
+    try:
+        check_image_size(w, h, f'{enc} image')
+    except ImageTooLarge as err:
+        raise FrameRejected('too_large', str(err)) from None
+    channels, itemsize = info
+    row = w * channels * itemsize
+    if step < row or (n == row * h and step != row):
+        raise FrameRejected('wrong_step', f'step {step} does not fit a {w}x{h} {enc} image '
+                            f'(a row is {row} bytes; data has {n} bytes)')
+    if n < step * h:
+        raise FrameRejected('truncated_data', f'data has {n} bytes, a {w}x{h} {enc} image with step {step} '
+                            f'needs {step * h}')
+    return info
+
+
+def _tight_rows(msg: Any, row: int) -> bytes:
+    """The image rows without step padding."""
+    h, step = int(msg.height), int(msg.step)
+    if step == row:
+        return bytes(memoryview(msg.data)[:row * h])
+    buf = np.frombuffer(msg.data, np.uint8, count=step * h).reshape(h, step)[:, :row]
+    return np.ascontiguousarray(buf).tobytes()
+
+
+def _rosbags_to_rgb8(msg: Any, row: int) -> np.ndarray:
+    """An encoding only rosbags-image knows -> RGB uint8."""
+    if _rbimage is None:
+        raise FrameRejected('unknown_encoding', f'encoding {msg.encoding!r} needs rosbags-image')
+    tight = SimpleNamespace(encoding=str(msg.encoding), height=int(msg.height), width=int(msg.width),
+                            is_bigendian=bool(msg.is_bigendian), step=row, data=_tight_rows(msg, row))
+    depth = _rbimage.ENCODINGMAP[str(msg.encoding)][0]
+    # to RGB at the source depth; 16-bit is then stretched to 8 bits as raw_to_rgb8 does for mono16
+    img = _rbimage.image_to_cvimage(tight, 'rgb8' if depth == 8 else 'rgb16')
+    return array_to_rgb8(np.asarray(img))
+
+
+def raw_message_to_rgb8(msg: Any, first: Callable[[Any], np.ndarray | None] | None = None) -> np.ndarray:
+    """Convert a sensor_msgs/Image to RGB uint8, its fields checked first (``check_raw_message``).
+
+    ``first``: a converter tried before this module's (the node's cv_bridge); it returns None for
+    an image it does not convert. Every failure is a ``FrameRejected`` with its reason.
+    """
+    channels, itemsize = check_raw_message(msg)
+    enc = str(msg.encoding)
+    try:
+        if first is not None:
+            rgb = first(msg)
+            if rgb is not None:
+                return rgb
+        if enc.lower() in SUPPORTED_ENCODINGS:
+            return raw_to_rgb8(msg.data, int(msg.height), int(msg.width), enc, int(msg.step),
+                               bool(msg.is_bigendian))
+        return _rosbags_to_rgb8(msg, channels * itemsize * int(msg.width))
+    except FrameRejected:
+        raise
+    except (ImageError, ValueError, TypeError) as err:
+        raise FrameRejected('conversion_failed', f'{enc} {msg.width}x{msg.height}: {err}') from err
+    except Exception as err:  # cv2.error and friends from third-party converters
+        raise FrameRejected('conversion_failed', f'{enc} {msg.width}x{msg.height}: {type(err).__name__}: {err}') from err
+
+
+def compressed_message_to_rgb8(msg: Any, what: str | None = None) -> np.ndarray:
+    """Convert a sensor_msgs/CompressedImage (JPEG, PNG, ...) to RGB uint8.
+
+    ``what`` names the image in decoding errors (default: its format). Every failure is a
+    ``FrameRejected`` with its reason.
+    """
+    fmt = str(msg.format).lower()
+    data = bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray)) else msg.data
+    if 'compresseddepth' in fmt:
+        raise FrameRejected('unsupported_format', f'compressed depth images ({msg.format!r}) are not camera images')
+    if len(data) == 0:
+        raise FrameRejected('empty_image', f'compressed image ({msg.format!r}) has no data')
+    if data[:2] == b'\xff\xd8':  # JPEG: must end with the EOI marker (trailing padding allowed)
+        if b'\xff\xd9' not in data[-64:]:
+            raise FrameRejected('corrupt_compressed', f'JPEG of {len(data)} bytes has no end marker (truncated)')
+    elif data[:8] == b'\x89PNG\r\n\x1a\n':
+        if b'IEND' not in data[-16:]:
+            raise FrameRejected('corrupt_compressed', f'PNG of {len(data)} bytes has no IEND chunk (truncated)')
+    elif 'jpeg' in fmt or 'jpg' in fmt or 'png' in fmt:
+        raise FrameRejected('corrupt_compressed', f'format {msg.format!r} but the data is not a JPEG/PNG stream')
+    try:
+        return decode_to_rgb8(data, what=what or f'compressed image ({msg.format})')
+    except ImageTooLarge as err:
+        raise FrameRejected('too_large', str(err)) from err
+    except ImageError as err:
+        raise FrameRejected('corrupt_compressed', str(err)) from err
+    except Exception as err:  # cv2.error
+        raise FrameRejected('corrupt_compressed', f'{type(err).__name__}: {err}') from err
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from ..inputs.images import FrameRejected, check_raw_message
 from ..values import ns_to_sec
-from .convert import FrameRejected, check_raw, stamp_to_ns
+from .convert import stamp_to_ns
 from .odometry import OdometryInput
 from .stats import PipelineStats
 from .worker import Worker
@@ -50,7 +51,7 @@ class Inputs:
             stamp_ns = self._accept_header(msg, 'image')
             if stamp_ns is None:
                 return
-            check_raw(msg)
+            check_raw_message(msg)
         except FrameRejected as err:
             self.reject(err.reason, str(err))
             return
