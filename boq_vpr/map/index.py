@@ -1,12 +1,10 @@
-"""The vector index of a map: FAISS index types, their training, and the search paths.
+"""The vector index of a map: FAISS index types, their options, and the search paths.
 
 ``VectorIndex`` holds the keyframe descriptors of one map: a FAISS index plus the keyframe id of
 each stored vector, and, while a trainable index (``pca``, ``ivfpq``) collects its training set,
 the pending vectors, searched exactly. Vectors and ids live in growable buffers (capacity doubles),
-so an add costs amortized constant time whatever the map size. Training runs either in the
-calling thread or, with ``background=True``, in a thread on the vectors collected so far (a view
-of the append-only buffer, no copy) while adds and exact searches continue; the trained index
-catches up with the vectors added meanwhile and is swapped in under the lock.
+so an add costs amortized constant time whatever the map size. Training, in the calling thread or
+in a background thread, is in ``training`` (``IndexTraining``, the base class of ``VectorIndex``).
 
 With ``rerank`` > 0 the candidates of the index are re-scored with the stored full descriptors
 (``full_vectors``): scores are then exact cosines on every index type and stay on the same scale
@@ -23,7 +21,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from ..errors import ConfigError, MapError
+from ..errors import ConfigError
+from .training import IndexTraining, min_train_size
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,6 @@ _SCORE_BLOCK = 1 << 25
 # From this many multiply-adds on, a few queries on a flat index go through numpy's BLAS (its
 # threads pay off on long scans); below, through FAISS on one thread (bench map: flat_single_query).
 _BLAS_MIN_WORK = 1 << 26
-# The background trainer swaps its index in once fewer vectors than this remain to catch up on.
-_CATCH_UP = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,25 +119,6 @@ def resolve_index_options(index_type: str, descriptor_dim: int, options: dict) -
     if 'rerank' not in options and need:
         opts['rerank'] = RERANK_DEFAULT   # scores on one scale before and after training
     return opts
-
-
-def min_train_size(index_type: str, opts: dict) -> int:
-    """How many vectors the index needs before it can be trained (0 = needs no training)."""
-    need = 0
-    if opts['pca_dim']:
-        need = max(need, opts['pca_dim'])
-    if index_type == 'ivfpq':
-        need = max(need, opts['nlist'], 1 << opts['pq_nbits'])
-    return need
-
-
-def default_train_size(index_type: str, opts: dict) -> int:
-    need = min_train_size(index_type, opts)
-    if opts['pca_dim']:  # twice the components for a stable estimate of them
-        need = max(need, 2 * opts['pca_dim'])
-    if index_type == 'ivfpq':  # FAISS's k-means wants ~39 points per centroid
-        need = max(need, 39 * opts['nlist'], 39 * (1 << opts['pq_nbits']))
-    return need
 
 
 def index_bytes(index: faiss.Index) -> int:
@@ -247,11 +225,12 @@ def _exact_scores(xb: np.ndarray, q: np.ndarray, k: int, limit: int, ids: np.nda
     return scores, labels
 
 
-class VectorIndex:
+class VectorIndex(IndexTraining):
     """Descriptors of one map (see the module docstring); ids ascend with insertion."""
 
     def __init__(self, descriptor_dim: int, index_type: str, options: dict, lock: threading.RLock,
                  full_vectors: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        super().__init__()
         self.descriptor_dim = int(descriptor_dim)
         self.index_type = index_type
         self.options = options          # resolved (resolve_index_options); shared with the facade
@@ -263,10 +242,6 @@ class VectorIndex:
         # IVF indexes are labelled by keyframe id directly.
         self._ids = GrowableArray((), np.int64)
         self._pending = GrowableArray((self.descriptor_dim,), np.float32)
-        self._generation = 0            # bumped by remove/clear: a training of older vectors is dropped
-        self._trainer: threading.Thread | None = None
-        self._retry_at = 0              # pending size at which a failed background training is retried
-        self.last_training_error: BaseException | None = None
 
     # ---------------------------------------------------------------- construction
     def new_faiss_index(self) -> faiss.Index:
@@ -303,15 +278,6 @@ class VectorIndex:
         return bool(self._index.is_trained)
 
     @property
-    def training(self) -> bool:
-        """True while a background training runs."""
-        return self._trainer is not None
-
-    @property
-    def train_size(self) -> int:
-        return self.options['train_size'] or default_train_size(self.index_type, self.options)
-
-    @property
     def rerank(self) -> int:
         return int(self.options['rerank']) if self._full_vectors is not None else 0
 
@@ -328,7 +294,7 @@ class VectorIndex:
     def memory_bytes(self) -> int:
         return int(index_bytes(self._index) + self._ids.view().nbytes + self._pending.view().nbytes)
 
-    # ---------------------------------------------------------------- add and training
+    # ---------------------------------------------------------------- add
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
         """Append vectors ``x`` with ascending ``ids`` (caller holds the lock). Synchronous
         training errors undo the add and propagate; background ones are logged and retried later."""
@@ -353,108 +319,12 @@ class VectorIndex:
             self._index.add(x)
         self._ids.append(ids)
 
-    def train(self) -> None:
-        """Train now on the vectors collected so far (waits for a background training first)."""
-        self.wait_for_training()
-        with self._lock:
-            if not self._index.is_trained:
-                self._train_now()
-
-    def wait_for_training(self, timeout: float | None = None) -> bool:
-        """Wait for a background training to end; True when none runs any more. Call without the lock."""
-        trainer = self._trainer
-        if trainer is not None:
-            trainer.join(timeout)
-        return self._trainer is None or not self._trainer.is_alive()
-
-    def _check_trainable(self, n: int) -> None:
-        need = min_train_size(self.index_type, self.options)
-        if n < need:
-            raise MapError(f'index type {self.index_type} with options {self.options} needs at least {need} '
-                           f'vectors to train, the map has {n}; add more keyframes, lower pca_dim/nlist/'
-                           f'pq_nbits, or use index type flat or fp16 (no training)')
-
-    def _train_now(self) -> None:
-        x, ids = self._pending.view(), self._ids.view()
-        self._check_trainable(x.shape[0])
-        index = self._trained_index(x, ids)
-        self._install(index)
-
     def _install(self, index: faiss.Index) -> None:
+        """Swap in a trained index holding every vector so far; older trainings are then dropped."""
         self._generation += 1   # a training started before this one holds an older snapshot: dropped
         self._index = index
         self._pending = GrowableArray((self.descriptor_dim,), np.float32)
         self._retry_at = 0
-
-    def cancel_training(self) -> None:
-        """Drop the result of a running background training (caller holds the lock)."""
-        self._generation += 1
-        self._trainer = None
-
-    def _trained_index(self, x: np.ndarray, ids: np.ndarray) -> faiss.Index:
-        """A new index of this type trained on ``x`` and holding ``x`` (runs without the lock)."""
-        index = self.new_faiss_index()
-        log.info('training %s index on %d vectors', self.index_type, x.shape[0])
-        if isinstance(index, faiss.IndexPreTransform):
-            for i in range(index.chain.size()):
-                vt = faiss.downcast_VectorTransform(index.chain.at(i))
-                if isinstance(vt, faiss.PCAMatrix) and not vt.is_trained:
-                    # FAISS's PCA eigendecomposes a matrix of side min(vectors, dimension): cubic
-                    # time, minutes at 16384-D. 4x the components, spread over the map, suffice.
-                    m = min(x.shape[0], max(4 * vt.d_out, 1024))
-                    vt.train(np.ascontiguousarray(x[np.linspace(0, x.shape[0] - 1, m).astype(np.int64)]))
-                    vt.PCAMat.clear()  # the full eigenvector matrix is only used during training
-        index.train(x)  # whatever is still untrained (the index behind the PCA)
-        self._add_to(index, x, ids)
-        return index
-
-    def _add_to(self, index: faiss.Index, x: np.ndarray, ids: np.ndarray) -> None:
-        if x.shape[0] == 0:
-            return
-        if self.labels_are_ids:
-            index.add_with_ids(np.ascontiguousarray(x), np.ascontiguousarray(ids))
-        else:
-            index.add(np.ascontiguousarray(x))
-
-    def _start_training(self) -> None:
-        generation = self._generation
-        x, ids = self._pending.view(), self._ids.view()   # stable views: the buffers only append
-        self._check_trainable(x.shape[0])
-        thread = threading.Thread(target=self._train_in_background, args=(x, ids, generation),
-                                  name='boq_vpr-map-training', daemon=True)
-        self._trainer = thread
-        thread.start()
-
-    def _train_in_background(self, x: np.ndarray, ids: np.ndarray, generation: int) -> None:
-        try:
-            index = self._trained_index(x, ids)
-            done = x.shape[0]
-            while True:   # catch up with the vectors added meanwhile, outside the lock where many
-                with self._lock:
-                    if self._generation != generation:
-                        log.info('map changed during training (removal, clear, close or another training): '
-                                 'training result dropped')
-                        return
-                    pending, pending_ids = self._pending.view(), self._ids.view()
-                    if pending.shape[0] - done <= _CATCH_UP:
-                        self._add_to(index, pending[done:], pending_ids[done:])
-                        self._install(index)
-                        self._trainer = None
-                        log.info('%s index trained in the background: %d vectors', self.index_type, len(self._ids))
-                        return
-                self._add_to(index, pending[done:], pending_ids[done:pending.shape[0]])
-                done = pending.shape[0]
-        except BaseException as err:   # the map stays untrained and exact; retried when it has grown
-            log.error('background training of the %s index failed (%s: %s); searching exactly and retrying '
-                      'once the map has doubled', self.index_type, type(err).__name__, err)
-            with self._lock:
-                self.last_training_error = err
-                if self._generation == generation:
-                    self._retry_at = 2 * x.shape[0]
-        finally:
-            with self._lock:
-                if self._trainer is threading.current_thread():
-                    self._trainer = None
 
     # ---------------------------------------------------------------- removal
     def remove_mask(self, mask: np.ndarray) -> None:
