@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ConfigError
 from ..values import parse_bool
@@ -13,106 +14,83 @@ from .geometric import FEATURES
 MODES = ('slam', 'localization')
 
 
+def described(default, doc: str) -> Any:
+    """A dataclass field with its default and its description (``metadata['doc']``)."""
+    return field(default=default, metadata={'doc': doc})
+
+
 @dataclass
 class DetectorConfig:
     """Every filter of the detector. ``from_dict`` validates and names bad keys and values.
 
-    Fields:
-      mode: 'slam' (keyframes query the past outside the exclusion window, then join the map) or
-        'localization' (every frame queries a read-only prebuilt map).
-      session: session label given to the keyframes this detector adds (slam mode). A label only:
-        the exclusion window and the loop/relocalization split go by the session's id range.
-      top_k: neighbours retrieved per query before filtering.
-      exclusion_time_s: slam mode: keyframes of the running session younger than this (relative to
-        the query stamp) are never matched. 0 = off.
-      exclusion_frames: slam mode: the most recent this-many keyframes of the running session are
-        never matched. 0 = off. With both set, the larger window wins.
-      min_score: absolute threshold on the cosine similarity of a match.
-      relative_score: relative threshold: a match is kept only if its score divided by the
-        reference score (the best similarity between the query and the ``relative_window`` most
-        recent queries/keyframes, i.e. how similar the place looks to itself a moment ago) is at
-        least this. 0 = off. Adapts to environments where all scores are high or low.
-      relative_window: how many recent queries/keyframes give the reference score.
-      temporal_consistency: number of consecutive queries whose matches must be consecutive in
-        the map (within ``consistency_tolerance`` keyframe ids) before a match is accepted.
-        1 = off (every query decides alone).
-      consistency_tolerance: largest id step between the matches of consecutive queries that
-        still counts as consecutive.
-      consistency_max_gap_s: a consistency chain breaks when consecutive queries are further apart
-        in time than this. 0 = never.
-      nms_radius: non-maximum suppression: a candidate within this many keyframe ids of a
-        better-ranked one is dropped. 0 = off.
-      max_candidates: accepted candidates returned per query, best first.
-      geometric_verification: check candidates with local features + RANSAC on stored keyframe
-        thumbnails (needs images given to ``process``; in localization mode a map built with
-        thumbnails).
-      geometric_features: 'orb' or 'sift'.
-      geometric_ratio: Lowe's ratio test threshold.
-      geometric_min_inliers: RANSAC inliers needed to verify a candidate.
-      geometric_ransac_px: RANSAC epipolar threshold in pixels of the working image.
-      geometric_working_side: images are resized to this longer side before feature extraction.
-      store_thumbnails: slam mode: store keyframe thumbnails in the map (default: when geometric
-        verification is on).
-      keyframe_min_time_s: slam mode: minimum time between keyframes. 0 = off.
-      keyframe_min_distance_m: slam mode: minimum travelled distance between keyframes (when
-        positions are given). 0 = off.
-      keyframe_max_similarity: slam mode: a frame whose cosine similarity to the last keyframe
-        exceeds this is not novel enough to become a keyframe. 1 = off.
-      false_alarm_rate: calibrated threshold: accept a match only if a query whose trajectory
-        revisits nothing would produce one standing out as far with at most this probability (per
-        query keyframe), judged from the query's own background scores (single frames) or from the
-        competing hypotheses (sequences). 0 = off (and sequences off); otherwise in (0, 0.5].
-      calibration_k: neighbours searched per query to estimate the background (>= top_k is used).
-      calibration_radius: keyframes within this many ids of a better one belong to the same place
-        (set aside from the background, and one background peak per place).
-      calibration_min_samples: background peaks needed for a decision; fewer (an empty or tiny
-        map) leave the frame undecided.
-      sequence_length: query keyframes whose evidence is summed along a stretch of the map (the
-        sequence stage); 1 = every keyframe decides alone. Needs false_alarm_rate > 0.
-      sequence_seeds: how many of the most recent query keyframes propose hypotheses (their best
-        matches, carried forward in time; at most sequence_length are used).
-      sequence_min_speed: slowest relative speed of the map stretch against the query trajectory
-        (0.8: the map was driven 20% slower).
-      sequence_max_speed: fastest relative speed of the map stretch against the query trajectory.
-      sequence_speeds: relative speeds tried between sequence_min_speed and sequence_max_speed
-        (spaced evenly in log).
-      sequence_max_gap_s: a gap longer than this between query keyframes (a time jump, a paused
-        camera) starts a new sequence.
+    Each field carries its description in ``metadata['doc']``; the node's ``loop_closure.<field>``
+    parameters are described with it.
     """
 
-    mode: str = 'slam'
-    session: str = ''
-    top_k: int = 10
-    exclusion_time_s: float = 30.0
-    exclusion_frames: int = 50
-    min_score: float = 0.0
-    relative_score: float = 0.0
-    relative_window: int = 5
-    temporal_consistency: int = 2
-    consistency_tolerance: int = 3
-    consistency_max_gap_s: float = 0.0
-    nms_radius: int = 3
-    max_candidates: int = 1
-    geometric_verification: bool = False
-    geometric_features: str = 'orb'
-    geometric_ratio: float = 0.8
-    geometric_min_inliers: int = 25
-    geometric_ransac_px: float = 3.0
-    geometric_working_side: int = 320
-    store_thumbnails: bool | None = None
-    keyframe_min_time_s: float = 0.5
-    keyframe_min_distance_m: float = 0.0
-    keyframe_max_similarity: float = 0.9
-    false_alarm_rate: float = 0.001
-    calibration_k: int = CALIBRATION_K
-    calibration_radius: int = 3
-    calibration_min_samples: int = DEFAULT_MIN_SAMPLES
-    sequence_length: int = 40
-    sequence_seeds: int = 5
-    sequence_min_speed: float = 0.8
-    sequence_max_speed: float = 1.25
-    sequence_speeds: int = 3
-    sequence_max_gap_s: float = 10.0
+    mode: str = described('slam', "'slam' (keyframes query the past outside the exclusion window, then join the map) "
+                          "or 'localization' (every frame queries a read-only prebuilt map).")
+    session: str = described('', 'session label given to the keyframes this detector adds (slam mode). A label only: '
+                             "the exclusion window and the loop/relocalization split go by the session's id range.")
+    top_k: int = described(10, 'neighbours retrieved per query before filtering.')
+    exclusion_time_s: float = described(30.0, 'slam mode: keyframes of the running session younger than this '
+                                        '(relative to the query stamp) are never matched. 0 = off.')
+    exclusion_frames: int = described(50, 'slam mode: the most recent this-many keyframes of the running session are '
+                                      'never matched. 0 = off. With both set, the larger window wins.')
+    min_score: float = described(0.0, 'absolute threshold on the cosine similarity of a match.')
+    relative_score: float = described(0.0, 'relative threshold: a match is kept only if its score divided by the '
+                                      'reference score (the best similarity between the query and the '
+                                      '``relative_window`` most recent queries/keyframes, i.e. how similar the place '
+                                      'looks to itself a moment ago) is at least this. 0 = off. Adapts to '
+                                      'environments where all scores are high or low.')
+    relative_window: int = described(5, 'how many recent queries/keyframes give the reference score.')
+    temporal_consistency: int = described(2, 'number of consecutive queries whose matches must be consecutive in the '
+                                          'map (within ``consistency_tolerance`` keyframe ids) before a match is '
+                                          'accepted. 1 = off (every query decides alone).')
+    consistency_tolerance: int = described(3, 'largest id step between the matches of consecutive queries that still '
+                                           'counts as consecutive.')
+    consistency_max_gap_s: float = described(0.0, 'a consistency chain breaks when consecutive queries are further '
+                                             'apart in time than this. 0 = never.')
+    nms_radius: int = described(3, 'non-maximum suppression: a candidate within this many keyframe ids of a '
+                                'better-ranked one is dropped. 0 = off.')
+    max_candidates: int = described(1, 'accepted candidates returned per query, best first.')
+    geometric_verification: bool = described(False, 'check candidates with local features + RANSAC on stored keyframe '
+                                             'thumbnails (needs images given to ``process``; in localization mode a '
+                                             'map built with thumbnails).')
+    geometric_features: str = described('orb', "'orb' or 'sift'.")
+    geometric_ratio: float = described(0.8, "Lowe's ratio test threshold.")
+    geometric_min_inliers: int = described(25, 'RANSAC inliers needed to verify a candidate.')
+    geometric_ransac_px: float = described(3.0, 'RANSAC epipolar threshold in pixels of the working image.')
+    geometric_working_side: int = described(320, 'images are resized to this longer side before feature extraction.')
+    store_thumbnails: bool | None = described(None, 'slam mode: store keyframe thumbnails in the map (default: when '
+                                              'geometric verification is on).')
+    keyframe_min_time_s: float = described(0.5, 'slam mode: minimum time between keyframes. 0 = off.')
+    keyframe_min_distance_m: float = described(0.0, 'slam mode: minimum travelled distance between keyframes (when '
+                                               'positions are given). 0 = off.')
+    keyframe_max_similarity: float = described(0.9, 'slam mode: a frame whose cosine similarity to the last keyframe '
+                                               'exceeds this is not novel enough to become a keyframe. 1 = off.')
+    false_alarm_rate: float = described(0.001, 'calibrated threshold: accept a match only if a query whose trajectory '
+                                        'revisits nothing would produce one standing out as far with at most this '
+                                        "probability (per query keyframe), judged from the query's own background "
+                                        'scores (single frames) or from the competing hypotheses (sequences). 0 = off '
+                                        '(and sequences off); otherwise in (0, 0.5].')
+    calibration_k: int = described(CALIBRATION_K, 'neighbours searched per query to estimate the background (>= top_k '
+                                   'is used).')
+    calibration_radius: int = described(3, 'keyframes within this many ids of a better one belong to the same place '
+                                        '(set aside from the background, and one background peak per place).')
+    calibration_min_samples: int = described(DEFAULT_MIN_SAMPLES, 'background peaks needed for a decision; fewer (an '
+                                             'empty or tiny map) leave the frame undecided.')
+    sequence_length: int = described(40, 'query keyframes whose evidence is summed along a stretch of the map (the '
+                                     'sequence stage); 1 = every keyframe decides alone. Needs false_alarm_rate > 0.')
+    sequence_seeds: int = described(5, 'how many of the most recent query keyframes propose hypotheses (their best '
+                                    'matches, carried forward in time; at most sequence_length are used).')
+    sequence_min_speed: float = described(0.8, 'slowest relative speed of the map stretch against the query '
+                                          'trajectory (0.8: the map was driven 20% slower).')
+    sequence_max_speed: float = described(1.25, 'fastest relative speed of the map stretch against the query '
+                                          'trajectory.')
+    sequence_speeds: int = described(3, 'relative speeds tried between sequence_min_speed and sequence_max_speed '
+                                     '(spaced evenly in log).')
+    sequence_max_gap_s: float = described(10.0, 'a gap longer than this between query keyframes (a time jump, a '
+                                          'paused camera) starts a new sequence.')
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DetectorConfig':

@@ -8,8 +8,6 @@ are written only once, in the detector.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -208,22 +206,8 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from the ``Fields:`` section of a dataclass docstring (``name: text`` items)."""
-    doc = inspect.getdoc(cls) or ''
-    out: dict[str, str] = {}
-    if 'Fields:' not in doc:
-        return out
-    current = None
-    for line in doc.split('Fields:', 1)[1].splitlines():
-        m = re.match(r'^  (\w+): (.*)$', line)
-        if m:
-            current = m.group(1)
-            out[current] = m.group(2).strip()
-        elif current and line.startswith('    ') and line.strip():
-            out[current] += ' ' + line.strip()
-        elif line.strip() and not line.startswith(' '):
-            break
-    return out
+    """Field descriptions of a dataclass, from each field's ``metadata['doc']``."""
+    return {f.name: f.metadata['doc'] for f in dataclasses.fields(cls) if 'doc' in f.metadata}
 
 
 def _detector_choices() -> dict[str, tuple]:
@@ -239,7 +223,7 @@ _DETECTOR_READ_ONLY = ('mode', 'session')
 
 def detector_specs(config_cls: type | None = None) -> list[ParamSpec]:
     """``loop_closure.<field>`` for every field of ``DetectorConfig`` that has a typed default; the
-    description comes from the class docstring, allowed values from ``DetectorConfig.validate``
+    description comes from the field's metadata, allowed values from ``DetectorConfig.validate``
     (the node calls it on every change) and, for names, from the registries."""
     if config_cls is None:
         from ..detection import DetectorConfig as config_cls
