@@ -40,7 +40,9 @@ from visualization_msgs.msg import MarkerArray
 from ..errors import BoqVprError, explain
 from ..pipeline import FrameOutputs, pose_covariance
 from . import messages
-from .convert import FrameRejected, ImageConverter
+from ..inputs.images import FrameRejected
+from .convert import ImageConverter
+from .diagnostics import Health, pipeline_values, status_of
 from .inputs import Inputs
 from .node_parameters import NodeParameters
 from .odometry import OdometryInput
@@ -104,7 +106,7 @@ class VprNode(LifecycleNode):
         self._lock = threading.RLock()      # the marker edges (the pipeline has its own lock for the map)
         self.pipeline = None
         self.map_path: Path | None = None
-        self.last_error = ''                # why the last configure failed
+        self.health = Health()              # what /diagnostics reports as problems
         self._worker: Worker | None = None
         self._subs: list[Any] = []
         self.map_services: MapServices | None = None
@@ -112,10 +114,6 @@ class VprNode(LifecycleNode):
         self._edges: deque[tuple[tuple, tuple]] = deque(maxlen=v['markers.max_edges'])
         self._edge_frame = ''
         self._processed = 0
-        self._worker_error = ''
-        self._attention_error: str | None = None   # set when attention failed; cleared by new attention.* values
-        self._problem_count = 0
-        self._problem_time: float | None = None
         self._position_variance = 1.0
         self.odometry = OdometryInput(v['odom_buffer_size'], v['odom_max_time_diff_sec'])
         self.converter = ImageConverter(v['converter'])
@@ -140,8 +138,8 @@ class VprNode(LifecycleNode):
         try:
             self._build_pipeline()
         except Exception as err:  # configuration, weights, map or parameter errors: say which, stay unconfigured
-            self.last_error = explain(err)
-            self._log.fatal(f'cannot start: {self.last_error}')
+            self.health.configure_error = explain(err)
+            self._log.fatal(f'cannot start: {self.health.configure_error}')
             self._log.debug(''.join(traceback.format_exception(err)))
             self._release()
             return FAILURE
@@ -152,8 +150,8 @@ class VprNode(LifecycleNode):
         self.pub_markers = self.create_lifecycle_publisher(MarkerArray, '~/markers', 10)
         self.pub_attention = self.create_lifecycle_publisher(Image, '~/attention', 2)
         self._pubs = [self.pub_loop, self.pub_reloc, self.pub_candidates, self.pub_markers, self.pub_attention]
-        self.map_services = MapServices(self)
-        self.last_error = ''
+        self.map_services = MapServices(self, self.pipeline, self.map_path)
+        self.health.configure_error = ''
         db, det = self.pipeline.db, self.pipeline.detector
         self._log.info(f'configured: {self.pipeline.encoder.name} ({self.pipeline.encoder.descriptor_dim}-D), map '
                        f'{len(db)} keyframes (all of earlier sessions), mode {det.config.mode}, mapping '
@@ -264,7 +262,7 @@ class VprNode(LifecycleNode):
         self._throttle.period_s = new['log_throttle_sec']
         self.odometry.max_time_diff_s = new['odom_max_time_diff_sec']
         if any(n.startswith('attention.') for n in names):
-            self._attention_error = None   # new settings: try again
+            self.health.attention_error = None   # new settings: try again
         if 'markers.max_edges' in names:
             with self._lock:
                 self._edges = deque(self._edges, maxlen=new['markers.max_edges'])
@@ -287,9 +285,9 @@ class VprNode(LifecycleNode):
             self.inputs.reject(err.reason, str(err))
             return
         self.stats.count('frames_failed')
-        self._worker_error = f'{type(err).__name__}: {err}'
+        self.health.worker_error = f'{type(err).__name__}: {err}'
         if self._throttle.check('worker:' + type(err).__name__) is not None:
-            self._log.error(f'frame failed: {self._worker_error}')
+            self._log.error(f'frame failed: {self.health.worker_error}')
             self._log.debug(''.join(traceback.format_exception(err)))
 
     def _pose_at(self, stamp_ns: int):
@@ -367,15 +365,16 @@ class VprNode(LifecycleNode):
         self.pub_markers.publish(messages.loop_markers(edges, match.frame_id, header.stamp))
 
     def _want_attention(self) -> bool:
-        return (self.values['attention.enable'] and self._attention_error is None
+        return (self.values['attention.enable'] and self.health.attention_error is None
                 and self.pub_attention.get_subscription_count() > 0
                 and self._processed % self.values['attention.every_n'] == 0)
 
     def _attention_failed(self, err: Exception) -> None:
         """Stop the attention output until its parameters change; frames are processed as usual."""
-        self._attention_error = f'{type(err).__name__}: {err}'
+        self.health.attention_error = f'{type(err).__name__}: {err}'
         self.stats.count('attention_failed')
-        self._log.error(f'~/attention turned off until an attention.* parameter changes: {self._attention_error}')
+        self._log.error(f'~/attention turned off until an attention.* parameter changes: '
+                        f'{self.health.attention_error}')
 
     def _publish_attention(self, out: FrameOutputs, header) -> None:
         from .attention import attention_overlay
@@ -385,22 +384,15 @@ class VprNode(LifecycleNode):
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics_values(self) -> dict[str, str]:
-        from .diagnostics import pipeline_values
-        return pipeline_values(self)
-
-    def _recent_problems(self, total: int) -> bool:
-        """Whether the count of bad frames grew within the last WARN_WINDOW_S seconds."""
-        from .diagnostics import WARN_WINDOW_S
-        now = time.monotonic()
-        if total != self._problem_count:
-            self._problem_count, self._problem_time = total, now
-        return self._problem_time is not None and now - self._problem_time < WARN_WINDOW_S
+        """The key/values of the node's ``/diagnostics`` status."""
+        return pipeline_values(self.state, self.values, self.stats, self.health, self.pipeline, self.converter.name,
+                               self.map_path)
 
     def _publish_diagnostics(self) -> None:
         try:
-            from .diagnostics import status_of
             values = self.diagnostics_values()
-            level, message = status_of(self, values)
+            worker = self._worker
+            level, message = status_of(values, self.health, worker is not None and worker.is_alive())
             self.pub_diag.publish(messages.diagnostics(f'{self.get_fully_qualified_name()}: pipeline',
                                                        values.get('backend', '') + ':' + values.get('device', ''),
                                                        level, message, values, self.get_clock().now().to_msg()))

@@ -1,6 +1,7 @@
 """The node's map services: ``~/save_map``, ``~/set_mapping``, ``~/clear_map`` (std_srvs)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -11,10 +12,17 @@ from ..errors import explain
 
 
 class MapServices:
-    """Created at configure on ``node`` (a ``VprNode``), destroyed at cleanup."""
+    """Created at configure on ``node`` (a ``VprNode``), destroyed at cleanup.
 
-    def __init__(self, node: Any) -> None:
+    ``pipeline``: the configured ``FramePipeline``, whose map is saved; ``map_path``: where (None: the
+    map is in memory only). ``set_mapping`` goes through the node's ``mapping`` parameter,
+    ``clear_map`` through the node's ``clear_map()``.
+    """
+
+    def __init__(self, node: Any, pipeline: Any, map_path: Path | None) -> None:
         self.node = node
+        self.pipeline = pipeline
+        self.map_path = map_path
         group = MutuallyExclusiveCallbackGroup()
         self._services = [node.create_service(Trigger, '~/save_map', self.save_map, callback_group=group),
                           node.create_service(SetBool, '~/set_mapping', self.set_mapping, callback_group=group),
@@ -32,15 +40,14 @@ class MapServices:
         return response
 
     def save_map(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        node = self.node
-        if node.map_path is None:
+        if self.map_path is None:
             response.success, response.message = False, 'map.path is empty: nowhere to save the map'
             return response
         try:
-            node.pipeline.db.save(node.map_path)
+            self.pipeline.db.save(self.map_path)
         except Exception as err:  # report to the caller; the node keeps running
             return self._done(response, False, f'saving the map failed: {explain(err)}')
-        return self._done(response, True, f'saved {len(node.pipeline.db)} keyframes to {node.map_path}')
+        return self._done(response, True, f'saved {len(self.pipeline.db)} keyframes to {self.map_path}')
 
     def set_mapping(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         if self.node.values['loop_closure.mode'] != 'slam':
