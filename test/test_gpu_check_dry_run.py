@@ -1,6 +1,7 @@
 """The offline GPU check, run on the CPU (``DRY_RUN=1 scripts/gpu_check_offline.sh``), so that a
 broken script is found before it runs on a GPU machine: its steps, the JSON layout, the skip reasons, the
-files it leaves and the table printed last. Figures are not checked (no timing thresholds)."""
+files it leaves and the table printed last. Figures are not checked (no timing thresholds).
+"""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 gpu_check = load_script('gpu_check')
+gpu_check_inference = load_script('gpu_check_inference')
 
 STATUSES = {'ok', 'skipped', 'failed'}
 
@@ -22,7 +24,8 @@ STATUSES = {'ok', 'skipped', 'failed'}
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
     """One dry run of the offline script, with a carried-wheels folder holding one wheel this Python
-    has (numpy) and one it lacks."""
+    has (numpy) and one it lacks.
+    """
     tmp = tmp_path_factory.mktemp('gpu_check')
     wheels = tmp / 'wheels'
     wheels.mkdir()
@@ -81,12 +84,12 @@ def test_dry_run_json_layout(dry_run):
         res = r[key]
         assert res['reference']['what'] == 'torch eager fp32 on the CPU'
         names = [v['variant'] for v in res['variants']]
-        assert names[:9] == [f'torch {p} {m}' for p in gpu_check.PRECISIONS for m in gpu_check.MODES]
+        assert names[:9] == [f'torch {p} {m}' for p in gpu_check_inference.PRECISIONS for m in gpu_check_inference.MODES]
         assert {'onnxruntime fp32', 'tensorrt fp16'} <= set(names)
         for v in res['variants']:
             assert v['status'] in STATUSES and v['status'] != 'failed', v
             if v['status'] == 'ok':
-                assert set(v['timing']) == {str(b) for b in gpu_check.BATCHES}
+                assert set(v['timing']) == {str(b) for b in gpu_check_inference.BATCHES}
                 assert v['timing']['1']['cpu_input']['x_eager_fp32'] > 0
                 p = v['parity_vs_cpu_fp32']
                 assert p['finite'] and 0.99 < p['min_cosine'] <= 1 + 1e-9 and 0 <= p['top1_agreement'] <= 1
@@ -126,22 +129,22 @@ def test_dry_run_skip_reasons(dry_run):
 # ---------------------------------------------------------------- pieces, fast
 
 def test_generated_places_revisit_their_database_image():
-    db, queries = gpu_check.generated_places(3, (48, 64), seed=1)
+    db, queries = gpu_check_inference.generated_places(3, (48, 64), seed=1)
     assert len(db) == len(queries) == 3
     assert all(im.shape == (48, 64, 3) and im.dtype == np.uint8 for im in db + queries)
-    again, _ = gpu_check.generated_places(3, (48, 64), seed=1)
+    again, _ = gpu_check_inference.generated_places(3, (48, 64), seed=1)
     assert all((a == b).all() for a, b in zip(db, again))
     assert not (db[0] == db[1]).all()
 
 
 def test_parity_counts_disagreements():
     rng = np.random.default_rng(0)
-    ref = gpu_check._normalize(rng.normal(size=(8, 16)))
-    same = gpu_check.parity(ref.copy(), ref, 4)
+    ref = gpu_check_inference._normalize(rng.normal(size=(8, 16)))
+    same = gpu_check_inference.parity(ref.copy(), ref, 4)
     assert same['min_cosine'] == pytest.approx(1.0) and same['top1_agreement'] == 1.0
     swapped = ref.copy()
     swapped[:4] = ref[[1, 0, 2, 3]]      # two database rows trade places: queries that chose them now disagree
-    p = gpu_check.parity(swapped, ref, 4)
+    p = gpu_check_inference.parity(swapped, ref, 4)
     top = (ref[4:] @ ref[:4].T).argmax(1)
     assert p['top1_agreement'] == pytest.approx(1 - np.isin(top, [0, 1]).mean())
 
@@ -161,7 +164,7 @@ def test_fastest_correct_skips_wrong_variants():
         {'variant': 'tensorrt fp16', 'backend': 'tensorrt', 'precision': 'fp16', 'mode': '-',
          'status': 'skipped', 'reason': 'no TensorRT'},
     ]}
-    gpu_check._ratios_and_verdicts(result)
+    gpu_check_inference._ratios_and_verdicts(result)
     v = {x['variant']: x for x in result['variants']}
     assert v['torch bf16 graph']['correct'] is False and v['torch fp16 graph']['correct'] is True
     assert v['torch fp16 graph']['timing']['1']['cpu_input']['x_eager_fp32'] == pytest.approx(2.5)
