@@ -75,7 +75,8 @@ class Encoder:
                                                     **backend_options)
         spec = getattr(self.backend, 'spec', None)
         if resize_mode == 'keep_aspect' and spec is not None and spec.image_size is not None:
-            raise ConfigError(f'resize_mode keep_aspect: {getattr(self.backend, "onnx_path", "the ONNX file")} is fixed '
+            source = getattr(self.backend, 'onnx_path', 'the ONNX file')
+            raise ConfigError(f'resize_mode keep_aspect: {source} is fixed '
                               f'to input {spec.image_size[0]}x{spec.image_size[1]}; export it with --dynamic-size '
                               'or leave onnx_path unset')
         self.times = StageTimes()
@@ -126,15 +127,20 @@ class Encoder:
 
     @property
     def supports_attention(self) -> bool:
-        """Whether ``encode_with_attention`` works on this backend (torch always; onnxruntime and
-        openvino when created with ``attention=True``; tensorrt never)."""
+        """Tell whether ``encode_with_attention`` works on this backend.
+
+        Torch always; onnxruntime and openvino when created with ``attention=True``; tensorrt never.
+        """
         return bool(getattr(self.backend, 'supports_attention', False))
 
     def encode_with_attention(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-        """One image ``H x W x 3`` -> (descriptor ``[D]``, cross-attention ``[blocks, Q, h*w]``, grid
+        """Encode one image with its attention: descriptor, cross-attention maps and grid in one pass.
+
+        One image ``H x W x 3`` -> (descriptor ``[D]``, cross-attention ``[blocks, Q, h*w]``, grid
         ``(h, w)``), both from one pass of this encoder's backend at its precision: the descriptor
         equals what ``encode`` returns for the image. BackendError where the backend has no
-        attention output (see ``supports_attention``)."""
+        attention output (see ``supports_attention``).
+        """
         if not self.supports_attention:
             raise BackendError(f'{self.backend.name} backend gives no attention maps: use backend torch, or '
                                'onnxruntime/openvino created with attention=True (tensorrt: not supported)')
@@ -154,10 +160,12 @@ class Encoder:
         return l2_normalize(desc)[0], attn[0], grid
 
     def warmup(self, height: int | None = None, width: int | None = None, attention: bool = False) -> None:
-        """Run one black frame of ``height x width`` (default: the configured input size) through
-        the backend, so that the first real frame pays no lazy initialization; give the camera's
+        """Run one black frame of ``height x width`` (default: the configured input size) through the backend.
+
+        Then the first real frame pays no lazy initialization; give the camera's
         frame size with resize_mode keep_aspect, so that the warm-up runs the input size the frames
-        will have. ``attention`` also warms up ``encode_with_attention``."""
+        will have. ``attention`` also warms up ``encode_with_attention``.
+        """
         h0, w0 = self.config.image_size
         frame = np.zeros((int(height or h0), int(width or w0), 3), np.uint8)
         self.encode(frame)

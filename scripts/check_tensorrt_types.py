@@ -56,7 +56,7 @@ class StubsError(RuntimeError):
 
 
 def find_stubs(explicit: str | None = None) -> Path:
-    """The folder holding ``tensorrt/__init__.pyi`` (and ``tensorrt_bindings/``)."""
+    """Return the folder holding ``tensorrt/__init__.pyi`` (and ``tensorrt_bindings/``)."""
     candidates = []
     if explicit:
         candidates.append(Path(explicit))
@@ -102,9 +102,11 @@ def _split_params(text: str) -> list[str]:
 
 
 def repair_def(line: str) -> tuple[str, list[str]]:
-    """A stub ``def`` line that Python cannot parse, repaired where the fault is known: a parameter
-    named after a keyword (renamed with a trailing ``_``), a parameter without a default after one
-    with a default (given ``= ...``). Returns the line and what was changed."""
+    """Repair a stub ``def`` line that Python cannot parse, where the fault is known.
+
+    The known faults: a parameter named after a keyword (renamed with a trailing ``_``), a parameter
+    without a default after one with a default (given ``= ...``). Returns the line and what was changed.
+    """
     indent = line[:len(line) - len(line.lstrip())]
     body = line.strip()
     def parses(text: str) -> bool:
@@ -139,8 +141,10 @@ def repair_def(line: str) -> tuple[str, list[str]]:
 
 
 def patched_stubs(folder: Path, cache: Path) -> Path:
-    """A copy of the stub packages with the ``def`` lines that do not parse repaired (``repair_def``),
-    every file checked to parse. Reused while the source stubs are unchanged."""
+    """Copy the stub packages with the ``def`` lines that do not parse repaired (``repair_def``).
+
+    Every file is checked to parse. The copy is reused while the source stubs are unchanged.
+    """
     files = sorted(p for pkg in STUB_PACKAGES for p in (folder / pkg).rglob('*.pyi'))
     if not files:
         raise StubsError(f'{folder}: no .pyi files in {STUB_PACKAGES}')
@@ -179,7 +183,7 @@ def patched_stubs(folder: Path, cache: Path) -> Path:
 
 
 def run_mypy(root: Path, files: list[str], stubs: Path, cache: Path, config: Path | None = None) -> tuple[int, str]:
-    """mypy over ``files`` (relative to ``root``) with the stubs on MYPYPATH; (exit status, output)."""
+    """Mypy over ``files`` (relative to ``root``) with the stubs on MYPYPATH; (exit status, output)."""
     try:
         import mypy  # noqa: F401
     except ImportError as err:

@@ -1,5 +1,8 @@
-"""Backends behind the encoder interface: parity with eager PyTorch on real images, precision
-choice, auto selection, caches, and clear errors for missing runtimes and bad input."""
+"""Backends behind the encoder interface.
+
+Parity with eager PyTorch on real images, precision choice, auto selection, caches, and clear
+errors for missing runtimes and bad input.
+"""
 from __future__ import annotations
 
 import json
@@ -24,7 +27,7 @@ needs_openvino = pytest.mark.skipif(not has_module('openvino'), reason='openvino
 
 @pytest.fixture(scope='module', autouse=True)
 def cache(tmp_path_factory):
-    """A private cache folder for exports made by the backends in this module."""
+    """Give the exports made by the backends in this module a private cache folder."""
     mp = pytest.MonkeyPatch()
     path = tmp_path_factory.mktemp('cache')
     mp.setenv('BOQ_VPR_CACHE', str(path))
@@ -142,7 +145,8 @@ def test_auto_order():
 
 
 def test_engine_key_and_cache_files(tmp_path):
-    key = EngineKey('ab' * 32, '10.9.0', 'NVIDIA H100 sm_90', 'fp16', (1, 3, 384, 384), (1, 3, 384, 384), (8, 3, 384, 384))
+    key = EngineKey('ab' * 32, '10.9.0', 'NVIDIA H100 sm_90', 'fp16', (1, 3, 384, 384), (1, 3, 384, 384),
+                    (8, 3, 384, 384))
     engine = tmp_path / key.file_name('resnet50')
     assert 'fp16' in engine.name and 'nvidia-h100-sm-90' in engine.name and 'trt10.9.0' in engine.name
     write_engine(engine, b'engine-bytes', key)
@@ -208,8 +212,10 @@ def test_verify_and_bench_commands(heldout_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize('backend', ['onnxruntime', pytest.param('openvino', marks=needs_openvino)])
 def test_keep_aspect_frames_of_another_aspect_on_exported_backends(backend):
-    """keep_aspect feeds 64x85 for a 640x480 frame; the exported graph must take it (a graph fixed to
-    64x64 failed every frame after a warm-up at the configured size)."""
+    """keep_aspect feeds 64x85 for a 640x480 frame; the exported graph must take it.
+
+    A graph fixed to 64x64 failed every frame after a warm-up at the configured size.
+    """
     enc = Encoder(MODEL, backend=backend, device='cpu', precision='fp32', image_size=(64, 64),
                   resize_mode='keep_aspect')
     enc.warmup(480, 640)

@@ -75,8 +75,11 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 @pytest.mark.parametrize('mode', ['graph', 'eager'])
 def test_attention_comes_from_the_same_pass_as_the_descriptor(heldout_dir, mode):
-    """An attention frame runs the same plain-op graph as the other frames (bf16/fp16 where chosen),
-    not the eager FP32 model: the descriptor of an attention frame is the one ``encode`` gives (same graph, precision and layout), and the maps match the eager model's."""
+    """An attention frame runs the same plain-op graph as the other frames (bf16/fp16 where chosen).
+
+    Not the eager FP32 model: the descriptor of an attention frame is the one ``encode`` gives
+    (same graph, precision and layout), and the maps match the eager model's.
+    """
     from boq_vpr.backends.capabilities import cpu_supports_bf16
     precision = 'bf16' if cpu_supports_bf16() else 'fp32'
     enc = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision=precision, mode=mode)
@@ -89,12 +92,14 @@ def test_attention_comes_from_the_same_pass_as_the_descriptor(heldout_dir, mode)
         np.testing.assert_array_equal(d, enc.backend.infer(batch))
     else:   # eager attention takes MultiheadAttention's unfused path (need_weights): same precision
         assert float(desc @ enc.encode(img)[0]) >= (0.999 if precision == 'bf16' else 0.99999)
-    assert grid == enc.backend.model.feature_shape(96, 128) and attn.shape == (enc.config.num_layers, enc.config.num_queries, grid[0] * grid[1])
+    assert grid == enc.backend.model.feature_shape(96, 128)
+    assert attn.shape == (enc.config.num_layers, enc.config.num_queries, grid[0] * grid[1])
     np.testing.assert_allclose(attn.sum(-1), 1.0, atol=1e-2)
     eager = Encoder('resnet18_1024', backend='torch', device='cpu', image_size=(96, 128), precision='fp32',
                     mode='eager')
     ref = enc.backend.model(batch, return_attention=True)[1]
-    np.testing.assert_allclose(attn, np.stack([a[0].detach().numpy() for a in ref]), atol=2e-2 if precision == 'bf16' else 1e-4)
+    np.testing.assert_allclose(attn, np.stack([a[0].detach().numpy() for a in ref]),
+                               atol=2e-2 if precision == 'bf16' else 1e-4)
     assert eager.supports_attention
 
 

@@ -20,7 +20,7 @@ VIT_KEYS = ('img_size', 'patch_size', 'embed_dim', 'depth', 'num_heads', 'mlp_ra
 
 
 def reference_model(reference_dir, name):
-    """A model with the reference fixture's weights, its input and expected outputs."""
+    """Return a model with the reference fixture's weights, its input and expected outputs."""
     ref = torch.load(reference_dir / f'parity_{name}_tiny.pt', weights_only=True)
     c = ref['config']
     size = tuple(ref['input'].shape[-2:])

@@ -1,7 +1,9 @@
-"""GPU tests: CUDA backends and TensorRT engines. They skip with the reason where no CUDA GPU,
-TensorRT or onnxruntime-gpu is present; ``scripts/gpu_check.py`` (step gpu_tests) runs them on a GPU
-machine. Images: Nordland frames where ``../shared`` is present, else generated camera frames (the
-offline GPU machine has no ``../shared``)."""
+"""GPU tests: CUDA backends and TensorRT engines.
+
+They skip with the reason where no CUDA GPU, TensorRT or onnxruntime-gpu is present;
+``scripts/gpu_check.py`` (step gpu_tests) runs them on a GPU machine. Images: Nordland frames where
+``../shared`` is present, else generated camera frames (the offline GPU machine has no ``../shared``).
+"""
 from __future__ import annotations
 
 import logging
@@ -20,7 +22,8 @@ from conftest import NORDLAND
 pytestmark = pytest.mark.gpu
 MODEL = 'resnet18_1024'
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU (torch.cuda.is_available() is False)')
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='no CUDA GPU (torch.cuda.is_available() is False)')
 needs_trt = pytest.mark.skipif(not (torch.cuda.is_available() and has_module('tensorrt')),
                                reason='needs a CUDA GPU and TensorRT (pip install tensorrt, or JetPack)')
 

@@ -1,5 +1,6 @@
-"""The offline GPU check, run on the CPU (``DRY_RUN=1 scripts/gpu_check_offline.sh``), so that a
-broken script is found before it runs on a GPU machine: its steps, the JSON layout, the skip reasons, the
+"""The offline GPU check, run on the CPU (``DRY_RUN=1 scripts/gpu_check_offline.sh``).
+
+So that a broken script is found before it runs on a GPU machine: its steps, the JSON layout, the skip reasons, the
 files it leaves and the table printed last. Figures are not checked (no timing thresholds).
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ STATUSES = {'ok', 'skipped', 'failed'}
 
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
-    """One dry run of the offline script, with a carried-wheels folder holding one wheel this Python
-    has (numpy) and one it lacks.
+    """Run the offline script once, dry, with a carried-wheels folder.
+
+    The folder holds one wheel this Python has (numpy) and one it lacks.
     """
     tmp = tmp_path_factory.mktemp('gpu_check')
     wheels = tmp / 'wheels'
@@ -84,7 +86,8 @@ def test_dry_run_json_layout(dry_run):
         res = r[key]
         assert res['reference']['what'] == 'torch eager fp32 on the CPU'
         names = [v['variant'] for v in res['variants']]
-        assert names[:9] == [f'torch {p} {m}' for p in gpu_check_inference.PRECISIONS for m in gpu_check_inference.MODES]
+        assert names[:9] == [f'torch {p} {m}' for p in gpu_check_inference.PRECISIONS
+                             for m in gpu_check_inference.MODES]
         assert {'onnxruntime fp32', 'tensorrt fp16'} <= set(names)
         for v in res['variants']:
             assert v['status'] in STATUSES and v['status'] != 'failed', v

@@ -1,5 +1,8 @@
-"""Map database: search against brute force, every index type, round trip, lookup, removal, merge,
-refusal of mismatched or corrupt maps, atomic save under a killed writer, concurrent use."""
+"""Map database.
+
+Search against brute force, every index type, round trip, lookup, removal, merge, refusal of
+mismatched or corrupt maps, atomic save under a killed writer, concurrent use.
+"""
 from __future__ import annotations
 
 import json
@@ -34,7 +37,7 @@ def _one_faiss_thread():
 
 
 def structured(n: int, d: int = D, latent: int = 16, noise: float = 0.1, seed: int = 0) -> np.ndarray:
-    """Unit vectors with a low intrinsic dimension plus noise (as real descriptors have)."""
+    """Make unit vectors with a low intrinsic dimension plus noise (as real descriptors have)."""
     rng = np.random.default_rng(seed)
     basis = np.random.default_rng(1234).standard_normal((latent, d)).astype(np.float32)
     x = rng.standard_normal((n, latent)).astype(np.float32) @ basis
@@ -444,9 +447,11 @@ COARSE = {'nlist': 8, 'pq_m': 8, 'pq_nbits': 4, 'nprobe': 8, 'train_size': 300}
 @pytest.mark.parametrize('index_type,options', [('pca', {'pca_dim': 16, 'train_size': 100_000}),
                                                 ('ivfpq', {**COARSE, 'train_size': 100_000})])
 def test_adds_do_not_copy_the_whole_map(index_type, options, monkeypatch):
-    """An add must not re-concatenate the pending matrix and the id array (a cost linear in the map
-    size): adds append to buffers that grow by doubling, so there is no concatenation and the number
-    of buffer copies is logarithmic in the number of adds."""
+    """An add must not re-concatenate the pending matrix and the id array (a cost linear in the map size).
+
+    Adds append to buffers that grow by doubling, so there is no concatenation and the number
+    of buffer copies is logarithmic in the number of adds.
+    """
     db = MapDatabase(D, 'm', index_type, **options)
     x = structured(3000)
     calls = []
@@ -472,8 +477,11 @@ def test_growable_array_keeps_handed_out_views():
 
 
 def test_training_runs_in_the_background_while_adds_and_exact_search_go_on(monkeypatch):
-    """The add that reaches the training size must not train the index inside the caller (and the
-    detector's lock): with background training the add returns while training runs, searches stay exact meanwhile, and vectors added during training are in the trained index."""
+    """The add that reaches the training size must not train the index inside the caller (and the detector's lock).
+
+    With background training the add returns while training runs, searches stay exact meanwhile,
+    and vectors added during training are in the trained index.
+    """
     release, started = threading.Event(), threading.Event()
     real = VectorIndex._trained_index
 
@@ -520,9 +528,11 @@ def test_a_removal_during_background_training_drops_that_training(monkeypatch):
 
 @pytest.mark.parametrize('index_type,options', [('ivfpq', COARSE), ('pca', {'pca_dim': 8, 'train_size': 300})])
 def test_scores_keep_one_scale_across_training(index_type, options):
-    """Scores must not jump when the index trains (exact cosines before, PCA or PQ approximations
-    after), or a tuned threshold changes meaning mid-run: the candidates are re-scored with the
-    stored full descriptors, so the same queries score the same before and after."""
+    """Scores must not jump when the index trains, or a tuned threshold changes meaning mid-run.
+
+    Exact cosines before, PCA or PQ approximations after: the candidates are re-scored with the
+    stored full descriptors, so the same queries score the same before and after.
+    """
     x = structured(400, seed=7)
     q = x[[10, 120, 250]] + 0.3 * np.random.default_rng(8).standard_normal((3, D)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -543,9 +553,11 @@ def test_scores_keep_one_scale_across_training(index_type, options):
 
 
 def test_save_writes_outside_the_map_lock(tmp_path, monkeypatch):
-    """Save must not hold the map lock while it writes, fsyncs and checksums the files (frame
-    processing would stop for the length of a save): adds and searches run while a save is in its
-    writing phase; the saved map is the snapshot taken when the save began."""
+    """Save must not hold the map lock while it writes, fsyncs and checksums the files.
+
+    Frame processing would stop for the length of a save: adds and searches run while a save is in its
+    writing phase; the saved map is the snapshot taken when the save began.
+    """
     from boq_vpr.map import persist
     db = MapDatabase(D, 'm', 'ivfpq', background_training=False, **COARSE)
     x = structured(500, seed=9)
@@ -590,9 +602,11 @@ def test_keyframe_images_live_on_disk_and_queries_are_prepared_alike(tmp_path):
 
 
 def test_bench_map_slam_prints_and_saves_its_figures(tmp_path):
-    """`boq-vpr bench map --slam` at a tiny size: every variant (add only, behind a search, behind a
-    cold-cache scan; flat, pca, ivfpq; training in the background or inside the add) and the save
-    stall are in the JSON. Figures only, no timing is judged here."""
+    """`boq-vpr bench map --slam` at a tiny size: every variant and the save stall are in the JSON.
+
+    The variants: add only, behind a search, behind a cold-cache scan; flat, pca, ivfpq; training in
+    the background or inside the add. Figures only, no timing is judged here.
+    """
     import json
     import subprocess
     import sys
@@ -607,7 +621,8 @@ def test_bench_map_slam_prints_and_saves_its_figures(tmp_path):
         ('flat', True, 'nothing'), ('flat', True, 'search'), ('flat', True, 'sweep'), ('pca', True, 'search'),
         ('ivfpq', True, 'nothing'), ('ivfpq', True, 'search'), ('ivfpq', False, 'search')]
     for r in rows:
-        assert r['trained'] and r['add_ms_mean_100'] > 0 and r['add_ms_mean_1000'] > 0 and r['ratio_last_first_window'] > 0
+        assert r['trained'] and r['add_ms_mean_100'] > 0 and r['add_ms_mean_1000'] > 0
+        assert r['ratio_last_first_window'] > 0
     inside = rows[-1]
     assert inside['adds_during_training'] == 0 and inside['training_started_at_keyframe'] == 599
     stall = report['save_stall']
@@ -616,8 +631,10 @@ def test_bench_map_slam_prints_and_saves_its_figures(tmp_path):
 
 
 def test_a_failed_add_leaves_neither_half_and_ids_do_not_repeat(monkeypatch, tmp_path):
-    """A store or index failure inside add: the map stays as it was (no vectors without keyframe rows,
-    no repeated ids), and it still saves and loads."""
+    """A store or index failure inside add: the map stays as it was, and it still saves and loads.
+
+    No vectors without keyframe rows, no repeated ids.
+    """
     db = MapDatabase(D, 'm')
     x = structured(8, seed=9)
     db.add(x[:3], keyframes(3))
@@ -638,9 +655,12 @@ def test_a_failed_add_leaves_neither_half_and_ids_do_not_repeat(monkeypatch, tmp
 
 
 def test_a_training_overtaken_by_another_or_by_close_drops_its_result(monkeypatch):
-    """A background training whose snapshot is older than the index installed meanwhile (an explicit
-    train, as a racing add could start one just before it) must not install over it and lose vectors;
-    after close its result is dropped too."""
+    """A background training older than the index installed meanwhile must not install over it.
+
+    Its snapshot is older than the index installed meanwhile (an explicit train, as a racing add
+    could start one just before it): installing would lose vectors. After close its result is
+    dropped too.
+    """
     release = threading.Event()
     real = VectorIndex._trained_index
     monkeypatch.setattr(VectorIndex, '_trained_index',

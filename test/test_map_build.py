@@ -81,8 +81,11 @@ def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
 
 
 def test_build_from_bag_with_pose_topic(heldout_dir, tmp_path, capsys):
-    """A bag's image topic becomes keyframes at the header stamps; poses come from the pose topic
-    nearest in time (within --max-pose-dt), the descriptors equal encoding the frames directly."""
+    """A bag's image topic becomes keyframes at the header stamps.
+
+    Poses come from the pose topic nearest in time (within --max-pose-dt), the descriptors equal
+    encoding the frames directly.
+    """
     from boq_vpr.inputs import bags
     from boq_vpr.commands.common import encoder_from_args
     from boq_vpr.inputs.images import list_images, load_image
@@ -99,7 +102,8 @@ def test_build_from_bag_with_pose_topic(heldout_dir, tmp_path, capsys):
     assert main(['build-map', str(bag), '--out', str(out), '--pose-topic', '/odom', '--max-pose-dt', '0.02',
                  '--thumbnails', '--summary', str(summary), *ARGS]) == 0
     s = json.loads(summary.read_text())
-    assert (s['added'], s['skipped'], s['without_pose'], s['topic'], s['session']) == (8, 0, 1, '/cam/image_raw', 'run1')
+    assert (s['added'], s['skipped'], s['without_pose'], s['topic'], s['session']) == \
+        (8, 0, 1, '/cam/image_raw', 'run1')
     assert '7 images with a pose, 1 without' in capsys.readouterr().out
     db = MapDatabase.load(out)
     kf = db.keyframe(3)

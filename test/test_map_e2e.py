@@ -1,5 +1,7 @@
-"""End to end on real images: ``boq-vpr build-map`` over the summer Nordland frames, then queries
-from perturbed copies of them and from the winter frames through the loop-closure detector.
+"""End to end on real images.
+
+``boq-vpr build-map`` over the summer Nordland frames, then queries from perturbed copies of them
+and from the winter frames through the loop-closure detector.
 
 The weights are random here (no trained checkpoint in the repository), so the figures check the
 pipeline, not accuracy: perturbed copies of map images must come back, winter frames must do
@@ -27,7 +29,7 @@ TOL = 2                  # a match within 2 frames (20 frames of the original vi
 
 
 def perturb(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A slightly moved, zoomed, relit and noisy copy."""
+    """Make a slightly moved, zoomed, relit and noisy copy."""
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-1, 1), rng.uniform(1.0, 1.03))
     m[:, 2] += rng.uniform(-1, 1, 2)
@@ -96,10 +98,12 @@ def test_summer_map_retrieves_perturbed_and_winter_queries(summer_map, nordland_
 
 
 def test_slam_over_two_traversals_closes_loops(summer_map, nordland_dir):
-    """Drive part of the summer route, then the same part again (perturbed frames): the second pass
-    must close loops with the first. With random weights every pair of frames has a cosine
+    """Drive part of the summer route, then the same part again (perturbed frames).
+
+    The second pass must close loops with the first. With random weights every pair of frames has a cosine
     similarity of 0.94 or more, so only the relative score and temporal consistency separate
-    revisits from look-alikes here, and imperfectly; a trained model is what makes this precise."""
+    revisits from look-alikes here, and imperfectly; a trained model is what makes this precise.
+    """
     encoder = Encoder(MODEL, image_size=SIZE, backend='torch', device='cpu', batch_size=64)
     files = list_images(nordland_dir / 'summer')[:1600:QUERY_STEP]
     first = [load_image(p) for p in files]

@@ -1,6 +1,9 @@
-"""The shipped resnet18_nordland model: installed with the package, loads strictly, beats the
-untrained model and the pixel baseline on Nordland frames it never saw in training, exports to
-ONNX with the same retrievals, and refuses a damaged weight file with a clear message."""
+"""The shipped resnet18_nordland model.
+
+Installed with the package, loads strictly, beats the untrained model and the pixel baseline on
+Nordland frames it never saw in training, exports to ONNX with the same retrievals, and refuses a
+damaged weight file with a clear message.
+"""
 from __future__ import annotations
 
 import shutil

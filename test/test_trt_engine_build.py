@@ -1,7 +1,10 @@
-"""The TensorRT build logic and engine key without TensorRT: ``build_engine`` against a recording
-stand-in of the ``tensorrt`` module (which calls it makes, with which shapes and flags), the engine
-key's fields, and what a stubs-only ``tensorrt`` folder does. The real API names are checked by
-``test_trt_static.py`` (mypy against tensorrt-stubs); the real build runs in ``test_gpu.py`` on a GPU."""
+"""The TensorRT build logic and engine key without TensorRT.
+
+``build_engine`` against a recording stand-in of the ``tensorrt`` module (which calls it makes, with
+which shapes and flags), the engine key's fields, and what a stubs-only ``tensorrt`` folder does.
+The real API names are checked by ``test_trt_static.py`` (mypy against tensorrt-stubs); the real
+build runs in ``test_gpu.py`` on a GPU.
+"""
 from __future__ import annotations
 
 import json
@@ -172,7 +175,8 @@ def test_int8_calibrates_at_a_profile_of_exactly_the_calibration_batch(fake_trt,
 def test_int8_refuses_calibration_batches_that_do_not_fit(fake_trt, tmp_path):
     with pytest.raises(BackendError, match='all have the shape'):
         tb.build_engine(tmp_path / 'm.onnx', 'int8', SHAPES, device=torch.device('cpu'),
-                        calibration_batches=[np.zeros((8, 3, 32, 32), np.float32), np.zeros((4, 3, 32, 32), np.float32)])
+                        calibration_batches=[np.zeros((8, 3, 32, 32), np.float32),
+                                             np.zeros((4, 3, 32, 32), np.float32)])
     with pytest.raises(BackendError, match='does not fit the engine profile'):
         tb.build_engine(tmp_path / 'm.onnx', 'int8', SHAPES, device=torch.device('cpu'),
                         calibration_batches=[np.zeros((16, 3, 32, 32), np.float32)])
@@ -240,8 +244,11 @@ def test_a_key_from_before_the_new_fields_does_not_fit_and_says_why(tmp_path):
 
 
 def test_a_stubs_only_tensorrt_folder_is_not_tensorrt(tmp_path, monkeypatch):
-    """tensorrt-stubs installed into site-packages leaves tensorrt/__init__.pyi: it imports as an empty
-    namespace package, which must read as 'not installed', not crash on a missing __version__."""
+    """A stubs-only tensorrt folder reads as 'not installed'.
+
+    tensorrt-stubs installed into site-packages leaves tensorrt/__init__.pyi: it imports as an empty
+    namespace package, which must read as 'not installed', not crash on a missing __version__.
+    """
     if has_module('tensorrt'):
         pytest.skip('TensorRT is installed here: a stubs-only folder would not be the one imported')
     (tmp_path / 'tensorrt').mkdir()

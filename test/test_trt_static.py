@@ -37,7 +37,7 @@ def stubs() -> Path:
 
 
 def _copy_repo(dst: Path) -> Path:
-    """The Python sources and setup.cfg of the repository (no weights, caches or data)."""
+    """List the Python sources and setup.cfg of the repository (no weights, caches or data)."""
     ignore = shutil.ignore_patterns('__pycache__', '*.pt', '*.pth', '*.onnx', '*.engine', 'weights')
     for name in ('boq_vpr', 'test', 'training'):
         shutil.copytree(ROOT / name, dst / name, ignore=ignore)

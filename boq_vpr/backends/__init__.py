@@ -31,7 +31,7 @@ class EncoderBackend(Protocol):
         """``[N, 3, H, W]`` float32 normalized input -> ``[N, D]`` float32 descriptors."""
 
     def describe(self) -> dict:
-        """What runs (backend, device, precision, input/output names and shapes) for logs and info."""
+        """Describe what runs (backend, device, precision, input/output names and shapes) for logs and info."""
 
 
 BackendFactory = Callable[..., EncoderBackend]
@@ -83,8 +83,10 @@ FIXED_SIZE_BACKENDS = ('tensorrt',)
 
 def auto_candidates(device: str = 'auto', precision: str = 'auto', dynamic_size: bool = False
                     ) -> list[tuple[str, str]]:
-    """(backend, device) pairs that ``auto`` tries for a requested device and precision, in order;
-    with ``dynamic_size`` only backends that take inputs of any height and width."""
+    """List the (backend, device) pairs that ``auto`` tries for a requested device and precision, in order.
+
+    With ``dynamic_size`` only backends that take inputs of any height and width.
+    """
     from .capabilities import cpu_supports_bf16
     gpu = [c for c in AUTO_ORDER if c.endswith(':cuda')
            and not (dynamic_size and c.partition(':')[0] in FIXED_SIZE_BACKENDS)]

@@ -43,7 +43,7 @@ def cpu_flags() -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bf16 natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16).
+    """Tell whether the CPU computes bf16 natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16).
 
     oneDNN also runs bf16 on plain AVX-512 by emulation, which is slower than FP32: the CPU flags
     decide, and oneDNN's own check is the fallback where no flags can be read.
@@ -59,9 +59,11 @@ def cpu_supports_bf16() -> bool:
 
 
 def has_module(name: str) -> bool:
-    """Whether a Python package is importable (without importing it). A folder without code does not
-    count: a namespace package, such as the ``tensorrt/`` of .pyi files that ``tensorrt-stubs`` puts
-    into site-packages, imports but holds nothing to run."""
+    """Tell whether a Python package is importable (without importing it).
+
+    A folder without code does not count: a namespace package, such as the ``tensorrt/`` of .pyi
+    files that ``tensorrt-stubs`` puts into site-packages, imports but holds nothing to run.
+    """
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):

@@ -38,10 +38,11 @@ def cache_dir() -> Path:
 def cached_onnx(config: ModelConfig, weights: str | Path | None, *, dynamic_size: bool = False,
                 attention: bool = False, model=None, directory: str | Path | None = None,
                 precision: str = 'fp32') -> Path:
-    """The ONNX export (FP32, or mixed FP16) of ``config`` + ``weights``, exported on first use."""
+    """Return the ONNX export (FP32, or mixed FP16) of ``config`` + ``weights``, exported on first use."""
     from ..export import ExportSpec, export_onnx, read_onnx, weights_id
     wid = weights_id(weights)
-    spec = ExportSpec(config=config, weights=wid, image_size=None if dynamic_size else (int(config.image_size[0]), int(config.image_size[1])),
+    size = None if dynamic_size else (int(config.image_size[0]), int(config.image_size[1]))
+    spec = ExportSpec(config=config, weights=wid, image_size=size,
                       attention=attention, precision=precision)
     path = Path(directory or cache_dir() / 'onnx') / f'{config.name}-{spec.key()}.onnx'
     if path.is_file():
@@ -92,7 +93,7 @@ class EngineKey:
 
     @classmethod
     def from_json(cls, d: dict) -> 'EngineKey':
-        """The key from its JSON; fields missing in an older key read as None, unknown fields are an error."""
+        """Read the key from its JSON; fields missing in an older key read as None, unknown fields are an error."""
         d = dict(d)
         for k in ('min_shape', 'opt_shape', 'max_shape'):
             d[k] = tuple(d[k])
@@ -111,7 +112,7 @@ def key_path(engine: Path) -> Path:
 
 
 def read_engine_key(engine: Path) -> EngineKey | None:
-    """The key stored beside ``engine``; None if absent or unreadable."""
+    """Return the key stored beside ``engine``; None if absent or unreadable."""
     try:
         return EngineKey.from_json(json.loads(key_path(engine).read_text()))
     except (OSError, ValueError, TypeError, KeyError):

@@ -37,7 +37,7 @@ def calibration_files(folder: Path, max_images: int) -> list[Path]:
 
 def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, calibration: str | Path,
               max_images: int = 64) -> Path:
-    """The INT8 copy of ``fp32_onnx`` calibrated on a folder of images (cached by folder content)."""
+    """Return the INT8 copy of ``fp32_onnx`` calibrated on a folder of images (cached by folder content)."""
     from ..export import calibration_batches, quantize_int8
     from ..export.quantize import QUANT_RECIPE
     from ..inputs.images import load_image
@@ -61,7 +61,7 @@ def int8_onnx(config: ModelConfig, weights: str | Path | None, fp32_onnx: Path, 
 def resolve_onnx(backend: str, config: ModelConfig, weights: str | Path | None, onnx_path: str | Path | None, *,
                  precision: str, export_precision: str = 'fp32', calibration: str | Path | None = None,
                  dynamic_size: bool = False, attention: bool = False) -> tuple[Path, ExportSpec]:
-    """The ONNX file ``backend`` runs, and the export spec of the file it starts from.
+    """Return the ONNX file ``backend`` runs, and the export spec of the file it starts from.
 
     ``onnx_path`` when given (refused when made for another model, input size or weights), else the
     cached export of ``config`` + ``weights`` at ``export_precision`` (exported on first use). For

@@ -139,14 +139,17 @@ class OnnxRuntimeBackend:
         return self.session.run([DESCRIPTOR_NAME], {INPUT_NAME: x})[0]
 
     def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` from one run of the
-        same session (needs an export with the attention output: ``attention=True``)."""
+        """Compute descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` in one run.
+
+        One run of the same session (needs an export with the attention output: ``attention=True``).
+        """
         if not self.supports_attention:
             raise BackendError(f'onnxruntime: {self.onnx_path} has no {ATTENTION_NAME!r} output; create the '
                                'backend with attention=True to export one')
         check_input(batch, self.spec.image_size, self.name)
         x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-        desc, attn = self.session.run([DESCRIPTOR_NAME, ATTENTION_NAME], {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
+        desc, attn = self.session.run([DESCRIPTOR_NAME, ATTENTION_NAME],
+                                      {INPUT_NAME: np.ascontiguousarray(x, np.float32)})
         return desc, attn
 
     def describe(self) -> dict:

@@ -38,7 +38,8 @@ class OpenVinoBackend:
         try:
             import openvino as ov
         except ImportError as err:
-            raise BackendError('openvino is not installed: pip install "boq_vpr[openvino]" (or pip install openvino)') from err
+            raise BackendError('openvino is not installed: pip install "boq_vpr[openvino]" '
+                               '(or pip install openvino)') from err
         if device not in ('auto', 'cpu'):
             raise BackendError(f'openvino backend runs on the CPU only, not {device!r}; use tensorrt, onnxruntime '
                                'or torch for CUDA')
@@ -93,8 +94,10 @@ class OpenVinoBackend:
         return np.array(self.request.get_tensor(self._output).data, dtype=np.float32, copy=True)
 
     def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` from one inference of
-        the same compiled model (needs the attention output: ``attention=True``)."""
+        """Compute descriptors ``[N, D]`` and cross-attention ``[N, blocks, Q, h*w]`` in one inference.
+
+        One inference of the same compiled model (needs the attention output: ``attention=True``).
+        """
         if not self.supports_attention:
             raise BackendError(f'openvino: {self.onnx_path} has no {ATTENTION_NAME!r} output; create the '
                                'backend with attention=True to export one')

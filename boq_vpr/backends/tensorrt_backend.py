@@ -56,7 +56,7 @@ CALIBRATOR = 'entropy2'
 
 
 def import_tensorrt() -> ModuleType:
-    """The ``tensorrt`` module, or BackendError saying how to install it.
+    """Import the ``tensorrt`` module, or raise BackendError saying how to install it.
 
     Written for the TensorRT 10 API. With TensorRT 11, which removed the FP16/INT8 builder flags
     and implicit INT8 calibration, fp32 and fp16 engines are built as strongly typed networks from
@@ -80,9 +80,10 @@ def import_tensorrt() -> ModuleType:
 
 
 def weak_typing(module: ModuleType) -> bool:
-    """Whether this TensorRT has the FP16/INT8 builder flags and implicit INT8 calibration (TensorRT 10)
-    or builds strongly typed networks only, taking precisions from the graph (TensorRT 11).
+    """Tell whether this TensorRT has the FP16/INT8 builder flags and implicit INT8 calibration.
 
+    True for TensorRT 10; False where it builds strongly typed networks only, taking precisions from
+    the graph (TensorRT 11).
     A feature probe by name on purpose: TensorRT 11 removed these names.
     """
     return hasattr(module.BuilderFlag, 'FP16') and hasattr(module, 'IInt8EntropyCalibrator2')
@@ -95,7 +96,7 @@ def gpu_name(device: torch.device) -> str:
 
 
 def precision_constraints(precision: str, strongly_typed: bool) -> str:
-    """The layer precision constraints a build applies, as stored in the engine key ('' for none)."""
+    """Return the layer precision constraints a build applies, as stored in the engine key ('' for none)."""
     if precision in ('fp16', 'int8') and not strongly_typed:
         return 'prefer:' + ','.join(KEEP_FP32_LAYERS) + '=fp32'
     return ''
@@ -103,8 +104,10 @@ def precision_constraints(precision: str, strongly_typed: bool) -> str:
 
 def calibration_digest(folder: Path, max_images: int = CALIBRATION_MAX_IMAGES,
                        batch_size: int = CALIBRATION_BATCH) -> str:
-    """Identifies an INT8 calibration: the image set (names and sizes), how many images are used, the
-    batch and the calibrator. Part of the engine key and of the calibration cache's file name."""
+    """Identify an INT8 calibration: the image set (names and sizes), images used, batch and calibrator.
+
+    Part of the engine key and of the calibration cache's file name.
+    """
     blob = f'{folder_digest(folder)}:max{max_images}:b{batch_size}:{CALIBRATOR}'
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -128,7 +131,7 @@ def _make_logger() -> 'trt.ILogger':
 
 
 def _calibrator(batches: Sequence[np.ndarray], cache_file: Path, device: torch.device) -> 'trt.IInt8Calibrator':
-    """An entropy calibrator feeding preprocessed batches (all of one shape) from device memory."""
+    """Make an entropy calibrator feeding preprocessed batches (all of one shape) from device memory."""
     import tensorrt as trt
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
@@ -172,8 +175,9 @@ def build_engine(onnx_path: Path, precision: str, shapes: tuple[tuple[int, ...],
                  timing_cache: Path | None = None, calibration_batches: Sequence[np.ndarray] | None = None,
                  calibration_cache: Path | None = None, device: torch.device | None = None,
                  workspace: int = WORKSPACE_BYTES, strongly_typed: bool = False) -> bytes:
-    """Parse ``onnx_path`` and build a serialized engine for ``precision`` and the (min, opt, max)
-    input ``shapes``. Raises ExportError with the parser's messages if the graph is refused.
+    """Parse ``onnx_path`` and build a serialized engine for ``precision`` and the (min, opt, max) input ``shapes``.
+
+    Raises ExportError with the parser's messages if the graph is refused.
 
     ``strongly_typed``: precisions come from the graph (the mixed FP16 export for fp16) instead of
     builder flags; required by TensorRT 11. INT8 calibration runs at a profile of exactly the
@@ -277,8 +281,9 @@ class TensorRTBackend:
         version = str(trt_module.__version__)
         if self.strongly_typed and self.precision == 'int8':
             raise BackendError(f'TensorRT {version} builds strongly typed networks only and has no implicit '
-                               'INT8 calibration; for int8 install TensorRT 10 (pip install "tensorrt-cu13>=10.13,<11", '
-                               'or tensorrt-cu12 to match the CUDA of torch; JetPack 6.1+ ships TensorRT 10)')
+                               'INT8 calibration; for int8 install TensorRT 10 (pip install '
+                               '"tensorrt-cu13>=10.13,<11", or tensorrt-cu12 to match the CUDA of torch; '
+                               'JetPack 6.1+ ships TensorRT 10)')
         self.calibration = Path(calibration) if calibration is not None else None
         if self.precision == 'int8' and self.calibration is None:
             raise BackendError('tensorrt int8 needs calibration images of the deployment camera: calibration=FOLDER '

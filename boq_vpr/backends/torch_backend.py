@@ -85,8 +85,11 @@ class TorchBackend:
         return self._run(batch, attention=False)[0]
 
     def infer_with_attention(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Descriptors ``[N, D]`` and cross-attention maps ``[N, blocks, Q, h*w]`` (averaged over
-        heads) from one pass of the same graph, precision and memory layout as ``infer``."""
+        """Compute descriptors ``[N, D]`` and cross-attention maps ``[N, blocks, Q, h*w]`` in one pass.
+
+        The maps are averaged over heads; the pass runs the same graph, precision and memory layout
+        as ``infer``.
+        """
         desc, attn = self._run(batch, attention=True)
         return desc, attn
 

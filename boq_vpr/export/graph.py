@@ -125,7 +125,7 @@ class PlainBoQBlock(nn.Module):
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
-    """A copy of a torchvision ResNet trunk with every BatchNorm folded into its convolution."""
+    """Copy a torchvision ResNet trunk with every BatchNorm folded into its convolution."""
     net = copy.deepcopy(net).eval()
 
     def fold(module: nn.Module) -> None:
@@ -152,8 +152,11 @@ class ResNetTrunk(nn.Module):
 
 def _bicubic_weights(out_size: torch.Tensor | int, in_size: int, scale: float | torch.Tensor,
                      like: torch.Tensor) -> torch.Tensor:
-    """``[out_size, in_size]`` matrix of PyTorch's bicubic interpolation (A=-0.75, half-pixel,
-    border clamp) when the scale factor ``scale`` is given, as ``F.interpolate(scale_factor=...)``."""
+    """Return the ``[out_size, in_size]`` matrix of PyTorch's bicubic interpolation.
+
+    A=-0.75, half-pixel, border clamp, for the scale factor ``scale`` when given, as
+    ``F.interpolate(scale_factor=...)``.
+    """
     a = -0.75
     dst = torch.arange(out_size, device=like.device).to(like.dtype)
     src = (dst + 0.5) / scale - 0.5
@@ -188,8 +191,10 @@ class PlainViTAttention(nn.Module):
 
 
 class DinoTrunk(nn.Module):
-    """DINOv2 as BoQ uses it, with position embeddings resolved for ``image_size`` or, if
-    ``image_size`` is None, interpolated in the graph for the input's size."""
+    """DINOv2 as BoQ uses it, with position embeddings resolved for ``image_size``.
+
+    If ``image_size`` is None, they are interpolated in the graph for the input's size.
+    """
 
     def __init__(self, backbone: DinoV2Backbone, image_size: tuple[int, int] | None) -> None:
         super().__init__()
@@ -268,8 +273,11 @@ class InferenceGraph(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, images: torch.Tensor, return_attention: bool | None = None):
-        """``return_attention`` (None: as constructed) also returns the cross-attention maps
-        ``[N, blocks, queries, h*w]`` from the same pass (same weights, precision and layout)."""
+        """Compute the descriptors of a batch, and on request the cross-attention maps.
+
+        ``return_attention`` (None: as constructed) also returns the cross-attention maps
+        ``[N, blocks, queries, h*w]`` from the same pass (same weights, precision and layout).
+        """
         want = self.return_attention if return_attention is None else bool(return_attention)
         x = self.proj_c(self.backbone(images.to(self.proj_c.weight.dtype)))
         x = self.norm_input(x.flatten(2).transpose(1, 2))
@@ -298,8 +306,10 @@ class Float32LayerNorm(nn.Module):
 
 
 def to_mixed_precision(graph: InferenceGraph, dtype: torch.dtype = torch.float16) -> InferenceGraph:
-    """A copy of ``graph`` with weights and activations in ``dtype`` and LayerNorm, softmax and the
-    final normalization in float32; input and outputs stay float32."""
+    """Copy ``graph`` with weights and activations in ``dtype``.
+
+    LayerNorm, softmax and the final normalization stay in float32; input and outputs stay float32.
+    """
     graph = copy.deepcopy(graph)
 
     def swap(module: nn.Module) -> None:

@@ -83,12 +83,12 @@ class ExportSpec:
 
 
 def weights_id(weights: str | Path | None) -> str:
-    """What identifies the weights in an export: the file's sha256, or the random seed."""
+    """Return what identifies the weights in an export: the file's sha256, or the random seed."""
     return file_sha256(weights) if weights is not None else f'random-seed{RANDOM_SEED}'
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:
-    """Identifies the weights of a model object given without its weight file."""
+    """Identify the weights of a model object given without its weight file."""
     h = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         h.update(key.encode())
@@ -170,7 +170,7 @@ def export_onnx(model: VPRModel | ModelConfig, path: str | Path, *, weights: str
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter prints progress and logs every optimizer pass at INFO: keep them at debug level."""
+    """Keep the exporter's progress and its log of every optimizer pass (INFO) at debug level."""
     loggers = [logging.getLogger(name) for name in ('onnxscript', 'onnx_ir', 'torch.onnx')]
     levels = [lg.level for lg in loggers]
     buffer = io.StringIO()

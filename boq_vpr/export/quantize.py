@@ -48,8 +48,10 @@ def calibration_batches(images: Sequence[np.ndarray], preprocessor, batch_size: 
 
 
 def quant_settings() -> dict:
-    """The keyword arguments of ``onnxruntime.quantization.quantize_static``, all explicit (see the
-    module docstring for why the weights are uint8)."""
+    """Return the keyword arguments of ``onnxruntime.quantization.quantize_static``, all explicit.
+
+    See the module docstring for why the weights are uint8.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     return dict(
         quant_format=QuantFormat.QDQ,

@@ -107,8 +107,10 @@ class MapDatabase:
                 f'fingerprint {self.fingerprint!r})')
 
     def memory_bytes(self) -> int:
-        """Bytes held in RAM by the index structures, the pending vectors and the id table (the
-        keyframe metadata, thumbnails and re-ranking descriptors are on disk)."""
+        """Count the bytes held in RAM by the index structures, the pending vectors and the id table.
+
+        The keyframe metadata, thumbnails and re-ranking descriptors are on disk.
+        """
         with self._lock:
             return self._index.memory_bytes()
 
@@ -167,8 +169,10 @@ class MapDatabase:
             return ids.tolist()
 
     def set_search_options(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
-        """Change the speed/recall trade-off of approximate indexes at run time (saved with the map):
-        ``ef_search`` for hnsw, ``nprobe`` for ivfpq."""
+        """Change the speed/recall trade-off of approximate indexes at run time (saved with the map).
+
+        ``ef_search`` for hnsw, ``nprobe`` for ivfpq.
+        """
         with self._lock:
             for key, value in (('ef_search', ef_search), ('nprobe', nprobe)):
                 if value is None:
@@ -180,8 +184,10 @@ class MapDatabase:
                 self.index_options[key] = int(value)
 
     def train(self) -> None:
-        """Train the index now on the vectors collected so far (MapError if they are too few);
-        waits for a background training first."""
+        """Train the index now on the vectors collected so far (MapError if they are too few).
+
+        Waits for a background training first.
+        """
         self._index.train()
 
     def wait_for_training(self, timeout: float | None = None) -> bool:
@@ -205,7 +211,7 @@ class MapDatabase:
 
     # ---------------------------------------------------------------- metadata
     def keyframe(self, id: int) -> Keyframe:
-        """The keyframe with this id (KeyError if the map has none)."""
+        """Return the keyframe with this id (KeyError if the map has none)."""
         with self._lock:
             kf = self._store.keyframe(id)
         if kf is None:
@@ -225,7 +231,7 @@ class MapDatabase:
             return self._store.keyframes_between(start_ns, end_ns)
 
     def nearest_in_time(self, stamp_ns: int, session: str | None = None) -> Keyframe | None:
-        """The keyframe closest in time to ``stamp_ns`` (optionally within one session)."""
+        """Return the keyframe closest in time to ``stamp_ns`` (optionally within one session)."""
         with self._lock:
             return self._store.nearest_in_time(stamp_ns, session)
 
@@ -235,8 +241,10 @@ class MapDatabase:
             return self._store.first_id_at_or_after(stamp_ns, session)
 
     def keyframe_stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, stamps_ns, session labels) of the keyframes with ``lo <= id < hi``, by id (the
-        detector follows map sessions in time with them, a block at a time)."""
+        """Return (ids, stamps_ns, session labels) of the keyframes with ``lo <= id < hi``, by id.
+
+        The detector follows map sessions in time with them, a block at a time.
+        """
         with self._lock:
             return self._store.stamps(lo, hi)
 
@@ -246,8 +254,10 @@ class MapDatabase:
             return self._store.sessions()
 
     def keyframe_image(self, id: int) -> np.ndarray | None:
-        """The stored grayscale image of a keyframe for geometric verification (read from disk
-        on demand), or None if it has none."""
+        """Return the stored grayscale image of a keyframe for geometric verification, or None if it has none.
+
+        Read from disk on demand.
+        """
         with self._lock:
             png = self._store.thumbnail_png(id)
         return None if png is None else decode_thumbnail(png, f'keyframe {id}')
@@ -255,20 +265,27 @@ class MapDatabase:
     thumbnail = keyframe_image
 
     def query_image(self, image: np.ndarray) -> np.ndarray:
-        """A query image (RGB or gray uint8) prepared as keyframe images are stored (grayscale,
-        ``thumbnail_size``), to compare with ``keyframe_image``."""
+        """Prepare a query image (RGB or gray uint8) as keyframe images are stored, to compare with ``keyframe_image``.
+
+        Grayscale, at most ``thumbnail_size``.
+        """
         return make_thumbnail(image, self.thumbnail_size)
 
     def descriptors(self, ids: Sequence[int]) -> np.ndarray:
-        """Stored descriptors ``[N, D]`` of these keyframes (exact with re-ranking or while
-        untrained; reconstructed, hence approximate, for compressed index types without it)."""
+        """Return the stored descriptors ``[N, D]`` of these keyframes.
+
+        Exact with re-ranking or while untrained; reconstructed, hence approximate, for compressed
+        index types without it.
+        """
         with self._lock:
             return self._index.vectors(np.asarray(ids, np.int64))
 
     # ---------------------------------------------------------------- removal and merge
     def remove(self, ids: Iterable[int]) -> int:
-        """Remove keyframes by id; returns how many were removed. A background training in
-        progress is dropped (it restarts with the next add)."""
+        """Remove keyframes by id; returns how many were removed.
+
+        A background training in progress is dropped (it restarts with the next add).
+        """
         with self._lock:
             ids = np.unique(np.asarray(list(ids), np.int64))
             mask = np.isin(self._index.ids(), ids)
@@ -329,15 +346,17 @@ class MapDatabase:
             self._store.clear()
 
     def close(self) -> None:
-        """Delete the scratch files of the open map (the map object is unusable afterwards). A background
-        training still running finishes its FAISS call in its thread and then drops its result."""
+        """Delete the scratch files of the open map (the map object is unusable afterwards).
+
+        A background training still running finishes its FAISS call in its thread and then drops its result.
+        """
         with self._lock:
             self._index.cancel_training()
             self._store.close()
 
     # ---------------------------------------------------------------- save / load
     def manifest(self) -> dict:
-        """What ``manifest.json`` records about this map (without file checksums)."""
+        """Return what ``manifest.json`` records about this map (without file checksums)."""
         with self._lock:
             return {
                 'format': persist.FORMAT, 'format_version': persist.FORMAT_VERSION, 'boq_vpr_version': __version__,
@@ -349,10 +368,12 @@ class MapDatabase:
             }
 
     def save(self, path: str | Path) -> None:
-        """Write the map to the directory ``path`` atomically: a crash mid-save leaves the previous
-        map (if any) readable. The map lock is held only while a snapshot is taken (a copy of the
-        FAISS index and a read transaction on the metadata); writing, fsync and checksums run
-        outside it, so adds and searches continue meanwhile."""
+        """Write the map to the directory ``path`` atomically.
+
+        A crash mid-save leaves the previous map (if any) readable. The map lock is held only while
+        a snapshot is taken (a copy of the FAISS index and a read transaction on the metadata);
+        writing, fsync and checksums run outside it, so adds and searches continue meanwhile.
+        """
         path = Path(path)
         persist.check_target(path)
         with self._save_lock, contextlib.ExitStack() as stack:
@@ -367,8 +388,11 @@ class MapDatabase:
     @classmethod
     def load(cls, path: str | Path, fingerprint: str | None = None,
              descriptor_dim: int | None = None) -> 'MapDatabase':
-        """Read a map directory. With ``fingerprint``/``descriptor_dim`` given, a map of another model
-        or size is refused (MapError naming both); a truncated or corrupt file is refused naming it."""
+        """Read a map directory.
+
+        With ``fingerprint``/``descriptor_dim`` given, a map of another model or size is refused
+        (MapError naming both); a truncated or corrupt file is refused naming it.
+        """
         path = Path(path)
         manifest = persist.read_manifest(path, fingerprint, descriptor_dim)
         data = path / manifest['data_dir']

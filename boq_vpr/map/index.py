@@ -267,7 +267,7 @@ class VectorIndex(IndexTraining):
         return self.index_type == 'ivfpq'
 
     def _core(self, index: faiss.Index | None = None) -> faiss.Index:
-        """The index after the optional PCA transform."""
+        """Return the index after the optional PCA transform."""
         index = self._index if index is None else index
         if isinstance(index, faiss.IndexPreTransform):
             return faiss.downcast_index(index.index)
@@ -296,8 +296,11 @@ class VectorIndex(IndexTraining):
 
     # ---------------------------------------------------------------- add
     def add(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Append vectors ``x`` with ascending ``ids`` (caller holds the lock). Synchronous
-        training errors undo the add and propagate; background ones are logged and retried later."""
+        """Append vectors ``x`` with ascending ``ids`` (caller holds the lock).
+
+        Synchronous training errors undo the add and propagate; background ones are logged and
+        retried later.
+        """
         if not self._index.is_trained:
             n_ids, n_pending = len(self._ids), len(self._pending)
             self._pending.append(x)
@@ -362,10 +365,12 @@ class VectorIndex(IndexTraining):
 
     # ---------------------------------------------------------------- snapshot (for saving)
     def snapshot(self) -> tuple[faiss.Index | np.ndarray, np.ndarray, np.ndarray | None]:
-        """(a copy of the FAISS index, ids, pending vectors or None) as they are now: the index
-        cloned, or serialized (uint8 array) where FAISS cannot clone a part of it (the PCA chain's
+        """Return (a copy of the FAISS index, ids, pending vectors or None) as they are now.
+
+        The index is cloned, or serialized (uint8 array) where FAISS cannot clone a part of it (the PCA chain's
         normalization). The ids and pending vectors are views of append-only buffers: later adds
-        do not change them."""
+        do not change them.
+        """
         pending = self._pending.view()
         try:
             index = faiss.clone_index(self._index)
@@ -385,7 +390,7 @@ class VectorIndex(IndexTraining):
         return pos
 
     def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of ``ids`` (exact when pending or re-ranked, else the index's reconstructions)."""
+        """Return the stored vectors of ``ids`` (exact when pending or re-ranked, else the index's reconstructions)."""
         pos = self.positions(ids)
         if not ids.size:
             return np.zeros((0, self.descriptor_dim), np.float32)
@@ -402,8 +407,10 @@ class VectorIndex(IndexTraining):
 
     # ---------------------------------------------------------------- search
     def search(self, q: np.ndarray, k: int, id_below: int | None, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` (scores, ids) of normalized queries ``q`` (caller holds the lock); see
-        ``MapDatabase.search``. ``threads``: the map's ``search_threads``."""
+        """Return the top-``k`` (scores, ids) of normalized queries ``q`` (caller holds the lock).
+
+        See ``MapDatabase.search``. ``threads``: the map's ``search_threads``.
+        """
         n = q.shape[0]
         ids = self._ids.view()
         limit = ids.size if id_below is None else int(np.searchsorted(ids, id_below))

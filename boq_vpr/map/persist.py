@@ -76,8 +76,11 @@ def _own_entry(name: str) -> bool:
 
 
 def foreign_entries(path: str | Path) -> list[str]:
-    """Names in directory ``path`` that a map never writes (empty when ``path`` is a map, an
-    empty or missing directory, or the leftovers of a save interrupted before its manifest)."""
+    """List the names in directory ``path`` that a map never writes.
+
+    Empty when ``path`` is a map, an empty or missing directory, or the leftovers of a save
+    interrupted before its manifest.
+    """
     path = Path(path)
     if not path.is_dir():
         return []
@@ -136,8 +139,10 @@ def _write_data(folder: Path, snap: Snapshot) -> dict:
 
 
 def write_map(path: Path, snap: Snapshot) -> dict:
-    """Write ``snap`` as the map in directory ``path`` (created if needed), atomically; returns
-    the manifest written. Callers serialize saves to one path."""
+    """Write ``snap`` as the map in directory ``path`` (created if needed), atomically.
+
+    Returns the manifest written. Callers serialize saves to one path.
+    """
     path.mkdir(parents=True, exist_ok=True)
     manifest = dict(snap.manifest)
     tmp = Path(tempfile.mkdtemp(prefix='.data-tmp-', dir=path))
@@ -173,8 +178,10 @@ def write_map(path: Path, snap: Snapshot) -> dict:
 
 
 def read_manifest(path: Path, fingerprint: str | None = None, descriptor_dim: int | None = None) -> dict:
-    """The manifest of the map at ``path`` after checking it and every data file's size and
-    checksum (MapError naming what is wrong and what to do)."""
+    """Return the manifest of the map at ``path`` after checking it and every data file's size and checksum.
+
+    MapError names what is wrong and what to do.
+    """
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise MapError(f'{path} is not a map: {MANIFEST} is missing (build one with `boq-vpr build-map`)')

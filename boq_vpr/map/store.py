@@ -45,7 +45,7 @@ class Keyframe:
 
 # ---------------------------------------------------------------- thumbnails (images for geometric verification)
 def make_thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
-    """A grayscale uint8 copy of ``image`` (RGB or gray) no larger than ``max_side`` pixels."""
+    """Return a grayscale uint8 copy of ``image`` (RGB or gray) no larger than ``max_side`` pixels."""
     img = np.asarray(image)
     if img.ndim == 3:
         img = cv2.cvtColor(img[:, :, :3], cv2.COLOR_RGB2GRAY)
@@ -59,7 +59,7 @@ def make_thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
 
 
 def encode_thumbnail(image: np.ndarray, max_side: int = 160) -> bytes:
-    """A small grayscale PNG of ``image`` (RGB or gray uint8) for geometric verification."""
+    """Encode a small grayscale PNG of ``image`` (RGB or gray uint8) for geometric verification."""
     ok, buf = cv2.imencode('.png', make_thumbnail(image, max_side))
     if not ok:
         raise MapError('thumbnail could not be encoded as PNG')
@@ -106,7 +106,7 @@ def _row_to_keyframe(row: tuple) -> Keyframe:
 
 
 def keyframe_row(kid: int, kf: Keyframe) -> tuple:
-    """The SQLite row of a keyframe (MapError for a malformed pose)."""
+    """Return the SQLite row of a keyframe (MapError for a malformed pose)."""
     p = kf.position
     q = kf.orientation
     if p is not None and len(p) != 3:
@@ -262,8 +262,10 @@ class KeyframeStore:
     # ---------------------------------------------------------------- persistence
     @contextlib.contextmanager
     def snapshot_reader(self) -> Iterator[sqlite3.Connection]:
-        """A connection reading the store as it is when this is entered (a WAL read transaction):
-        enter it under the map lock, then copy from it (``copy_to``) outside the lock."""
+        """Open a connection reading the store as it is when this is entered (a WAL read transaction).
+
+        Enter it under the map lock, then copy from it (``copy_to``) outside the lock.
+        """
         reader = _connect(self._file, readonly=True)
         try:
             reader.execute('BEGIN')

@@ -100,7 +100,7 @@ class IndexTraining:
         self._trainer = None
 
     def _trained_index(self, x: np.ndarray, ids: np.ndarray) -> faiss.Index:
-        """A new index of this type trained on ``x`` and holding ``x`` (runs without the lock)."""
+        """Build a new index of this type trained on ``x`` and holding ``x`` (runs without the lock)."""
         index = self.new_faiss_index()
         log.info('training %s index on %d vectors', self.index_type, x.shape[0])
         if isinstance(index, faiss.IndexPreTransform):

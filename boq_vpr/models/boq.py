@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 
 class BoQBlock(nn.Module):
-    """One block: a transformer encoder over the local features, then learned queries that
-    cross-attend to them."""
+    """One block: a transformer encoder over the local features, then learned queries that cross-attend to them."""
 
     def __init__(self, in_dim: int, num_queries: int, nheads: int = 8) -> None:
         super().__init__()
@@ -25,15 +24,17 @@ class BoQBlock(nn.Module):
         self.norm_out = nn.LayerNorm(in_dim)
 
     def query_tokens(self) -> torch.Tensor:
-        """``LayerNorm(Q + SelfAttn(Q))``: the queries after their self-attention, shape
-        ``[1, num_queries, in_dim]``. It does not depend on the image."""
+        """Return ``LayerNorm(Q + SelfAttn(Q))``: the queries after their self-attention.
+
+        Shape ``[1, num_queries, in_dim]``. It does not depend on the image.
+        """
         q = self.queries
         q = q + self.self_attn(q, q, q, need_weights=False)[0]
         return self.norm_q(q)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor | None = None, need_weights: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Returns (encoded features, query outputs, head-averaged cross-attention or None).
+        """Return (encoded features, query outputs, head-averaged cross-attention or None).
 
         ``q`` may carry precomputed ``query_tokens()`` (inference); by default they are computed.
         """
@@ -48,8 +49,10 @@ class BoQBlock(nn.Module):
 
 
 class BoQ(nn.Module):
-    """Bag-of-Queries aggregator: local feature map ``[B, C, H, W]`` -> descriptor
-    ``[B, proj_channels * row_dim]`` (L2-normalized)."""
+    """Bag-of-Queries aggregator.
+
+    Local feature map ``[B, C, H, W]`` -> descriptor ``[B, proj_channels * row_dim]`` (L2-normalized).
+    """
 
     def __init__(self, in_channels: int = 1024, proj_channels: int = 512, num_queries: int = 32,
                  num_layers: int = 2, row_dim: int = 32) -> None:

@@ -36,15 +36,17 @@ MAX_LISTED = 12
 
 
 def shipped_weights(name: str) -> Path | None:
-    """The weight file shipped for configuration ``name``, None when none ships."""
+    """Return the weight file shipped for configuration ``name``, None when none ships."""
     file = SHIPPED_WEIGHTS.get(name)
     return WEIGHTS_DIR / file if file else None
 
 
 def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
-    """The weight file to load for configuration ``name``: ``weights`` when given; the shipped
-    file when ``weights`` is None or empty; None (random weights) for ``'random'`` or when no file
-    ships for ``name``."""
+    """Return the weight file to load for configuration ``name``.
+
+    ``weights`` when given; the shipped file when ``weights`` is None or empty; None (random
+    weights) for ``'random'`` or when no file ships for ``name``.
+    """
     if weights is not None and str(weights) != '':
         return None if str(weights) == RANDOM_WEIGHTS else Path(weights)
     return shipped_weights(name)
@@ -56,7 +58,7 @@ def is_shipped(path: str | Path) -> bool:
 
 @contextlib.contextmanager
 def _reinstall_hint(path: str | Path):
-    """A CheckpointError about a shipped weight file also says how to reinstall it."""
+    """Add to a CheckpointError about a shipped weight file how to reinstall it."""
     try:
         yield
     except CheckpointError as err:
@@ -66,7 +68,7 @@ def _reinstall_hint(path: str | Path):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weight file, unwrapped from Lightning (``state_dict``) and prefixes."""
+    """Read the tensors of a weight file, unwrapped from Lightning (``state_dict``) and prefixes."""
     path = Path(path)
     with _reinstall_hint(path):
         return _read_state_dict(path)
@@ -131,8 +133,10 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
 
 
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a weight file strictly into ``model`` (in place) and return it. Tensors stored in
-    another floating-point type (the shipped fp16 files) are cast to the model's (fp32)."""
+    """Load a weight file strictly into ``model`` (in place) and return it.
+
+    Tensors stored in another floating-point type (the shipped fp16 files) are cast to the model's (fp32).
+    """
     state = read_state_dict(path)
     with _reinstall_hint(path):
         check_state_dict(model, state, source=str(path))
@@ -142,9 +146,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def load_model(config, weights: str | Path | None = None) -> nn.Module:
-    """Build ``config`` and load ``weights``; without weights, reproducible random weights
-    (seed ``RANDOM_SEED``) with a warning, so that maps and tests agree across processes.
-    ``weights`` is a resolved path (``resolve_weights`` turns None into the shipped file)."""
+    """Build ``config`` and load ``weights``.
+
+    Without weights, reproducible random weights (seed ``RANDOM_SEED``) with a warning, so that
+    maps and tests agree across processes. ``weights`` is a resolved path (``resolve_weights``
+    turns None into the shipped file).
+    """
     from .vpr import RANDOM_SEED, build_model
     if weights is None:
         log.warning('no weights given: %s runs with random weights (seed %d); '
@@ -154,7 +161,7 @@ def load_model(config, weights: str | Path | None = None) -> nn.Module:
 
 
 def summarize_state_dict(state: Mapping[str, torch.Tensor]) -> dict:
-    """Counts of keys and values, per top-level module."""
+    """Count keys and values, per top-level module."""
     groups: dict[str, dict[str, int]] = {}
     for key, t in state.items():
         g = groups.setdefault(key.split('.')[0], {'keys': 0, 'values': 0})

@@ -82,7 +82,7 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
 
 
 def get_config(name: str) -> ModelConfig:
-    """The named configuration; a wrong name raises ValueError listing the valid ones."""
+    """Return the named configuration; a wrong name raises ValueError listing the valid ones."""
     try:
         return MODEL_CONFIGS[name]
     except KeyError:

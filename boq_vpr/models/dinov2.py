@@ -129,8 +129,10 @@ class DinoVisionTransformer(nn.Module):
 
 
 class DinoV2Backbone(nn.Module):
-    """DINOv2 as BoQ uses it: all blocks, CLS token dropped, no final norm,
-    ``[B, 3, H, W] -> [B, C, H/14, W/14]``. H and W must be multiples of 14."""
+    """DINOv2 as BoQ uses it: all blocks, CLS token dropped, no final norm.
+
+    ``[B, 3, H, W] -> [B, C, H/14, W/14]``. H and W must be multiples of 14.
+    """
 
     def __init__(self, name: str = 'dinov2_vitb14', **vit_kwargs) -> None:
         super().__init__()

@@ -11,8 +11,10 @@ from .resnet import ResNetBackbone
 
 
 class VPRModel(nn.Module):
-    """``[B, 3, H, W]`` normalized images -> L2-normalized descriptors ``[B, D]``
-    (and the cross-attention maps ``[B, Q, h*w]`` of each block on request)."""
+    """BoQ place recognition model: ``[B, 3, H, W]`` normalized images -> L2-normalized descriptors ``[B, D]``.
+
+    And the cross-attention maps ``[B, Q, h*w]`` of each block on request.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -60,7 +62,7 @@ RANDOM_SEED = 0
 
 
 def build_model(config: ModelConfig | str, seed: int | None = None) -> VPRModel:
-    """A model with random weights (load real ones with ``load_weights``).
+    """Build a model with random weights (load real ones with ``load_weights``).
 
     With ``seed`` the random weights are reproducible across processes (same seed, same model).
     """
