@@ -1,5 +1,7 @@
 """Start vpr_node (boq_vpr) with the installed config/vpr.yaml.
 
+Examples::
+
     ros2 launch boq_vpr vpr.launch.py image_topic:=/camera/image_raw map_path:=$HOME/maps/site
     ros2 launch boq_vpr vpr.launch.py --show-args      # every argument with its description
 """

@@ -1,6 +1,9 @@
-"""Bag reading and writing with rosbags: rosbag2 sqlite3 and mcap, ROS 1; raw and compressed
-images; pose topics; bad input (missing topic, corrupt or truncated bags, undecodable frames,
-stamps out of order); make-bag on the real Nordland frames."""
+"""Bag reading and writing with rosbags.
+
+rosbag2 sqlite3 and mcap, ROS 1; raw and compressed images; pose topics; bad input (missing topic,
+corrupt or truncated bags, undecodable frames, stamps out of order); make-bag on the real Nordland
+frames.
+"""
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,9 @@
-"""config/vpr.yaml and launch/vpr.launch.py: the defaults file parses (with PyYAML and with rcl's own
+"""config/vpr.yaml and launch/vpr.launch.py.
+
+The defaults file parses (with PyYAML and with rcl's own
 parser) and holds exactly the node's declared parameters with valid values; the launch arguments
-are described and map onto declared parameters and remappings."""
+are described and map onto declared parameters and remappings.
+"""
 from __future__ import annotations
 
 import ast
@@ -80,8 +83,8 @@ def test_launch_arguments_are_described_and_map_onto_declared_parameters():
     assert (params['model.name'], params['model.weights']) == ('resnet50_16384', '/w.pth')
     assert ('image/compressed', '/cam/compressed') in remaps
     assert node_overrides(defaults | {'autostart': 'false'})[0]['autostart'] is False
-    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'autostart': 'later'}, {'log_level': 'loud'}, {'image_transport': 'ffmpeg'},
-                {'shutdown_timeout': '-1'}, {'shutdown_timeout': 'soon'}):
+    for bad in ({'mode': 'mapping'}, {'use_sim_time': 'maybe'}, {'autostart': 'later'}, {'log_level': 'loud'},
+                {'image_transport': 'ffmpeg'}, {'shutdown_timeout': '-1'}, {'shutdown_timeout': 'soon'}):
         with pytest.raises(ValueError):
             node_overrides(defaults | bad)
 
@@ -101,8 +104,10 @@ def test_launch_file_declares_every_argument_and_starts_vpr_node():
 
 
 def test_launch_description_builds_on_a_ros_install(tmp_path, monkeypatch):
-    """The real launch system (launch, launch_ros: a ROS install) builds the description and the node
-    action, with the package found through an ament index made here (no sourced workspace needed)."""
+    """The real launch system (launch, launch_ros: a ROS install) builds the description and the node action.
+
+    The package is found through an ament index made here (no sourced workspace needed).
+    """
     pytest.importorskip('launch_ros', reason='launch_ros comes with a ROS 2 install (not on PyPI)')
     import importlib.util
     import shutil
@@ -140,8 +145,10 @@ def test_setup_installs_the_node_the_launch_file_and_the_config():
 
 @pytest.mark.parametrize('autostart, state', [('true', 'active'), ('false', 'unconfigured')])
 def test_ros2_launch_starts_the_lifecycle_node(tmp_path, monkeypatch, autostart, state):
-    """`ros2 launch boq_vpr vpr.launch.py` (the launch service the command runs) starts vpr_node, and
-    `autostart` takes it to active or leaves it for a lifecycle manager."""
+    """`ros2 launch boq_vpr vpr.launch.py` (the launch service the command runs) starts vpr_node.
+
+    `autostart` takes it to active or leaves it for a lifecycle manager.
+    """
     pytest.importorskip('launch_ros', reason='launch_ros comes with a ROS 2 install (not on PyPI)')
     pytest.importorskip('rclpy', reason='needs rclpy')
     import shutil

@@ -1,10 +1,12 @@
-"""The node's building blocks without DDS: message conversion and its rejections, the parameter
-table, statistics and log throttling, the newest-frame slot, the attention overlay."""
+"""The node's building blocks without DDS.
+
+Message conversion and its rejections, the parameter table, statistics and log throttling, the
+newest-frame slot, the attention overlay.
+"""
 from __future__ import annotations
 
 import dataclasses
 import threading
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -132,7 +134,8 @@ def test_huge_compressed_images_are_refused_from_their_header(ext):
         ImageConverter('builtin').compressed(SimpleNamespace(format=ext[1:], data=huge.tobytes()))
     assert err.value.reason == 'too_large' and '9000' in str(err.value)
     ok, big = cv2.imencode(ext, np.zeros((3000, 4000), np.uint8))
-    assert ImageConverter('builtin').compressed(SimpleNamespace(format=ext[1:], data=big.tobytes())).shape == (3000, 4000, 3)
+    decoded = ImageConverter('builtin').compressed(SimpleNamespace(format=ext[1:], data=big.tobytes()))
+    assert decoded.shape == (3000, 4000, 3)
 
 
 def test_ros_messages_convert_too(frame):
@@ -306,8 +309,10 @@ def _node_values(**overrides):
 
 
 def test_configure_with_keep_aspect_on_onnxruntime_processes_camera_frames(frame, tmp_path, monkeypatch):
-    """keep_aspect on a backend that used to be fixed-shape: the node's pipeline takes 640x480 frames,
-    and the warm-up ran at the camera's size (encoder.warmup_image_size)."""
+    """keep_aspect on a backend that used to be fixed-shape.
+
+    The node's pipeline takes 640x480 frames, and the warm-up ran at the camera's size (encoder.warmup_image_size).
+    """
     import logging
     import cv2
     from boq_vpr.ros.startup import build_pipeline

@@ -1,5 +1,8 @@
-"""``boq-vpr replay`` over real DDS: a bag's messages arrive unchanged and in order on (remapped)
-topics, ``/clock`` follows the bag time, and topics recorded while playing land in a new bag."""
+"""``boq-vpr replay`` over real DDS.
+
+A bag's messages arrive unchanged and in order on (remapped)
+topics, ``/clock`` follows the bag time, and topics recorded while playing land in a new bag.
+"""
 from __future__ import annotations
 
 import os
@@ -20,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def domain_id() -> int:
-    """A ROS domain per test run (pid); congruent 3 mod 4 so that it never meets the node tests' ones."""
+    """Return a ROS domain per test run (pid); congruent 3 mod 4 so that it never meets the node tests' ones."""
     return 23 + (os.getpid() % 45) * 4
 
 

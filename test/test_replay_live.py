@@ -1,7 +1,9 @@
-"""The Nordland bag (summer then winter) replayed over real DDS through the running ``vpr_node``
-(a separate process), its outputs recorded by ``boq-vpr replay --record`` and scored by
+"""The Nordland bag (summer then winter) replayed over real DDS through the running ``vpr_node``.
+
+The node runs as a separate process, its outputs recorded by ``boq-vpr replay --record`` and scored by
 ``boq-vpr evaluate --live`` with the same parameters file: the live loop closures must be the
-offline ones, frame for frame, unless the node dropped frames (which it counts)."""
+offline ones, frame for frame, unless the node dropped frames (which it counts).
+"""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from boq_vpr.cli import main as cli_main
 

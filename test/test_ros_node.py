@@ -117,8 +117,10 @@ class Session:
         return int(self.diag().get(key, 0))
 
     def settle(self, timeout: float = STEP_S, expect_all: bool = True) -> dict[str, str]:
-        """Wait until every received frame is processed, dropped, rejected or failed (and, with
-        ``expect_all``, every frame sent has been received)."""
+        """Wait until every received frame is processed, dropped, rejected or failed.
+
+        With ``expect_all``, also until every frame sent has been received.
+        """
         def done(d: dict[str, str]) -> bool:
             got = int(d['frames_received'])
             accounted = sum(int(d[k]) for k in ('frames_processed', 'frames_dropped', 'frames_rejected',
@@ -370,7 +372,7 @@ def test_bad_input_is_logged_and_counted_and_good_frames_keep_working(slam: Sess
 
 @pytest.fixture(scope='module')
 def saved_map(slam: Session, world: World, tmp_path_factory):
-    """A map saved by the slam node (~/save_map), copied aside: frame index -> (stamp, position)."""
+    """Return a map saved by the slam node (~/save_map), copied aside: frame index -> (stamp, position)."""
     frames = world.frames['map']
     stamps = [slam.clock.advance(1.0) for _ in frames]
     _publish_odom(slam, [(t, _pos(t, 7.0)) for t in stamps])

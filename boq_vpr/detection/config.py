@@ -15,7 +15,7 @@ MODES = ('slam', 'localization')
 
 
 def described(default, doc: str) -> Any:
-    """A dataclass field with its default and its description (``metadata['doc']``)."""
+    """Return a dataclass field with its default and its description (``metadata['doc']``)."""
     return field(default=default, metadata={'doc': doc})
 
 
@@ -94,7 +94,7 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DetectorConfig':
-        """A validated configuration from a dict (e.g. ROS parameters); unknown keys are an error."""
+        """Return a validated configuration from a dict (e.g. ROS parameters); unknown keys are an error."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -197,7 +197,7 @@ class DetectorConfig:
         return speeds_between(self.sequence_min_speed, self.sequence_max_speed, self.sequence_speeds)
 
     def warnings(self) -> list[str]:
-        """Settings under which the thresholds cannot keep false loops out (for start-up logs)."""
+        """List the settings under which the thresholds cannot keep false loops out (for start-up logs)."""
         out = []
         if not self.calibrated and self.min_score <= 0 and self.relative_score <= 0:
             out.append(f'no threshold is active (false_alarm_rate 0 = calibration off, min_score {self.min_score:g} '

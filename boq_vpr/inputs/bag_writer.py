@@ -1,5 +1,8 @@
-"""Bag output with ``rosbags`` (no ROS install needed): rosbag2 (sqlite3, mcap) and ROS 1 bags of
-images, poses and any standard message, or of messages already serialized (``BagWriter``)."""
+"""Bag output with ``rosbags`` (no ROS install needed).
+
+``BagWriter`` writes rosbag2 (sqlite3, mcap) and ROS 1 bags of images, poses and any standard
+message, or of messages already serialized.
+"""
 from __future__ import annotations
 
 import logging
@@ -68,7 +71,7 @@ class BagWriter:
                      ', '.join(f'{t} {n}' for t, n in self.counts.items()))
 
     def msg(self, msgtype: str, **fields: Any) -> Any:
-        """A message object of ``msgtype`` (e.g. 'std_msgs/msg/Header') from keyword fields."""
+        """Build a message object of ``msgtype`` (e.g. 'std_msgs/msg/Header') from keyword fields."""
         return self.typestore.types[msgtype](**fields)
 
     def header(self, stamp_ns: int, frame_id: str = '', seq: int = 0) -> Any:
@@ -100,8 +103,10 @@ class BagWriter:
 
     def image_message(self, rgb: np.ndarray, stamp_ns: int, frame_id: str = 'camera',
                       fmt: str = 'raw', jpeg_quality: int = 95) -> tuple[str, Any]:
-        """(msgtype, message) of an RGB uint8 image: raw ``rgb8`` Image, or CompressedImage in
-        JPEG/PNG with the image_transport format string."""
+        """Return (msgtype, message) of an RGB uint8 image.
+
+        A raw ``rgb8`` Image, or a CompressedImage in JPEG/PNG with the image_transport format string.
+        """
         if fmt not in IMAGE_FORMATS:
             raise ConfigError(f'image format must be one of {", ".join(IMAGE_FORMATS)}, got {fmt!r}')
         rgb = np.ascontiguousarray(rgb)
@@ -129,7 +134,7 @@ class BagWriter:
     def pose_message(self, msgtype: str, stamp_ns: int, position: Sequence[float],
                      orientation: Sequence[float] | None = None, frame_id: str = 'map',
                      child_frame_id: str = '') -> Any:
-        """A PoseStamped, PoseWithCovarianceStamped or Odometry message."""
+        """Build a PoseStamped, PoseWithCovarianceStamped or Odometry message."""
         q = tuple(orientation) if orientation is not None else (0.0, 0.0, 0.0, 1.0)
         pose = self.msg('geometry_msgs/msg/Pose',
                         position=self.msg('geometry_msgs/msg/Point', x=float(position[0]), y=float(position[1]),

@@ -69,8 +69,11 @@ class TopicSummary:
 
 @dataclass
 class BagImage:
-    """One image message: its index on the topic, stamps (header and bag receive time), RGB pixels
-    (None when read with ``decode=False``) and the camera frame."""
+    """One image message.
+
+    Its index on the topic, stamps (header and bag receive time), RGB pixels (None when read with
+    ``decode=False``) and the camera frame.
+    """
 
     index: int
     stamp_ns: int
@@ -81,8 +84,11 @@ class BagImage:
 
 @dataclass
 class ReadReport:
-    """What reading a topic met: counts of messages, frames skipped (with reasons), stamps that
-    went backwards or repeated, and frames whose header stamp was zero (bag time used instead)."""
+    """What reading a topic met.
+
+    Counts of messages, frames skipped (with reasons), stamps that went backwards or repeated, and
+    frames whose header stamp was zero (bag time used instead).
+    """
 
     bag: str = ''
     topic: str = ''
@@ -105,8 +111,10 @@ GROUND_TRUTH_SIDECAR = 'ground_truth.csv'
 
 
 def ground_truth_sidecar(path: str | Path) -> Path:
-    """Where ``make-bag`` puts a bag's ground-truth CSV: inside a rosbag2 directory, else next to
-    the bag file (``NAME.ground_truth.csv``)."""
+    """Return where ``make-bag`` puts a bag's ground-truth CSV.
+
+    Inside a rosbag2 directory, else next to the bag file (``NAME.ground_truth.csv``).
+    """
     path = Path(path)
     if path.is_dir() or not path.suffix:
         return path / GROUND_TRUTH_SIDECAR
@@ -114,8 +122,10 @@ def ground_truth_sidecar(path: str | Path) -> Path:
 
 
 def is_bag(path: str | Path) -> bool:
-    """Whether ``path`` looks like a bag: a rosbag2 directory (``metadata.yaml``), a ``.db3`` or
-    ``.mcap`` file, or a ROS 1 ``.bag`` file."""
+    """Tell whether ``path`` looks like a bag.
+
+    A rosbag2 directory (``metadata.yaml``), a ``.db3`` or ``.mcap`` file, or a ROS 1 ``.bag`` file.
+    """
     path = Path(path)
     if path.is_dir():
         return (path / 'metadata.yaml').is_file()
@@ -128,8 +138,10 @@ def _is_ros1(path: Path) -> bool:
 
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[Any]:
-    """An open ``rosbags.highlevel.AnyReader`` for a rosbag2 directory/file or a ROS 1 bag; errors
-    become ``BagError`` naming the bag."""
+    """Open a rosbag2 directory/file or a ROS 1 bag as a ``rosbags.highlevel.AnyReader``.
+
+    Errors become ``BagError`` naming the bag.
+    """
     from rosbags.highlevel import AnyReader
     path = Path(path)
     if not path.exists():
@@ -166,8 +178,11 @@ def _describe_topics(topics: dict[str, TopicSummary]) -> str:
 
 def select_topic(path: str | Path, topics: dict[str, TopicSummary], topic: str | None,
                  msgtypes: Sequence[str], what: str) -> TopicSummary:
-    """The topic to read: the one named (must exist and have one of ``msgtypes``), or the only
-    topic of those types. ``BagError`` listing the bag's topics otherwise."""
+    """Choose the topic to read.
+
+    The one named (must exist and have one of ``msgtypes``), or the only topic of those types.
+    ``BagError`` listing the bag's topics otherwise.
+    """
     if topic is not None:
         if topic not in topics:
             candidates = [t for t in topics.values() if t.msgtype in msgtypes]
@@ -309,9 +324,11 @@ def read_poses(path: str | Path, topic: str | None = None) -> list[PoseSample]:
 
 def _iter_bag(path: Path, topics: Sequence[str] | None, decode: Callable[[Any, Any, bytes], Any]
               ) -> Iterator[tuple[str, str, int, Any]]:
-    """(topic, msgtype, bag_ns, decode(reader, connection, raw)) for the named topics (all when
-    None), in bag order. A missing topic is a ``BagError`` listing the bag's topics; an unreadable
-    message is a ``BagError`` naming the bag and the message number."""
+    """Yield (topic, msgtype, bag_ns, decode(reader, connection, raw)) in bag order.
+
+    For the named topics (all when None). A missing topic is a ``BagError`` listing the bag's topics; an unreadable
+    message is a ``BagError`` naming the bag and the message number.
+    """
     with open_bag(path) as reader:
         summaries = _summaries(reader)
         if topics:
@@ -335,14 +352,18 @@ def _iter_bag(path: Path, topics: Sequence[str] | None, decode: Callable[[Any, A
 
 
 def iter_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, str, int, Any]]:
-    """(topic, msgtype, bag_ns, deserialized message) for the named topics (all when None), in
-    bag order; a missing topic is a ``BagError`` listing the bag's topics."""
+    """Yield (topic, msgtype, bag_ns, deserialized message) in bag order.
+
+    For the named topics (all when None); a missing topic is a ``BagError`` listing the bag's topics.
+    """
     return _iter_bag(Path(path), topics, lambda reader, conn, raw: reader.deserialize(raw, conn.msgtype))
 
 
 def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[tuple[str, str, int, bytes]]:
-    """(topic, msgtype, bag_ns, serialized bytes) in bag order, for republishing. ROS 1 bags are
-    converted to CDR so that the bytes are what a ROS 2 subscriber expects."""
+    """Yield (topic, msgtype, bag_ns, serialized bytes) in bag order, for republishing.
+
+    ROS 1 bags are converted to CDR so that the bytes are what a ROS 2 subscriber expects.
+    """
     path = Path(path)
     if not _is_ros1(path):
         return _iter_bag(path, topics, lambda reader, conn, raw: bytes(raw))
@@ -353,8 +374,10 @@ def iter_raw_messages(path: str | Path, topics: Sequence[str] | None = None) -> 
 
 
 def _ros1_to_cdr(store1: Any, store2: Any, msgtype: str, raw: bytes, cache: dict) -> bytes:
-    """A ROS 1 message -> CDR bytes of the ROS 2 type of the same name (fields that ROS 2 lacks,
-    such as ``Header.seq``, are dropped), with the migration of ``rosbags.convert``."""
+    """Convert a ROS 1 message to CDR bytes of the ROS 2 type of the same name.
+
+    Fields that ROS 2 lacks, such as ``Header.seq``, are dropped (the migration of ``rosbags.convert``).
+    """
     from rosbags.convert.converter import migrate_bytes
     if msgtype not in store2.types:
         raise BagError(f'{msgtype} of a ROS 1 bag has no ROS 2 counterpart to publish')

@@ -68,7 +68,7 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
 
 def raw_to_rgb8(data: bytes | bytearray | memoryview | np.ndarray, height: int, width: int,
                 encoding: str, step: int, is_bigendian: bool = False) -> np.ndarray:
-    """A raw buffer (sensor_msgs/Image fields) -> RGB uint8. Validates sizes before touching data."""
+    """Convert a raw buffer (sensor_msgs/Image fields) to RGB uint8. Validates sizes before touching data."""
     enc = encoding.lower()
     if enc not in _ENCODINGS:
         raise ImageError(f'unsupported encoding {encoding!r}; supported: {", ".join(SUPPORTED_ENCODINGS)}')
@@ -124,7 +124,7 @@ def _declared_size(buf: np.ndarray) -> tuple[int, int] | None:
 
 
 def decode_to_rgb8(data: bytes | bytearray | memoryview | np.ndarray, what: str = 'compressed image') -> np.ndarray:
-    """Encoded bytes (JPEG, PNG, ...) -> RGB uint8; ImageTooLarge for frames over ``MAX_IMAGE_PIXELS``."""
+    """Decode bytes (JPEG, PNG, ...) to RGB uint8; ImageTooLarge for frames over ``MAX_IMAGE_PIXELS``."""
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.view(np.uint8).ravel()
     if buf.size == 0:
         raise ImageError(f'{what}: no data')
@@ -194,7 +194,8 @@ def check_raw_message(msg: Any) -> tuple[int, int]:
     enc = str(msg.encoding)
     info = _bytes_per_pixel(enc)
     if info is None:
-        raise FrameRejected('unknown_encoding', f'unsupported encoding {enc!r}; supported: {", ".join(raw_encodings())}')
+        raise FrameRejected('unknown_encoding',
+                            f'unsupported encoding {enc!r}; supported: {", ".join(raw_encodings())}')
     if h == 0 or w == 0:
         raise FrameRejected('empty_image', f'empty image {w}x{h} ({enc})')
     try:
@@ -213,7 +214,7 @@ def check_raw_message(msg: Any) -> tuple[int, int]:
 
 
 def _tight_rows(msg: Any, row: int) -> bytes:
-    """The image rows without step padding."""
+    """Return the image rows without step padding."""
     h, step = int(msg.height), int(msg.step)
     if step == row:
         return bytes(memoryview(msg.data)[:row * h])
@@ -222,7 +223,7 @@ def _tight_rows(msg: Any, row: int) -> bytes:
 
 
 def _rosbags_to_rgb8(msg: Any, row: int) -> np.ndarray:
-    """An encoding only rosbags-image knows -> RGB uint8."""
+    """Convert an encoding only rosbags-image knows to RGB uint8."""
     if _rbimage is None:
         raise FrameRejected('unknown_encoding', f'encoding {msg.encoding!r} needs rosbags-image')
     tight = SimpleNamespace(encoding=str(msg.encoding), height=int(msg.height), width=int(msg.width),
@@ -255,7 +256,8 @@ def raw_message_to_rgb8(msg: Any, first: Callable[[Any], np.ndarray | None] | No
     except (ImageError, ValueError, TypeError) as err:
         raise FrameRejected('conversion_failed', f'{enc} {msg.width}x{msg.height}: {err}') from err
     except Exception as err:  # cv2.error and friends from third-party converters
-        raise FrameRejected('conversion_failed', f'{enc} {msg.width}x{msg.height}: {type(err).__name__}: {err}') from err
+        raise FrameRejected('conversion_failed',
+                            f'{enc} {msg.width}x{msg.height}: {type(err).__name__}: {err}') from err
 
 
 def compressed_message_to_rgb8(msg: Any, what: str | None = None) -> np.ndarray:

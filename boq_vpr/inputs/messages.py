@@ -1,5 +1,7 @@
-"""ROS messages without a ROS install: the message type names the package reads and writes, the
-rosbags type store of their definitions, and a pose or an image read out of a message.
+"""ROS messages without a ROS install.
+
+The message type names the package reads and writes, the rosbags type store of their definitions,
+and a pose or an image read out of a message.
 
 The readers take the fields of a message object, so the same function serves a message read from
 a bag (rosbags) and one received by the node (rclpy).
@@ -25,7 +27,7 @@ POSE_TYPES = (ODOMETRY, POSE_STAMPED, POSE_COV_STAMPED)
 
 
 def typestore(ros1: bool = False):
-    """The rosbags type store of ROS 1 (Noetic) or of the newest ROS 2 release rosbags knows."""
+    """Return the rosbags type store of ROS 1 (Noetic) or of the newest ROS 2 release rosbags knows."""
     from rosbags.typesys import Stores, get_typestore
     if ros1:
         return get_typestore(Stores.ROS1_NOETIC)

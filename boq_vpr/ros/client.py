@@ -1,5 +1,8 @@
-"""Drive a running ``vpr_node`` over DDS: start it as a process, publish frames, collect its outputs,
-call its services. Used by ``boq-vpr bench node`` and the integration tests."""
+"""Drive a running ``vpr_node`` over DDS.
+
+Start it as a process, publish frames, collect its outputs, call its services. Used by
+``boq-vpr bench node`` and the integration tests.
+"""
 from __future__ import annotations
 
 import os
@@ -42,7 +45,7 @@ def stamp_msg(msg: Any, stamp_ns: int, frame_id: str = 'camera') -> Any:
 
 
 def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = 'rgb8') -> Image:
-    """An RGB uint8 image as sensor_msgs/Image in ``encoding`` (rgb8, bgr8, rgba8, bgra8 or mono8)."""
+    """Build a sensor_msgs/Image of an RGB uint8 image in ``encoding`` (rgb8, bgr8, rgba8, bgra8 or mono8)."""
     conv = {'rgb8': None, 'bgr8': cv2.COLOR_RGB2BGR, 'rgba8': cv2.COLOR_RGB2RGBA, 'bgra8': cv2.COLOR_RGB2BGRA,
             'mono8': cv2.COLOR_RGB2GRAY}
     arr = rgb if conv[encoding] is None else cv2.cvtColor(rgb, conv[encoding])
@@ -57,7 +60,7 @@ def image_msg(rgb: np.ndarray, stamp_ns: int, encoding: str = 'rgb8') -> Image:
 
 
 def compressed_msg(rgb: np.ndarray, stamp_ns: int, fmt: str = 'jpeg') -> CompressedImage:
-    """An RGB uint8 image as sensor_msgs/CompressedImage (jpeg or png)."""
+    """Build a sensor_msgs/CompressedImage (jpeg or png) of an RGB uint8 image."""
     ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok, 'encoding failed'
     msg = CompressedImage()
@@ -97,7 +100,7 @@ class Inbox:
 
 
 def diagnostics_dict(msg: DiagnosticArray, name_contains: str = 'pipeline') -> dict[str, str] | None:
-    """The key/values of the node's pipeline status in a /diagnostics message."""
+    """Return the key/values of the node's pipeline status in a /diagnostics message."""
     for status in msg.status:
         if name_contains in status.name:
             out = {kv.key: kv.value for kv in status.values}
@@ -109,7 +112,7 @@ def diagnostics_dict(msg: DiagnosticArray, name_contains: str = 'pipeline') -> d
 
 
 def candidate_rows(msg: Float64MultiArray) -> list[dict[str, float]]:
-    """The ~/candidates table as dicts keyed by the column names in ``layout.dim[1].label``."""
+    """Return the ~/candidates table as dicts keyed by the column names in ``layout.dim[1].label``."""
     cols = msg.layout.dim[1].label.split(',')
     n = msg.layout.dim[0].size
     data = list(msg.data)
@@ -197,7 +200,7 @@ class VprClient:
                                and self._subs[0].get_publisher_count() > 0, timeout, 0.2)
 
     def diagnostics(self) -> dict[str, str] | None:
-        """The newest pipeline status of the node, or None before the first."""
+        """Return the newest pipeline status of the node, or None before the first."""
         with self._lock:
             msgs = list(self.inbox.diagnostics)
         for r in reversed(msgs):
@@ -208,7 +211,7 @@ class VprClient:
 
     def wait_for_diagnostics(self, predicate: Callable[[dict[str, str]], bool], timeout: float = 30.0
                              ) -> dict[str, str] | None:
-        """The first newest status satisfying ``predicate`` within ``timeout``, else None."""
+        """Wait for the first newest status satisfying ``predicate`` within ``timeout``; None if none does."""
         found: list[dict[str, str]] = []
 
         def check() -> bool:
@@ -245,7 +248,7 @@ class VprClient:
         return self.call(self.srv_mapping, SetBool.Request(data=enable), timeout)
 
     def get_parameters(self, names: Sequence[str], timeout: float = 30.0) -> dict[str, Any] | None:
-        """The node's values of ``names`` (None on timeout)."""
+        """Return the node's values of ``names`` (None on timeout)."""
         response = self.call(self.srv_get_params, GetParameters.Request(names=list(names)), timeout)
         if response is None:
             return None
@@ -253,20 +256,23 @@ class VprClient:
 
     def set_parameters(self, values: dict[str, Any], timeout: float = 30.0) -> dict[str, tuple[bool, str]] | None:
         """Set parameters one by one; name -> (successful, reason) (None on timeout)."""
-        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
         response = self.call(self.srv_set_params, request, timeout)
         if response is None:
             return None
         return {k: (r.successful, r.reason) for k, r in zip(values, response.results)}
 
     def lifecycle_state(self, timeout: float = 30.0) -> str | None:
-        """The node's lifecycle state label (unconfigured, inactive, active, finalized), None on timeout."""
+        """Return the node's lifecycle state label (unconfigured, inactive, active, finalized), None on timeout."""
         response = self.call(self.srv_get_state, GetState.Request(), timeout)
         return None if response is None else response.current_state.label
 
     def change_state(self, transition: str, timeout: float = 300.0) -> bool | None:
-        """Trigger a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown);
-        whether it succeeded (None on timeout)."""
+        """Trigger a lifecycle transition by label (configure, activate, deactivate, cleanup, shutdown).
+
+        Return whether it succeeded (None on timeout).
+        """
         ids = {'configure': Transition.TRANSITION_CONFIGURE, 'activate': Transition.TRANSITION_ACTIVATE,
                'deactivate': Transition.TRANSITION_DEACTIVATE, 'cleanup': Transition.TRANSITION_CLEANUP}
         state = self.lifecycle_state(timeout) if transition == 'shutdown' else None

@@ -98,5 +98,6 @@ def status_of(values: dict[str, str], health: Health, worker_alive: bool) -> tup
     bad = int(values['frames_rejected']) + int(values['frames_failed'])
     if health.recent_problems(bad):
         return 'warn', (f'frames rejected or failed in the last {WARN_WINDOW_S:.0f} s ({values["frames_rejected"]} '
-                        f'rejected, {values["frames_failed"]} failed in all); {values["processed_rate_hz"]} Hz processed')
+                        f'rejected, {values["frames_failed"]} failed in all); '
+                        f'{values["processed_rate_hz"]} Hz processed')
     return 'ok', f'{values["processed_rate_hz"]} Hz processed, map {values["map_size"]} keyframes'

@@ -1,5 +1,8 @@
-"""The node's input callbacks: check a message, count it, hand the newest frame to the worker. They
-never block (the odometry buffer has its own lock; the frame slot only swaps a reference)."""
+"""The node's input callbacks.
+
+They check a message, count it and hand the newest frame to the worker. They never block (the
+odometry buffer has its own lock; the frame slot only swaps a reference).
+"""
 from __future__ import annotations
 
 import time
@@ -14,8 +17,10 @@ from .worker import Worker
 
 
 class Inputs:
-    """``on_image`` / ``on_compressed`` / ``on_odom`` for the subscriptions; ``worker`` receives
-    ``(msg, compressed, t_received, stamp_ns)``. ``warn(key, message)`` logs, throttled per key."""
+    """The node's subscription callbacks: ``on_image``, ``on_compressed``, ``on_odom``.
+
+    ``worker`` receives ``(msg, compressed, t_received, stamp_ns)``. ``warn(key, message)`` logs, throttled per key.
+    """
 
     def __init__(self, stats: PipelineStats, odometry: OdometryInput, warn: Callable[[str, str], None]) -> None:
         self.stats = stats

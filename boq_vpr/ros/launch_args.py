@@ -1,5 +1,7 @@
-"""Arguments of ``launch/vpr.launch.py`` and what they turn into (no ROS or launch imports, so that
-the mapping is tested without a ROS install)."""
+"""Arguments of ``launch/vpr.launch.py`` and what they turn into.
+
+No ROS or launch imports, so that the mapping is tested without a ROS install.
+"""
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,7 @@
-"""The node's output messages, built from the pipeline's ``FrameOutputs`` (what each one means to a
-back end: README, "The back-end contract")."""
+"""The node's output messages, built from the pipeline's ``FrameOutputs``.
+
+What each one means to a back end: README, "The back-end contract".
+"""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -33,9 +35,11 @@ def loop_closure(candidate: LoopCandidate) -> Float64MultiArray:
 
 def relocalization(candidate: LoopCandidate, stamp: Any, frame_id: str, covariance: Sequence[float]
                    ) -> PoseWithCovarianceStamped:
-    """``~/relocalization``: the matched keyframe's stored pose in its map's frame, stamped with the
-    query's stamp. The keyframe must have a position; without an orientation the identity quaternion
-    is written and ``covariance`` must say that it is unknown."""
+    """Build ``~/relocalization``: the matched keyframe's stored pose in its map's frame.
+
+    Stamped with the query's stamp. The keyframe must have a position; without an orientation the identity quaternion
+    is written and ``covariance`` must say that it is unknown.
+    """
     kf = candidate.match_keyframe
     assert kf.position is not None
     msg = PoseWithCovarianceStamped()
@@ -66,7 +70,7 @@ def loop_markers(edges: Sequence[tuple[tuple, tuple]], frame_id: str, stamp: Any
 
 
 def rgb_image(img: np.ndarray, header: Any) -> Image:
-    """An RGB uint8 array as sensor_msgs/Image (rgb8)."""
+    """Build a sensor_msgs/Image (rgb8) of an RGB uint8 array."""
     msg = Image()
     msg.header = header
     msg.height, msg.width = int(img.shape[0]), int(img.shape[1])

@@ -244,7 +244,8 @@ class VprNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=reason)
         names = {p.name for p in params}
         if 'mapping' in names and new['mapping'] and new['loop_closure.mode'] == 'localization':
-            return SetParametersResult(successful=False, reason='loop_closure.mode is localization: the map is read-only')
+            return SetParametersResult(successful=False,
+                                       reason='loop_closure.mode is localization: the map is read-only')
         detector_changed = any(n.startswith('loop_closure.') for n in names)
         config = None
         if detector_changed:
@@ -328,7 +329,7 @@ class VprNode(LifecycleNode):
 
     # ------------------------------------------------------------------ outputs
     def _publish(self, out: FrameOutputs, header) -> None:
-        """The frame's decision on the outputs, each with its one meaning (README: the back-end contract)."""
+        """Publish the frame's decision on the outputs, each with its one meaning (README: the back-end contract)."""
         rows = out.rows
         if not rows:
             return
@@ -352,7 +353,7 @@ class VprNode(LifecycleNode):
                                                                kf.frame_id or self.values['frame_id'], cov))
 
     def _add_edge(self, out: FrameOutputs, header) -> None:
-        """A loop edge for ~/markers when the query and the match have a position in the same frame."""
+        """Publish a loop edge on ~/markers when the query and the match have a position in the same frame."""
         match = out.loop.match_keyframe
         if out.position is None or match.position is None or out.frame_id != match.frame_id:
             return
@@ -384,7 +385,7 @@ class VprNode(LifecycleNode):
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics_values(self) -> dict[str, str]:
-        """The key/values of the node's ``/diagnostics`` status."""
+        """Return the key/values of the node's ``/diagnostics`` status."""
         return pipeline_values(self.state, self.values, self.stats, self.health, self.pipeline, self.converter.name,
                                self.map_path)
 
@@ -432,8 +433,11 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of ``vpr_node`` (``ros2 run boq_vpr vpr_node``); exit status 1 when it cannot start
-    with ``autostart`` (without it, a failed configure leaves the node unconfigured and running)."""
+    """Entry point of ``vpr_node`` (``ros2 run boq_vpr vpr_node``).
+
+    Exit status 1 when it cannot start with ``autostart`` (without it, a failed configure leaves the
+    node unconfigured and running).
+    """
     # Our own SIGINT/SIGTERM handling: the worker is stopped and the map saved while the ROS context
     # is still valid (rclpy's handlers would shut the context down first).
     try:

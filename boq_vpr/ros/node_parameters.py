@@ -1,5 +1,8 @@
-"""The node's parameters on the ROS side: declared once from ``boq_vpr.ros.parameters`` with their
-descriptors (description, range, read-only), validated at start-up and on every set."""
+"""The node's parameters on the ROS side.
+
+Declared once from ``boq_vpr.ros.parameters`` with their descriptors (description, range,
+read-only), validated at start-up and on every set.
+"""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -11,7 +14,7 @@ from .parameters import ParamSpec, validate
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ROS descriptor of one parameter."""
+    """Build the ROS descriptor of one parameter."""
     d = ParameterDescriptor(description=spec.description, additional_constraints=spec.constraints(),
                             read_only=spec.read_only)
     if spec.range is not None and spec.kind == 'int':
@@ -35,8 +38,10 @@ class NodeParameters:
             raise ConfigError('invalid parameters: ' + '; '.join(problems))
 
     def proposed(self, params: Sequence[Any]) -> tuple[dict[str, Any] | None, str]:
-        """The values after setting ``params`` (rclpy Parameters), or (None, why not). Parameters not
-        declared here (rclpy's own: use_sim_time, QoS overrides) pass untouched."""
+        """Return the values after setting ``params`` (rclpy Parameters), or (None, why not).
+
+        Parameters not declared here (rclpy's own: use_sim_time, QoS overrides) pass untouched.
+        """
         new = dict(self.values)
         for p in params:
             spec = self.specs.get(p.name)

@@ -25,8 +25,11 @@ MAP_OPTION_PREFIX = 'map.index_options.'
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One node parameter. ``choices``: allowed values; ``range``: (low, high) inclusive;
-    ``read_only``: fixed after start-up (changing it needs a restart)."""
+    """One node parameter.
+
+    ``choices``: allowed values; ``range``: (low, high) inclusive; ``read_only``: fixed after
+    start-up (changing it needs a restart).
+    """
 
     name: str
     default: Any
@@ -38,11 +41,11 @@ class ParamSpec:
 
     @property
     def kind(self) -> str:
-        """bool, int, float, str, int[], float[], str[]"""
+        """The value type: bool, int, float, str, int[], float[] or str[]."""
         return value_kind(self.default)
 
     def constraints(self) -> str:
-        """The allowed values in words (shown in the parameter descriptor)."""
+        """Say the allowed values in words (shown in the parameter descriptor)."""
         parts = []
         if self.choices is not None:
             parts.append('one of: ' + ', '.join(str(c) for c in self.choices))
@@ -222,9 +225,11 @@ _DETECTOR_READ_ONLY = ('mode', 'session')
 
 
 def detector_specs(config_cls: type | None = None) -> list[ParamSpec]:
-    """``loop_closure.<field>`` for every field of ``DetectorConfig`` that has a typed default; the
-    description comes from the field's metadata, allowed values from ``DetectorConfig.validate``
-    (the node calls it on every change) and, for names, from the registries."""
+    """Return ``loop_closure.<field>`` for every field of ``DetectorConfig`` that has a typed default.
+
+    The description comes from the field's metadata, allowed values from ``DetectorConfig.validate``
+    (the node calls it on every change) and, for names, from the registries.
+    """
     if config_cls is None:
         from ..detection import DetectorConfig as config_cls
     docs = field_docs(config_cls)
@@ -250,12 +255,12 @@ def node_parameters(with_detector: bool = True) -> list[ParamSpec]:
 
 
 def detector_values(values: dict[str, Any]) -> dict[str, Any]:
-    """The ``loop_closure.*`` entries of ``values`` as DetectorConfig fields."""
+    """Return the ``loop_closure.*`` entries of ``values`` as DetectorConfig fields."""
     return {k[len(DETECTOR_PREFIX):]: v for k, v in values.items() if k.startswith(DETECTOR_PREFIX)}
 
 
 def map_index_options(values: dict[str, Any], index_type: str) -> dict[str, int]:
-    """The non-zero ``map.index_options.*`` values that ``index_type`` accepts."""
+    """Return the non-zero ``map.index_options.*`` values that ``index_type`` accepts."""
     from ..map import INDEX_DEFAULTS, resolve_index_options
     accepted = set(resolve_index_options('flat', 1 << 30, {})) | set(INDEX_DEFAULTS.get(index_type, {}))
     out = {}
@@ -284,7 +289,7 @@ def _yaml_value(value: Any) -> str:
 
 
 def defaults_yaml(specs: Sequence[ParamSpec] | None = None) -> str:
-    """A ROS params file (``/**: ros__parameters:``) with every parameter at its default, described."""
+    """Return a ROS params file (``/**: ros__parameters:``) with every parameter at its default, described."""
     import textwrap
     specs = node_parameters() if specs is None else specs
     lines = ['# Parameters of vpr_node (boq_vpr), each at its default. `ros2 param describe /vpr_node <name>`',
@@ -308,8 +313,11 @@ def _md_cell(text: str) -> str:
 
 
 def parameters_markdown(specs: Sequence[ParamSpec] | None = None) -> str:
-    """``docs/parameters.md``: every parameter of the node with its type, default, allowed values and
-    description, in declaration order (the order of ``config/vpr.yaml``)."""
+    """Return the text of ``docs/parameters.md``.
+
+    Every parameter of the node with its type, default, allowed values and description, in
+    declaration order (the order of ``config/vpr.yaml``).
+    """
     specs = node_parameters() if specs is None else specs
     lines = ['# Parameters of vpr_node', '',
              '<!-- Generated from boq_vpr/ros/parameters.py by `python -m boq_vpr.ros.parameters --write`; '
@@ -347,18 +355,24 @@ GENERATED = {'config/vpr.yaml': defaults_yaml, 'docs/parameters.md': parameters_
 
 
 def stale_generated(root: str | Path) -> list[str]:
-    """The generated files under ``root`` whose text differs from what the declarations give."""
+    """List the generated files under ``root`` whose text differs from what the declarations give."""
     root = Path(root)
     return [rel for rel, make in GENERATED.items()
             if not (root / rel).is_file() or (root / rel).read_text(encoding='utf-8') != make()]
 
 
+_MAIN_HELP = ('``python -m boq_vpr.ros.parameters --write|--check [--root DIR]``: (re)write or check\n'
+              '    ``config/vpr.yaml`` and ``docs/parameters.md`` from the parameter declarations.')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m boq_vpr.ros.parameters --write|--check [--root DIR]``: (re)write or check
-    ``config/vpr.yaml`` and ``docs/parameters.md`` from the parameter declarations."""
+    """Run ``python -m boq_vpr.ros.parameters --write|--check [--root DIR]``.
+
+    (Re)write or check ``config/vpr.yaml`` and ``docs/parameters.md`` from the parameter declarations.
+    """
     import argparse
     import sys
-    parser = argparse.ArgumentParser(prog='python -m boq_vpr.ros.parameters', description=main.__doc__)
+    parser = argparse.ArgumentParser(prog='python -m boq_vpr.ros.parameters', description=_MAIN_HELP)
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument('--write', action='store_true', help='write the files that are not current')
     action.add_argument('--check', action='store_true', help='exit status 1 when a file is not current')

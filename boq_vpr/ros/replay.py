@@ -1,5 +1,7 @@
-"""Replay a bag over DDS (rclpy) at its recorded rate times a factor, optionally publishing
-``/clock``, and record chosen topics (e.g. the node's outputs) into a new bag while it plays.
+"""Replay a bag over DDS (rclpy) at its recorded rate times a factor.
+
+Optionally publish ``/clock``, and record chosen topics (e.g. the node's outputs) into a new bag
+while it plays.
 
 Messages are published as the serialized bytes stored in the bag (ROS 1 bags are converted to
 ROS 2 CDR first), so nothing is re-encoded. Bag reading and writing go through ``boq_vpr.inputs.bags``.
@@ -55,8 +57,11 @@ def parse_remaps(items: Sequence[str]) -> dict[str, str]:
 
 @dataclass
 class ReplayReport:
-    """What a replay did: messages per topic, wall and bag duration, lateness against the schedule,
-    topics left out, and what was recorded."""
+    """What a replay did.
+
+    Messages per topic, wall and bag duration, lateness against the schedule, topics left out, and
+    what was recorded.
+    """
 
     bag: str
     rate: float
@@ -76,8 +81,10 @@ class ReplayReport:
 
 
 class _Recorder:
-    """Raw subscriptions whose messages are written, as received, into a new bag. The bag is
-    written by one thread of its own (SQLite objects stay in the thread that made them)."""
+    """Raw subscriptions whose messages are written, as received, into a new bag.
+
+    The bag is written by one thread of its own (SQLite objects stay in the thread that made them).
+    """
 
     def __init__(self, node: Node, path: Path, topics: Sequence[str], storage: str, type_timeout_s: float,
                  types: dict[str, str]) -> None:

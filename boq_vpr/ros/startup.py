@@ -1,6 +1,8 @@
-"""The node's heavy start-up (its ``configure`` transition) from its parameter values: the model and
-encoder backend, the map, the detector, as one ``FramePipeline``. No ROS imports: ``log`` is any
-logger with info/warning methods (the node passes its ROS logger)."""
+"""The node's heavy start-up (its ``configure`` transition) from its parameter values.
+
+The model and encoder backend, the map, the detector, as one ``FramePipeline``. No ROS imports: ``log`` is any
+logger with info/warning methods (the node passes its ROS logger).
+"""
 from __future__ import annotations
 
 import os
@@ -25,8 +27,10 @@ def attention_problem(cfg: Any, values: dict) -> str | None:
 
 
 def build_pipeline(v: dict[str, Any], log: Any) -> tuple[FramePipeline, Path | None, float]:
-    """(pipeline, map path or None, position variance of ~/relocalization in m^2). Checks the map path
-    before the long model load; raises ``BoqVprError`` with what to do."""
+    """Return (pipeline, map path or None, position variance of ~/relocalization in m^2).
+
+    Checks the map path before the long model load; raises ``BoqVprError`` with what to do.
+    """
     from ..detection import DetectorConfig, LoopClosureDetector
     from ..map import MANIFEST, MapDatabase, foreign_entries
     config = DetectorConfig.from_dict(detector_values(v))
@@ -64,7 +68,7 @@ def build_pipeline(v: dict[str, Any], log: Any) -> tuple[FramePipeline, Path | N
 
 
 def load_encoder(v: dict[str, Any], log: Any):
-    """The ``Encoder`` the parameters ask for, warmed up."""
+    """Load the ``Encoder`` the parameters ask for, warmed up."""
     import torch
     from ..encoder import Encoder
     from ..models.checkpoint import RANDOM_WEIGHTS, resolve_weights

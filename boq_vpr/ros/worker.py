@@ -1,5 +1,7 @@
-"""The node's frame hand-over: the image callback keeps the newest frame, one worker thread takes it.
-No ROS imports."""
+"""The node's frame hand-over.
+
+The image callback keeps the newest frame, one worker thread takes it. No ROS imports.
+"""
 from __future__ import annotations
 
 import threading
@@ -23,7 +25,7 @@ class FrameSlot:
             return dropped
 
     def take(self, timeout: float) -> Any:
-        """The newest frame, or None after ``timeout`` seconds or once closed."""
+        """Take the newest frame, or None after ``timeout`` seconds or once closed."""
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
@@ -37,8 +39,10 @@ class FrameSlot:
 
 
 class Worker:
-    """One thread calling ``handle(item)`` for every frame taken from a ``FrameSlot``; ``on_error(err)``
-    for an exception (the thread goes on). ``stop`` drops a frame not taken yet."""
+    """One thread calling ``handle(item)`` for every frame taken from a ``FrameSlot``.
+
+    ``on_error(err)`` for an exception (the thread goes on). ``stop`` drops a frame not taken yet.
+    """
 
     def __init__(self, handle: Callable[[Any], None], on_error: Callable[[Exception], None]) -> None:
         self.slot = FrameSlot()
