@@ -34,12 +34,11 @@ from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 
-from ..values import NS_PER_S
+from ..values import ns_to_stamp
 
 
 def stamp_msg(msg: Any, stamp_ns: int, frame_id: str = 'camera') -> Any:
-    msg.header.stamp.sec = int(stamp_ns // NS_PER_S)
-    msg.header.stamp.nanosec = int(stamp_ns % NS_PER_S)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(stamp_ns)
     msg.header.frame_id = frame_id
     return msg
 

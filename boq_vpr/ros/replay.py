@@ -4,7 +4,8 @@ Optionally publish ``/clock``, and record chosen topics (e.g. the node's outputs
 while it plays.
 
 Messages are published as the serialized bytes stored in the bag (ROS 1 bags are converted to
-ROS 2 CDR first), so nothing is re-encoded. Bag reading and writing go through ``boq_vpr.inputs.bags``.
+ROS 2 CDR first), so nothing is re-encoded. Bags are read with ``boq_vpr.inputs.bags`` and written with
+``boq_vpr.inputs.bag_writer``.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from ..inputs import bags
+from ..inputs.bag_writer import BagWriter
 from ..errors import BagError, ConfigError
-from ..values import NS_PER_S
+from ..values import NS_PER_S, ns_to_stamp
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class _Recorder:
 
     def _write_loop(self, path: Path, storage: str) -> None:
         try:
-            writer = bags.BagWriter(path, storage=storage)
+            writer = BagWriter(path, storage=storage)
             writer.open()
         except BaseException as err:  # reported to the constructor
             self.error = err
@@ -245,7 +247,7 @@ class BagPlayer:
     def _publish_clock(pub, bag_ns: int, report: ReplayReport) -> None:
         from rosgraph_msgs.msg import Clock
         msg = Clock()
-        msg.clock.sec, msg.clock.nanosec = int(bag_ns // NS_PER_S), int(bag_ns % NS_PER_S)
+        msg.clock.sec, msg.clock.nanosec = ns_to_stamp(bag_ns)
         pub.publish(msg)
         report.clock_messages += 1
 
