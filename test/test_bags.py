@@ -148,6 +148,27 @@ def test_out_of_order_and_zero_stamps_are_reported(tmp_path, frames):
     assert bag_time == [T0 + i * DT + 1 for i in range(5)]
 
 
+def test_invalid_header_stamps_are_skipped(tmp_path, frames, caplog):
+    """A header whose nanosec is outside [0, 1e9) is malformed: the frame or pose is skipped, the rest read."""
+    path = tmp_path / 'b'
+    with bags.BagWriter(path, 'sqlite3') as w:
+        for i in range(3):
+            _, msg = w.image_message(frames[i], T0 + i * DT)
+            pose = w.pose_message(bags.POSE_STAMPED, T0 + i * DT, (i, 0, 0))
+            if i == 1:
+                msg.header.stamp.nanosec = pose.header.stamp.nanosec = 1_500_000_000
+            w.write('/img', bags.RAW_IMAGE, T0 + i * DT, msg)
+            w.write('/pose', bags.POSE_STAMPED, T0 + i * DT, pose)
+    report = bags.ReadReport()
+    with caplog.at_level(logging.WARNING, logger='boq_vpr.inputs.bags'):
+        got = list(bags.iter_images(path, report=report))
+        poses = bags.read_poses(path, '/pose')
+    assert [g.index for g in got] == [0, 2] and [s['index'] for s in report.skipped] == [1]
+    assert [p.position[0] for p in poses] == [0.0, 2.0]
+    assert 'nanosec' in caplog.text
+    assert [g.index for g in bags.iter_images(path, stamp='bag')] == [0, 1, 2]   # the header is not read
+
+
 def test_make_bag_from_nordland_with_frame_indices(tmp_path, heldout_dir, capsys):
     out = tmp_path / 'nordland'
     rc = cli_main(['make-bag', str(heldout_dir / 'summer'), str(heldout_dir / 'winter'), '--out', str(out),

@@ -155,6 +155,25 @@ def test_stamps():
     assert err.value.reason == 'bad_stamp'
 
 
+def _odometry(sec=3, nanosec=0, position=(1.0, 2.0, 3.0), orientation=(0.0, 0.0, 0.0, 2.0)) -> SimpleNamespace:
+    p = SimpleNamespace(x=position[0], y=position[1], z=position[2])
+    q = SimpleNamespace(x=orientation[0], y=orientation[1], z=orientation[2], w=orientation[3])
+    return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id='odom'),
+                           pose=SimpleNamespace(pose=SimpleNamespace(position=p, orientation=q)))
+
+
+def test_odometry_poses_and_their_rejections():
+    from boq_vpr.ros.odometry import odometry_pose
+    assert odometry_pose(_odometry()) == (3_000_000_000, (1.0, 2.0, 3.0), (0.0, 0.0, 0.0, 1.0), 'odom')
+    cases = [(_odometry(nanosec=1_500_000_000), 'bad_stamp'),
+             (_odometry(position=(float('nan'), 0.0, 0.0)), 'not_finite'),
+             (_odometry(orientation=(0.0, 0.0, 0.0, 0.0)), 'bad_quaternion')]
+    for msg, reason in cases:
+        with pytest.raises(FrameRejected) as err:
+            odometry_pose(msg)
+        assert err.value.reason == reason
+
+
 def test_cv_bridge_converter_needs_cv_bridge():
     if CvBridge is not None:
         assert ImageConverter('cv_bridge').name == 'cv_bridge'
