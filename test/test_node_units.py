@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from boq_vpr.ros.attention import attention_overlay
 from boq_vpr.inputs.images import FrameRejected, raw_encodings
+from boq_vpr.ros.attention import attention_overlay
 from boq_vpr.ros.convert import CvBridge, ImageConverter, stamp_to_ns
 from boq_vpr.ros.parameters import (DETECTOR_PREFIX, ParamSpec, check_all, detector_specs, detector_values,
                                     field_docs, map_index_options, node_parameters, validate)

@@ -24,7 +24,7 @@ yaml = pytest.importorskip('yaml')
 
 from boq_vpr.ros.client import (NodeProcess, VprClient, candidate_rows, compressed_msg,  # noqa: E402
                                 image_msg, odom_msg)
-from boq_vpr.ros.convert import NS_PER_S  # noqa: E402
+from boq_vpr.values import NS_PER_S  # noqa: E402
 
 pytestmark = [pytest.mark.ros]
 
