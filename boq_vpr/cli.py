@@ -1,14 +1,17 @@
-"""``boq-vpr``: the command line. Each subcommand lives in ``boq_vpr.commands.<module>`` and
-provides ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported on use so that
-``boq-vpr --help`` stays fast."""
+"""``boq-vpr``: the command line.
+
+Each subcommand lives in ``boq_vpr.commands.<module>`` and provides ``add_arguments(parser)`` and
+``run(args) -> int``; a module is imported only when its subcommand runs or prints its help
+(``commands.common.CommandParser``), so that ``boq-vpr --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from . import __version__
+from .commands.common import CommandParser
 from .errors import BoqVprError
 
 # subcommand -> (module in boq_vpr.commands, one-line help)
@@ -31,13 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='boq-vpr', description='BoQ visual place recognition for SLAM loop closures.')
     parser.add_argument('--version', action='version', version=f'boq-vpr {__version__}')
     parser.add_argument('-v', '--verbose', action='count', default=0, help='debug log output (the default shows info)')
-    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=CommandParser)
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(f'{__package__}.commands.{module}')
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        sub.add_parser(name, help=help_text, description=help_text, module=f'{__package__}.commands.{module}')
     return parser
 
 

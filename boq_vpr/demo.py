@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 from .cli import main as cli_main
-from .commands.evaluate import _fmt
 from .errors import DatasetError
+from .evaluation.report import fmt
 from .inputs.images import list_images
-from .inputs.sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name, held_out_dir
+from .inputs.nordland import NORDLAND_HELD_OUT, frame_name
+from .inputs.sample_data import HELD_OUT_DIR, held_out_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / 'config' / 'vpr.yaml'
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f'\ndemo: model {setup.get("model")} ({"random weights" if setup.get("random_weights") else "trained weights"}), '
           f'detector from {args.params.name}')
     print(f'  frames {m["counts"]["frames"]}; loop closures accepted {op.get("predicted")}: {op.get("tp")} true, '
-          f'{op.get("fp")} false -> precision {_fmt(op.get("precision"))}, recall {_fmt(op.get("recall"))} '
+          f'{op.get("fp")} false -> precision {fmt(op.get("precision"))}, recall {fmt(op.get("recall"))} '
           f'(of {op.get("positives")} frames with a true loop)')
-    print(f'  retrieval R@1 {_fmt(r1)}; AUC-PR {_fmt(m.get("precision_recall", {}).get("auc_pr"))}, '
-          f'max recall at 100% precision {_fmt(m.get("precision_recall", {}).get("max_recall_at_100_precision"))}')
+    print(f'  retrieval R@1 {fmt(r1)}; AUC-PR {fmt(m.get("precision_recall", {}).get("auc_pr"))}, '
+          f'max recall at 100% precision {fmt(m.get("precision_recall", {}).get("max_recall_at_100_precision"))}')
     print(f'  metrics, plots and summary in {out} (see summary.md)')
     return 0
 

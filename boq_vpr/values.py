@@ -1,10 +1,12 @@
-"""Units, value parsing and file digests shared by every module (defined once here)."""
+"""Units, value parsing, latency summaries and file digests shared by every module (defined once here)."""
 from __future__ import annotations
 
 import hashlib
 import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 NS_PER_S = 1_000_000_000
 
@@ -51,3 +53,17 @@ def parse_bool(name: str, value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
         return _BOOL_WORDS[value.strip().lower()]
     raise ValueError(f'{name} must be true or false, got {value!r}')
+
+
+def latency_summary(ms: Sequence[float] | np.ndarray, suffix: str = '') -> dict:
+    """Summarize durations in milliseconds: count, mean, p50, p90, p95, p99 and maximum.
+
+    ``{'n': 0}`` when there are none. ``suffix`` is appended to every key but ``n`` (``'_ms'``:
+    ``p50_ms``, ...). The node's diagnostics, the evaluator and the benchmarks all summarize with it.
+    """
+    a = np.asarray(ms, np.float64).reshape(-1)
+    if a.size == 0:
+        return {'n': 0}
+    p50, p90, p95, p99 = (float(v) for v in np.percentile(a, (50, 90, 95, 99)))
+    values = {'mean': float(a.mean()), 'p50': p50, 'p90': p90, 'p95': p95, 'p99': p99, 'max': float(a.max())}
+    return {'n': int(a.size), **{f'{k}{suffix}': v for k, v in values.items()}}

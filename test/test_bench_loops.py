@@ -11,6 +11,8 @@ import pytest
 
 from boq_vpr.commands import bench_loops as bl
 from boq_vpr.detection import OUTCOMES
+from boq_vpr.evaluation import detector_cost, false_alarms
+from boq_vpr.evaluation.drives import synthetic_drive
 
 
 def _finite(x) -> bool:
@@ -19,7 +21,7 @@ def _finite(x) -> bool:
 
 def test_cost_structure():
     lines = []
-    out = bl.cost_table([200, 500], dim=64, queries=40, warmup=5, printer=lambda s, **_: lines.append(s))
+    out = detector_cost.cost_table([200, 500], dim=64, queries=40, warmup=5, printer=lambda s, **_: lines.append(s))
     assert len(lines) == 2 and all(line.startswith('cost  keyframes') for line in lines)
     assert out['settings']['dim'] == 64 and set(out['settings']['detectors']) == {'search', 'single', 'sequence'}
     assert out['settings']['detectors']['single']['sequence_length'] == 1
@@ -41,20 +43,20 @@ def test_cost_structure():
 
 
 def test_revisit_queries_follow_the_map():
-    frames = bl.synthetic_drive(32, n=100, rate_hz=2.0)
-    q, stamps, truth = bl.revisit_queries(frames.descriptors, frames.stamps_ns, 20)
+    frames = synthetic_drive(32, n=100, rate_hz=2.0)
+    q, stamps, truth = detector_cost.revisit_queries(frames.descriptors, frames.stamps_ns, 20)
     assert q.shape == (20, 32) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
     assert list(truth) == list(range(40, 60))
     assert stamps[0] == frames.stamps_ns[-1] + 500_000_000 and np.all(np.diff(stamps) == 500_000_000)
     cos = np.sum(q * frames.descriptors[truth], axis=1)
     assert np.all(cos > 0.9)
     with pytest.raises(Exception):
-        bl.revisit_queries(frames.descriptors, frames.stamps_ns, 101)
+        detector_cost.revisit_queries(frames.descriptors, frames.stamps_ns, 101)
 
 
 def test_calibration_structure():
     lines = []
-    out = bl.calibration_table([50, 200], rates=(0.01, 0.001), sources=('synthetic',), synthetic_queries=150,
+    out = false_alarms.calibration_table([50, 200], rates=(0.01, 0.001), sources=('synthetic',), synthetic_queries=150,
                                printer=lambda s, **_: lines.append(s))
     assert len(lines) == 4 and len(out['rows']) == 4
     assert {(r['keyframes'], r['requested_rate']) for r in out['rows']} == {(50, 0.01), (50, 0.001), (200, 0.01),
@@ -73,7 +75,7 @@ def test_calibration_structure():
 
 
 def test_nordland_plan_keeps_queries_off_the_map():
-    plan = {n: (r, note) for n, r, note in bl.nordland_calibration_plan([50, 200, 1000, 3576, 10000])}
+    plan = {n: (r, note) for n, r, note in false_alarms.nordland_calibration_plan([50, 200, 1000, 3576, 10000])}
     assert plan[50][0] == range(150, 1650) and plan[1000][0] == range(1100, 2600)
     assert plan[3576][0] is None and plan[10000][0] is None and 'no row' in plan[10000][1]
     for n, (r, _) in plan.items():
@@ -81,8 +83,8 @@ def test_nordland_plan_keeps_queries_off_the_map():
 
 
 def test_binomial_interval():
-    assert bl.binomial_interval(0, 100)[0] == 0.0
-    lo, hi = bl.binomial_interval(5, 1000)
+    assert false_alarms.binomial_interval(0, 100)[0] == 0.0
+    lo, hi = false_alarms.binomial_interval(5, 1000)
     assert lo < 0.005 < hi
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from boq_vpr.inputs import ground_truth as gt
 from boq_vpr.evaluation import metrics as m
-from boq_vpr.errors import BagError
+from boq_vpr.errors import DatasetError
 
 
 # ---------------------------------------------------------------- recall@k
@@ -197,7 +197,7 @@ def test_csv_and_tum_tables(tmp_path):
 def test_malformed_ground_truth_files_are_refused_naming_file_and_line(tmp_path, text, message):
     bad = tmp_path / 'bad.csv'
     bad.write_text(text)
-    with pytest.raises(BagError, match=message):
+    with pytest.raises(DatasetError, match=message):
         gt.load_table(bad)
 
 

@@ -2,9 +2,10 @@
 
 Input: one or more traversals, each either
 
-- an image folder and a poses CSV with a header and the columns ``image`` (file name relative to
-  the folder) and either ``x,y`` (metres, any fixed frame) or ``lat,lon`` (WGS84 degrees),
-  optionally ``yaw`` / ``heading`` (degrees) and ``stamp`` (seconds); or
+- an image folder and a poses CSV (``boq_vpr.inputs.poses``) with a header and the columns
+  ``image`` or ``file`` (file name relative to the folder) and either ``x,y`` (metres, any fixed
+  frame) or ``lat,lon`` (WGS84 degrees), optionally ``yaw`` / ``heading`` (degrees) and ``stamp``
+  (seconds); or
 - a bag (rosbag2 or ROS 1, read with ``boq_vpr.inputs.bags``): an image topic and a pose topic
   (Odometry / PoseStamped / PoseWithCovarianceStamped, metres), the pose interpolated to each
   image stamp, the yaw taken from the orientation.
@@ -37,6 +38,8 @@ import numpy as np
 
 from boq_vpr.errors import ConfigError, DatasetError, ImageError
 from boq_vpr.inputs.images import load_image
+from boq_vpr.inputs.poses import read_pose_table
+from boq_vpr.values import NS_PER_S
 
 from .gsv import COLUMNS, image_name
 
@@ -100,16 +103,6 @@ class BuildSummary:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def _float(value: str, col: str, csv_path: Path, row: int) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise DatasetError(f'{csv_path} row {row} (line {row + 2}): column {col!r} is {value!r}, expected a number') from None
-    if not math.isfinite(v):
-        raise DatasetError(f'{csv_path} row {row} (line {row + 2}): column {col!r} is {value!r}, expected a finite number')
-    return v
-
-
 def yaw_degrees(q: Sequence[float]) -> float:
     """Heading (rotation about z, degrees) of a quaternion (x, y, z, w)."""
     x, y, z, w = q
@@ -151,37 +144,26 @@ def read_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
     if not t.poses.is_file():
         raise DatasetError(f'{t.poses}: poses CSV not found')
     if not t.images.is_dir():
-        raise DatasetError(f'{t.images}: image folder not found (poses {t.poses})')
-    with open(t.poses, newline='') as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        reader.fieldnames = cols
-        if 'image' not in cols:
-            raise DatasetError(f'{t.poses}: no column "image" (columns: {", ".join(cols) or "none"})')
-        if {'x', 'y'} <= set(cols):
-            kind, cx, cy = 'xy', 'x', 'y'
-        elif {'lat', 'lon'} <= set(cols):
-            kind, cx, cy = 'latlon', 'lon', 'lat'
+        raise DatasetError(f'{t.poses}: image folder not found (poses {t.poses})')
+    table = read_pose_table(t.poses, required=('file', ('position', 'latlon')))
+    kind = 'xy' if table.has('position') else 'latlon'
+    frames = []
+    missing = []
+    for row, rec in enumerate(table.rows):
+        path = t.images / rec.file
+        if not path.is_file():
+            missing.append(f'{t.poses}:{rec.line}: image {path} not found')
+            continue
+        if kind == 'xy':
+            if rec.position is None:
+                raise DatasetError(f'{t.poses}:{rec.line}: column x: the value is missing (short row?)')
+            x, y = rec.position[0], rec.position[1]
         else:
-            raise DatasetError(f'{t.poses}: needs columns x,y (metres) or lat,lon (degrees); found {", ".join(cols)}')
-        yaw_col = next((c for c in ('yaw', 'heading') if c in cols), None)
-        stamp_col = next((c for c in ('stamp', 'timestamp', 'time') if c in cols), None)
-        frames = []
-        missing = []
-        for row, rec in enumerate(reader):
-            name = (rec.get('image') or '').strip()
-            if not name:
-                raise DatasetError(f'{t.poses} row {row} (line {row + 2}): column "image" is empty')
-            path = t.images / name
-            if not path.is_file():
-                missing.append(f'{t.poses} row {row} (line {row + 2}): image {path} not found')
-                continue
-            x, y = _float(rec[cx], cx, t.poses, row), _float(rec[cy], cy, t.poses, row)
-            if kind == 'latlon' and (abs(y) > 90 or abs(x) > 180):
-                raise DatasetError(f'{t.poses} row {row} (line {row + 2}): lat/lon {y}, {x} out of range')
-            yaw = _float(rec[yaw_col], yaw_col, t.poses, row) if yaw_col and rec.get(yaw_col, '') != '' else None
-            stamp = _float(rec[stamp_col], stamp_col, t.poses, row) if stamp_col and rec.get(stamp_col, '') != '' else None
-            frames.append(Frame(index, row, path, x, y, yaw, stamp))
+            if rec.latlon is None:
+                raise DatasetError(f'{t.poses}:{rec.line}: column lat: the value is missing (short row?)')
+            y, x = rec.latlon
+        stamp = rec.stamp_ns / NS_PER_S if rec.stamp_ns is not None else None
+        frames.append(Frame(index, row, path, x, y, rec.yaw_deg, stamp))
     if missing:
         more = f' ... and {len(missing) - 5} more' if len(missing) > 5 else ''
         raise DatasetError(f'{len(missing)} images listed in {t.poses} are missing: ' + '; '.join(missing[:5]) + more)

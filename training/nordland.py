@@ -20,11 +20,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from boq_vpr.commands.bench_recall import NORDLAND_HELD_OUT, frame_name
+from boq_vpr.inputs.nordland import NORDLAND_HELD_OUT, SEASONS, frame_name
 
 from .make_train_set import Traversal, build_train_set
 
-SEASONS = ('summer', 'winter')
 FRAME_SPACING_M = 10.0
 TRAIN_FRAMES = range(0, 2200)
 VAL_FRAMES = range(2200, 2350)

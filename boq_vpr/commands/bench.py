@@ -1,11 +1,13 @@
 """``boq-vpr bench <what>``: benchmarks that print their figures and save them as JSON.
 
-Each benchmark module in ``BENCHES`` provides ``add_arguments(parser)`` and ``run(args)``.
+Each benchmark module in ``BENCHES`` provides ``add_arguments(parser)`` and ``run(args)``; it is
+imported only when its benchmark runs or prints its help (``common.CommandParser``).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from .common import CommandParser
 
 # benchmark -> (module in boq_vpr.commands, help)
 BENCHES: dict[str, tuple[str, str]] = {
@@ -21,13 +23,11 @@ BENCHES: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest='bench', metavar='WHAT')
+    sub = parser.add_subparsers(dest='bench', metavar='WHAT', parser_class=CommandParser)
     sub.required = True
     for name, (module, help_text) in BENCHES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        mod = importlib.import_module(f'{__package__}.{module}')
-        mod.add_arguments(p)
-        p.set_defaults(_bench_run=mod.run)
+        sub.add_parser(name, help=help_text, description=help_text, module=f'{__package__}.{module}',
+                       run_default='_bench_run')
 
 
 def run(args: argparse.Namespace) -> int:

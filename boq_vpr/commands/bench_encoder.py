@@ -19,13 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.capabilities import cpu_supports_bf16, physical_cores
-from ..evaluation.benchmark import machine_info, peak_rss_mib, percentiles_ms
-from ..inputs.images import list_images, load_image
-from ..models.config import MODEL_CONFIGS
 from ..errors import ConfigError
-from .common import size_arg, write_json
-from .verify import parse_backend_spec
+from ..evaluation.benchmark import machine_info, peak_rss_mib
+from ..values import latency_summary
+from .common import parse_backend_spec, size_arg, write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +30,7 @@ REFERENCE = ('torch', 'fp32', {'mode': 'eager'})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..models.config import MODEL_CONFIGS
     parser.add_argument('--models', nargs='+', default=['resnet50_16384'], choices=sorted(MODEL_CONFIGS),
                         help='configurations to time (default: resnet50_16384)')
     parser.add_argument('--backends', nargs='+', default=['torch:fp32', 'onnxruntime:fp32', 'openvino:auto',
@@ -58,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _inputs(folder: Path | None, n: int) -> list[np.ndarray]:
     if folder is not None:
+        from ..inputs.images import list_images, load_image
         files = list_images(folder)
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(n, len(files)))]
         return [load_image(p) for p in files]
@@ -94,6 +93,8 @@ def _build(model: str, spec: tuple[str, str, dict], args, weights, size):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..backends.capabilities import cpu_supports_bf16, physical_cores
+    from ..models.config import MODEL_CONFIGS
     specs = [variant_spec(s) for s in args.backends]
     if args.threads is not None:
         if args.threads < 1:
@@ -138,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
                         samples[label].append(time.perf_counter() - t0)
                 ref_label = variants[0][0]
                 ref_out = _normalize(outputs[ref_label])
-                ref_p50 = percentiles_ms(samples[ref_label], bs)['p50_ms']
+                ref_p50 = _per_image_ms(samples[ref_label], bs)['p50_ms']
                 for label, spec, enc in variants:
-                    stats = percentiles_ms(samples[label], bs)
+                    stats = _per_image_ms(samples[label], bs)
                     cos = (_normalize(outputs[label]) * ref_out).sum(1)
                     row = {'model': model, 'variant': label, 'backend': enc.backend.name,
                            'precision': enc.backend.precision, 'device': enc.backend.device, 'batch': bs,
@@ -169,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out, out)
     print(f'saved {args.out}')
     return 0 if any('infer' in r for r in results) else 1
+
+
+def _per_image_ms(samples_s: list[float], batch: int) -> dict:
+    """``latency_summary`` (keys ``*_ms``) of call times in seconds, per image of a batch of ``batch``."""
+    return latency_summary(np.asarray(samples_s, np.float64) * 1e3 / batch, suffix='_ms')
 
 
 def _loadavg() -> list[float] | None:

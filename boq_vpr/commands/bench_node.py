@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.benchmark import machine_info
 from ..errors import BoqVprError
-from ..models.config import MODEL_CONFIGS
+from ..evaluation.benchmark import machine_info
+from ..inputs.nordland import TRIMMED_DIR
+from ..values import latency_summary
 from .common import write_json
 
 log = logging.getLogger(__name__)
 
-_NORDLAND = Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'nordland_trimmed'
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..models.config import MODEL_CONFIGS
     parser.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0], help='input rates in Hz (default: 10 30)')
     parser.add_argument('--duration', type=float, default=60.0, help='seconds of input per rate (default: 60)')
     parser.add_argument('--model', default='resnet18_1024', choices=sorted(MODEL_CONFIGS),
@@ -40,23 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help='encoder device (default: cpu)')
     parser.add_argument('--precision', default='fp32', help='encoder precision (default: fp32)')
     parser.add_argument('--threads', type=int, default=0, help='encoder CPU threads in the node (0: default)')
-    parser.add_argument('--map-images', type=Path, default=_NORDLAND / 'summer',
+    parser.add_argument('--map-images', type=Path, default=TRIMMED_DIR / 'summer',
                         help='folder of map frames (default: Nordland summer from ../shared/data)')
-    parser.add_argument('--query-images', type=Path, default=_NORDLAND / 'winter',
+    parser.add_argument('--query-images', type=Path, default=TRIMMED_DIR / 'winter',
                         help='folder of query frames (default: Nordland winter)')
     parser.add_argument('--map-size', type=int, default=1000, help='keyframes in the map (default: 1000)')
     parser.add_argument('--transport', choices=('raw', 'compressed'), default='raw',
                         help='publish sensor_msgs/Image (raw, default) or CompressedImage (jpeg)')
     parser.add_argument('--domain-id', type=int, default=None, help='ROS domain (default: from the process id)')
     parser.add_argument('--out', type=Path, default=Path('bench/node.json'), help='JSON output')
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    if a.size == 0:
-        return {'n': 0}
-    return {'p50_ms': float(np.percentile(a, 50)), 'p90_ms': float(np.percentile(a, 90)),
-            'p99_ms': float(np.percentile(a, 99)), 'max_ms': float(a.max()), 'n': int(a.size)}
 
 
 def _build_map(args: argparse.Namespace, folder: Path) -> tuple[Path, int]:
@@ -146,7 +138,7 @@ def _run_rate(args: argparse.Namespace, rate: float, map_path: Path, queries: li
         'frames_received': int(diag.get('frames_received', 0)), 'frames_processed': int(diag.get('frames_processed', 0)),
         'frames_dropped': int(diag.get('frames_dropped', 0)), 'frames_rejected': int(diag.get('frames_rejected', 0)),
         'candidates_received': len(e2e), 'processed_hz': int(diag.get('frames_processed', 0)) / max(elapsed, 1e-9),
-        'end_to_end': _percentiles(e2e),
+        'end_to_end': latency_summary(e2e, suffix='_ms'),
         'end_to_end_p50_by_third_ms': [float(np.percentile(t, 50)) for t in thirds if len(t)],
         'node_stages_ms': {s: stage(s) for s in ('queue', 'convert', 'encode', 'detect', 'publish', 'total',
                                                  'overhead')},

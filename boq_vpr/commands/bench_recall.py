@@ -17,33 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..inputs.images import load_image
-from ..evaluation.metrics import recall_at_k, retrieval_hits
-from ..models.checkpoint import RANDOM_WEIGHTS
-from ..models.config import MODEL_CONFIGS
-from ..inputs.sample_data import HELD_OUT_DIR, NORDLAND_HELD_OUT, frame_name
-from .common import write_json
+from ..evaluation.metrics import aligned_recalls
+from ..inputs.nordland import NORDLAND_HELD_OUT, load_frames
+from ..inputs.sample_data import HELD_OUT_DIR
+from .common import frame_range, parse_model_spec, write_json
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-# the whole trimmed Nordland set (both traversals, 3576 frames each), next to the repository
-DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'nordland_trimmed'
 KS = (1, 5, 10)
 
 
-def frame_range(text: str) -> range:
-    """'2400:3576' -> range(2400, 3576) (frame indices in file order, end exclusive)."""
-    try:
-        a, b = (int(x) for x in text.split(':'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected START:END frame indices, got {text!r}') from None
-    if not 0 <= a < b:
-        raise argparse.ArgumentTypeError(f'need 0 <= START < END, got {text!r}')
-    return range(a, b)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..models.checkpoint import RANDOM_WEIGHTS
     parser.add_argument('--data', type=Path, default=HELD_OUT_DIR,
                         help='folder with frame-aligned summer/ (map) and winter/ (queries) images, named as in '
                              'the trimmed Nordland set (default: the held-out section shipped with boq_vpr)')
@@ -60,35 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--backend', default='torch', help='encoder backend (default: torch)')
     parser.add_argument('--precision', default='fp32', help='encoder precision (default: fp32)')
     parser.add_argument('--out', type=Path, default=Path('bench/recall_nordland.json'), help='JSON output')
-
-
-def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    name, _, weights = spec.partition(':')
-    if name not in MODEL_CONFIGS:
-        raise ConfigError(f'unknown model configuration {name!r} in {spec!r}; valid: {", ".join(sorted(MODEL_CONFIGS))}')
-    return name, (weights or None)
-
-
-def aligned_recalls(map_desc: np.ndarray, query_desc: np.ndarray, tolerance: int, ks=KS,
-                    map_index: np.ndarray | None = None, query_index: np.ndarray | None = None) -> dict[int, float]:
-    """Recall@k of frame-aligned traversals: query ``i`` matches map frames within ``tolerance``
-    frames of it (``*_index``: frame indices of the rows, default 0..N-1), by cosine."""
-    assert map_desc.ndim == 2 and query_desc.ndim == 2 and map_desc.shape[1] == query_desc.shape[1]
-    mi = np.arange(len(map_desc)) if map_index is None else np.asarray(map_index)
-    qi = np.arange(len(query_desc)) if query_index is None else np.asarray(query_index)
-    sims = query_desc @ map_desc.T
-    k = min(max(ks), len(map_desc))
-    ranked = np.argsort(-sims, axis=1, kind='stable')[:, :k]
-    positives = np.abs(qi[:, None] - mi[None, :]) <= tolerance
-    return recall_at_k(retrieval_hits(ranked, positives), positives.any(axis=1), ks)
-
-
-def load_frames(folder: Path, frames: range) -> list[np.ndarray]:
-    paths = [folder / frame_name(i) for i in frames]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise ConfigError(f'{len(missing)} frame(s) missing, first {missing[0]}; check --data and --frames')
-    return [load_image(p) for p in paths]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         m, q = enc.encode(map_images), enc.encode(query_images)
         seconds = time.perf_counter() - t0
-        r = aligned_recalls(m, q, tol, map_index=index, query_index=index)
+        r = aligned_recalls(m, q, tol, KS, map_index=index, query_index=index)
         rows.append({'variant': f'{name} ({"random weights" if enc.weights is None else enc.weights.name})',
                      'model': name, 'weights': str(enc.weights) if enc.weights else None,
                      'descriptor_dim': enc.descriptor_dim, 'encode_s': seconds,
@@ -117,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         m, q = pixel_descriptors(map_images), pixel_descriptors(query_images)
         seconds = time.perf_counter() - t0
-        r = aligned_recalls(m, q, tol, map_index=index, query_index=index)
+        r = aligned_recalls(m, q, tol, KS, map_index=index, query_index=index)
         rows.append({'variant': f'pixels {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}, patch-normalized {DEFAULT_PATCH}, cosine',
                      'model': 'pixel_baseline', 'weights': None, 'descriptor_dim': int(m.shape[1]),
                      'encode_s': seconds, **{f'R@{k}': v for k, v in r.items()}})

@@ -1,9 +1,9 @@
 """``boq-vpr build-map``: an image folder (optionally with a poses CSV) or a bag (optionally with a
 pose topic) -> a map database directory.
 
-Poses CSV: a header row with a ``file`` column (image path relative to the folder) and any of
-``stamp`` (seconds) or ``stamp_ns``, ``x y z`` (position), ``qx qy qz qw`` (orientation),
-``frame_id``. Images without a row get no pose; rows without an image are reported. Without
+Poses CSV (``boq_vpr.inputs.poses``): a header row with a ``file`` column (image path relative to
+the folder) and any of ``stamp`` (seconds) or ``stamp_ns``, ``x y z`` (position), ``qx qy qz qw``
+(orientation), ``frame_id``. Images without a row get no pose; rows without an image are reported. Without
 stamps, keyframe ``i`` gets the stamp ``i / --rate`` seconds.
 
 Bags (rosbag2 directory, ``.db3``/``.mcap`` file, ROS 1 ``.bag``): every image of ``--topic``
@@ -15,28 +15,28 @@ as the node does with odometry.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
-import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from ..inputs import bags
 from ..errors import ConfigError, ImageError, MapError
-from ..inputs.images import list_images
+from ..inputs.poses import PoseRow, poses_by_file
 from ..values import NS_PER_S
-from ..map import INDEX_DEFAULTS, INDEX_TYPES, MANIFEST, Keyframe, MapDatabase, foreign_entries
-from .common import add_encoder_args, encoder_from_args, write_json
-from .encode import iter_loaded
+from .common import add_encoder_args, encoder_from_args, iter_loaded, parse_index_options, write_json
+
+if TYPE_CHECKING:
+    from ..map import MapDatabase
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..map import INDEX_DEFAULTS, INDEX_TYPES
     parser.add_argument('folder', type=Path, metavar='SOURCE',
                         help='folder of images (png, jpg, ...), sorted by name, or a bag (rosbag2 directory, '
                              '.db3/.mcap file, ROS 1 .bag)')
@@ -67,68 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_encoder_args(parser)
 
 
-def parse_index_options(items: list[str]) -> dict:
-    """['nlist=1024', 'pq_m=32'] -> {'nlist': 1024, 'pq_m': 32}."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key.strip():
-            raise ConfigError(f'--index-option expects KEY=VALUE, got {item!r}')
-        try:
-            out[key.strip()] = int(value)
-        except ValueError:
-            raise ConfigError(f'--index-option {key}: value must be an integer, got {value!r}') from None
-    return out
-
-
-def read_poses(path: Path) -> dict[str, dict]:
-    """file -> {stamp_ns, position, orientation, frame_id} from a poses CSV."""
-    try:
-        with open(path, newline='') as f:
-            reader = csv.DictReader(f)
-            # column names as load_table reads them: spaces around them and case do not matter
-            reader.fieldnames = [(c or '').strip().lower() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ConfigError(f'poses CSV {path} cannot be read: {err}') from err
-    if not rows:
-        raise ConfigError(f'poses CSV {path} has no rows (it needs a header line and one row per image)')
-    cols = set(rows[0])
-    if 'file' not in cols:
-        raise ConfigError(f'poses CSV {path} needs a "file" column; it has {sorted(cols)}')
-    pos_cols, ori_cols = ('x', 'y', 'z'), ('qx', 'qy', 'qz', 'qw')
-    out: dict[str, dict] = {}
-    for line, row in enumerate(rows, start=2):
-        def num(keys):
-            if not all(k in cols for k in keys) or all(not (row.get(k) or '').strip() for k in keys):
-                return None
-            try:
-                vals = tuple(float(row[k]) for k in keys)
-            except (TypeError, ValueError):
-                raise ConfigError(f'{path}:{line}: {", ".join(keys)} must be numbers, got '
-                                  f'{[row.get(k) for k in keys]}') from None
-            if not all(math.isfinite(v) for v in vals):
-                raise ConfigError(f'{path}:{line}: {", ".join(keys)} must be finite')
-            return vals
-        stamp = None
-        try:
-            if (row.get('stamp_ns') or '').strip():
-                stamp = int(row['stamp_ns'])
-            elif (row.get('stamp') or '').strip():
-                stamp = int(round(float(row['stamp']) * 1e9))
-        except ValueError:
-            raise ConfigError(f'{path}:{line}: stamp must be a number (seconds) or stamp_ns an integer') from None
-        name = (row.get('file') or '').strip()
-        if not name:
-            raise ConfigError(f'{path}:{line}: empty file name')
-        if name in out:
-            log.warning('%s:%d: %s appears twice; using the later row', path, line, name)
-        out[name] = {'stamp_ns': stamp, 'position': num(pos_cols), 'orientation': num(ori_cols),
-                     'frame_id': (row.get('frame_id') or '').strip()}
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..inputs import bags
+    from ..inputs.images import list_images
+    from ..map import MANIFEST, MapDatabase, foreign_entries
     if args.append and args.overwrite:
         raise ConfigError('--append and --overwrite exclude each other')
     if args.rate <= 0:
@@ -142,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     files = [] if from_bag else list_images(args.folder, recursive=args.recursive)
     if not from_bag and not files:
         raise ImageError(f'no image files in {args.folder}')
-    poses = read_poses(args.poses) if args.poses else {}
+    poses = poses_by_file(args.poses) if args.poses else {}
     options = parse_index_options(args.index_option)
     exists = (args.out / MANIFEST).exists()
     if exists and not (args.append or args.overwrite):
@@ -197,14 +139,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, dict], encoder, db: MapDatabase,
+def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, PoseRow], encoder, db: MapDatabase,
                 session: str) -> dict:
     """Encode an image folder into ``db``; returns the counts of the summary."""
+    from ..map import Keyframe
     skipped: list[dict] = []
     used_rows: set[str] = set()
     without_pose = 0
     batch: list[np.ndarray] = []
-    kfs: list[Keyframe] = []
+    kfs: list = []
 
     def flush() -> None:
         if batch:
@@ -222,10 +165,10 @@ def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, di
                 used_rows.add(name)
             elif args.poses:
                 without_pose += 1
-            stamp = pose['stamp_ns'] if pose and pose['stamp_ns'] is not None else \
+            stamp = pose.stamp_ns if pose and pose.stamp_ns is not None else \
                 int(round((base_index + i) * 1e9 / args.rate))
-            kfs.append(Keyframe(-1, stamp, pose['position'] if pose else None, pose['orientation'] if pose else None,
-                                pose['frame_id'] if pose else '', name, session))
+            kfs.append(Keyframe(-1, stamp, pose.position if pose else None, pose.orientation if pose else None,
+                                pose.frame_id if pose else '', name, session))
             batch.append(image)
             if len(batch) == encoder.batch_size:
                 flush()
@@ -240,12 +183,14 @@ def _add_images(args: argparse.Namespace, files: list[Path], poses: dict[str, di
 
 def _add_bag(args: argparse.Namespace, encoder, db: MapDatabase, session: str) -> dict:
     """Encode the images of one bag topic into ``db``, with poses from ``--pose-topic``."""
+    from ..inputs import bags
+    from ..map import Keyframe
     from ..evaluation import read_frames
     from ..inputs.poses import lookup_poses
     frames = read_frames(args.folder, encoder, args.topic, keep_images=args.thumbnails)
     n = len(frames)
     pose_of = np.full(n, -1, np.int64)
-    samples: list[bags.PoseSample] = []
+    samples: list = []
     if args.pose_topic:
         samples = sorted(bags.read_poses(args.folder, args.pose_topic), key=lambda s: s.stamp_ns)
         found = lookup_poses([s.stamp_ns for s in samples], [s.position for s in samples], frames.stamps_ns,

@@ -16,8 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ImageError
-from ..inputs.images import list_images, load_image
-from .common import add_encoder_args, encoder_from_args, write_json
+from .common import add_encoder_args, encoder_from_args, iter_loaded, write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_encoder_args(parser)
 
 
-def iter_loaded(files: list[Path], skipped: list[dict]):
-    """Yield (path, image) for readable images; append the others to ``skipped``."""
-    for path in files:
-        try:
-            yield path, load_image(path)
-        except ImageError as err:
-            log.warning('skipping %s', err)
-            skipped.append({'file': str(path), 'reason': str(err)})
-
-
 def run(args: argparse.Namespace) -> int:
+    from ..inputs.images import list_images
     if args.all_files:
         if not args.folder.is_dir():
             raise ImageError(f'not a folder: {args.folder}')

@@ -17,22 +17,17 @@ against the same ground truth and compares it with the offline result.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
-import numpy as np
-
 from .. import evaluation as ev
-from ..evaluation import metrics as mt
-from ..evaluation import plots
-from ..inputs.bags import STAMP_SOURCES
 from ..errors import BagError, ConfigError
+from ..evaluation import metrics as mt
+from ..evaluation.report import fmt, summary_markdown, write_candidates, write_plots
 from ..inputs.ground_truth import CRITERIA, Criterion, from_poses
-from .common import add_encoder_args, encoder_from_args, write_json
+from .common import add_encoder_args, encoder_from_args, parse_index_options, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +47,7 @@ def _floats(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..inputs.bags import STAMP_SOURCES
     parser.add_argument('bag', type=Path, nargs='?', default=None,
                         help='the bag to evaluate (single session) or the query bag (with --map-bag/--map); '
                              'optional with --descriptors')
@@ -159,166 +155,6 @@ def _frames(args, lazy: _LazyEncoder, bag: Path | None, topic: str | None, gt_sp
     return frames
 
 
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return 'n/a'
-    if isinstance(v, float):
-        return f'{v:.{digits}f}'
-    return str(v)
-
-
-def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
-    """A short Markdown report of ``metrics.json``."""
-    lines = [f'# {title}', '']
-    setup = metrics['setup']
-    lines += [f'- mode: **{metrics["mode"]}**; queries: `{setup["query"]}`' +
-              (f'; map: `{setup["map"]}`' if setup.get('map') else ''),
-              f'- model: {setup.get("model", "?")} (fingerprint `{setup.get("fingerprint", "?")}`)']
-    index = setup.get('index')
-    if index:
-        opts = ', '.join(f'{k}={v}' for k, v in (index.get('options') or {}).items())
-        lines.append(f'- map index: {index["type"]}{f" ({opts})" if opts else ""}, from the {index["source"]}')
-    if setup.get('random_weights'):
-        lines.append('- **weights are random**: these figures check the pipeline, they say nothing about accuracy')
-    gt = metrics.get('ground_truth')
-    lines.append(f'- ground truth: {gt["criterion"]} ({gt["source"]})' if gt else
-                 '- ground truth: none, so recall and precision are not computed')
-    c = metrics['counts']
-    lines += ['', '| counts | |', '|---|---|'] + [f'| {k.replace("_", " ")} | {v} |' for k, v in c.items()]
-    outcomes = metrics.get('outcomes')
-    if outcomes:
-        from ..detection import OUTCOMES
-        lines += ['', f'Outcome of every processed frame ({sum(outcomes.values())} frames):', '',
-                  '| outcome | frames | meaning |', '|---|---|---|']
-        lines += [f'| {k} | {n} | {OUTCOMES.get(k, "")} |' for k, n in outcomes.items()]
-    if 'recall_at_k' in metrics:
-        ks = metrics['recall_at_k']
-        lines += ['', '| ' + ' | '.join(f'R@{k}' for k in ks) + ' |', '|' + '---|' * len(ks),
-                  '| ' + ' | '.join(_fmt(v) for v in ks.values()) + ' |']
-    if 'precision_recall' in metrics:
-        pr, op = metrics['precision_recall'], metrics['operating_point']
-        lines += ['', '| AUC-PR | max recall @ 100% precision | F1 max (threshold) | configured: precision / recall / F1 |',
-                  '|---|---|---|---|',
-                  f'| {_fmt(pr["auc_pr"])} | {_fmt(pr["max_recall_at_100_precision"])} | '
-                  f'{_fmt(pr["f1_max"]["f1"])} ({_fmt(pr["f1_max"]["threshold"])}) | '
-                  f'{_fmt(op["precision"])} / {_fmt(op["recall"])} / {_fmt(op["f1"])} '
-                  f'(TP {op["tp"]}, FP {op["fp"]}, FN {op["fn"]}, TN {op["tn"]}) |']
-    lat = metrics.get('latency', {})
-    q = lat.get('query', {})
-    if q:
-        rd = q.get('read_decode_ms', {})
-        det = lat.get('detect_ms', {})
-        lines += ['', '| stage | ms |', '|---|---|',
-                  f'| bag read + decode (per frame, p50 / p95) | {_fmt(rd.get("p50"))} / {_fmt(rd.get("p95"))} |',
-                  f'| preprocess (per image, batch {q.get("encode_batch_size")}) | {_fmt(q.get("preprocess_ms_per_image"))} |',
-                  f'| inference (per image, batch {q.get("encode_batch_size")}) | {_fmt(q.get("infer_ms_per_image"))} |',
-                  f'| detector (per frame, p50 / p95) | {_fmt(det.get("p50"))} / {_fmt(det.get("p95"))} |']
-    sw = metrics.get('sweep')
-    if sw:
-        lines += ['', f'Threshold sweep (target precision {sw["target_precision"]}): ' +
-                  (', '.join(f'`{k}: {v}`' for k, v in sw['recommended'].items()) +
-                   f' gives precision {_fmt(sw["expected"]["precision"])}, recall {_fmt(sw["expected"]["recall"])}'
-                   if sw.get('recommended') else sw.get('note', 'no recommendation'))]
-    if 'live' in metrics:
-        lv = metrics['live']
-        cmp_ = lv['comparison']
-        op = lv.get('operating_point') or {}
-        lines += ['', f'Live run (`{lv["source"]}`): {cmp_["same"]} of {cmp_["queries"]} queries give the same first '
-                      f'candidate as offline, {cmp_["different_match"]} differ, {cmp_["offline_only"]} offline only, '
-                      f'{cmp_["live_only"]} live only; node: {lv["node"].get("frames_processed", "?")} frames processed, '
-                      f'{lv["node"].get("frames_dropped", "?")} dropped, {lv["node"].get("frames_rejected", "?")} rejected.'
-                      + (f' Live precision / recall: {_fmt(op.get("precision"))} / {_fmt(op.get("recall"))}.' if op else '')]
-    rep = metrics.get('input', {})
-    for name, r in rep.items():
-        if r.get('out_of_order_stamps') or r.get('skipped'):
-            lines.append(f'- {name}: {r.get("skipped", 0)} frames skipped, {r.get("out_of_order_stamps", 0)} stamps '
-                         'out of order (evaluated in stamp order)')
-    if figures:
-        lines += [''] + [f'![{Path(f).stem}]({Path(f).name})' for f in figures]
-    return '\n'.join(lines) + '\n'
-
-
-def _plots(out: Path, title: str, scored: ev.Scored, run: ev.Run, queries: ev.Frames, map_frames: ev.Frames,
-           metrics: dict) -> list[str]:
-    figs = []
-    if scored.curve is not None:
-        pr = metrics['precision_recall']
-        figs.append(str(plots.pr_curve(out / 'pr_curve.png', scored.curve, f'{title}: precision-recall',
-                                       pr['auc_pr'], metrics['operating_point'], pr['max_recall_at_100_precision'])))
-    acc = run.accepted
-    sel = np.flatnonzero(acc >= 0)
-    q_rows = run.query_index[sel]
-    m_rows = acc[sel]
-    if scored.query_index is not None:
-        ok_by_query = dict(zip(scored.query_index.tolist(), scored.accepted_correct.tolist()))
-        correct = np.array([ok_by_query.get(int(q), False) for q in q_rows], bool)
-        known = np.array([int(q) in ok_by_query for q in q_rows], bool)
-        if scored.by == 'position':
-            qpos, mpos = queries.gt.positions, map_frames.gt.positions
-            edges = np.stack([q_rows[known], m_rows[known]], axis=1) if known.any() else np.zeros((0, 2), int)
-            figs.append(str(plots.trajectory(out / 'loops.png', qpos[:, :2],
-                                             None if map_frames is queries else mpos[:, :2], edges,
-                                             correct[known], f'{title}: accepted loop closures')))
-        else:
-            positives = []
-            if scored.has_positive is not None:
-                from ..inputs.ground_truth import positive_matrix
-                crit = Criterion(frame_tolerance=metrics['ground_truth_frame_tolerance'], by='frame')
-                pm = positive_matrix(queries.gt.subset(scored.query_index), map_frames.gt, crit, 'frame')
-                pm &= ev.eligible_mask(run)[np.searchsorted(run.query_index, scored.query_index)]
-                qi, mi = np.nonzero(pm)
-                positives = (scored.query_index[qi], mi)
-            figs.append(str(plots.loops_by_index(
-                out / 'loops.png', q_rows[known], m_rows[known], correct[known], positives or None,
-                f'{title}: accepted loop closures', xlabel='query frame (sequence index)',
-                ylabel='matched frame (map sequence index)')))
-        marks = (q_rows[known], m_rows[known], correct[known])
-    else:
-        marks = (q_rows, m_rows, np.zeros(len(q_rows), bool))
-    figs.append(str(plots.similarity_matrix(out / 'similarity.png', queries.descriptors, map_frames.descriptors,
-                                            f'{title}: descriptor similarity', marks=marks if scored.query_index
-                                            is not None else None,
-                                            xlabel='map frame' if map_frames is not queries else 'frame',
-                                            ylabel='query frame' if map_frames is not queries else 'frame')))
-    return figs
-
-
-CANDIDATE_CSV_COLUMNS = ('query_frame', 'query_stamp_ns', 'query_id', 'outcome', 'reason', 'decision_score',
-                         'best_frame', 'best_score', 'match_frame', 'match_id', 'match_stamp_ns', 'session', 'kind',
-                         'score', 'rank', 'verified', 'inliers')
-
-
-def _write_candidates(path: Path, run: ev.Run, queries: ev.Frames) -> None:
-    """One row per processed frame with its outcome and reason (frames with several accepted
-    candidates: one row per candidate, best first); match columns are empty unless accepted."""
-    by_query: dict[int, list[dict]] = {}
-    for row in run.candidates:
-        by_query.setdefault(int(row['query_frame']), []).append(row)
-    rows = []
-    for q, i in enumerate(run.query_index):
-        i = int(i)
-        base = {'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]),
-                'query_id': int(run.map_ids[i]) if run.mode == 'slam' and run.map_ids[i] >= 0 else '',
-                'outcome': run.outcomes[q], 'reason': run.reasons[q],
-                'decision_score': _csv_float(run.decision[q]),
-                'best_frame': int(run.best[q]) if run.best[q] >= 0 else '', 'best_score': _csv_float(run.best_score[q])}
-        for cand in by_query.get(i, [{}]):
-            rows.append({**base, **{c: cand.get(c, '') for c in CANDIDATE_CSV_COLUMNS[8:]}})
-    for i, reason in run.skipped:
-        rows.append({'query_frame': i, 'query_stamp_ns': int(queries.stamps_ns[i]), 'outcome': 'not_keyframe',
-                     'reason': reason})
-    rows.sort(key=lambda r: r['query_frame'])      # stable: a frame's candidates stay best first
-    with open(path, 'w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(CANDIDATE_CSV_COLUMNS), restval='')
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _csv_float(v) -> str:
-    v = float(v)
-    return '' if not math.isfinite(v) else f'{v:.6g}'
-
-
 def _encoder_from_params(args: argparse.Namespace, params: dict) -> None:
     """Model and encoder arguments from node parameters (those present in the file)."""
     args.model = params.get('model.name', args.model)
@@ -369,7 +205,6 @@ def run(args: argparse.Namespace) -> int:
     config = ev.detector_config(params, ev.parse_overrides(args.set), mode)
     # the index the node would build: map.index_type / map.index_options.* of the parameters file
     from ..ros.parameters import map_index_options
-    from .build_map import parse_index_options
     index_type = args.index_type or params.get('map.index_type') or 'flat'
     index_options = (parse_index_options(args.index_option) if args.index_option or args.index_type
                      else map_index_options(params, index_type))
@@ -438,21 +273,21 @@ def run(args: argparse.Namespace) -> int:
                            'matching': matched, 'node': live.diagnostics,
                            'operating_point': live_scored.metrics.get('operating_point'),
                            'comparison': ev.compare_live(result, live_run, queries)}
-    figures = [] if args.no_plots else _plots(out, title, scored, result, queries, map_frames, metrics)
+    figures = [] if args.no_plots else write_plots(out, title, scored, result, queries, map_frames, metrics)
     metrics['figures'] = [Path(f).name for f in figures]
     metrics = ev.as_jsonable(metrics)
     write_json(out / 'metrics.json', metrics)
-    _write_candidates(out / 'candidates.csv', result, queries)
+    write_candidates(out / 'candidates.csv', result, queries)
     (out / 'summary.md').write_text(summary_markdown(metrics, f'Loop-closure evaluation: {title}', figures))
     c = metrics['counts']
     print(f'evaluated {c["queries"]} queries ({mode}) -> {out / "metrics.json"}')
     if 'recall_at_k' in metrics:
-        print('  recall@k: ' + ', '.join(f'R@{k} {_fmt(v)}' for k, v in metrics['recall_at_k'].items()))
+        print('  recall@k: ' + ', '.join(f'R@{k} {fmt(v)}' for k, v in metrics['recall_at_k'].items()))
     if 'precision_recall' in metrics:
         pr, op = metrics['precision_recall'], metrics['operating_point']
-        print(f'  AUC-PR {_fmt(pr["auc_pr"])}, max recall @100% precision {_fmt(pr["max_recall_at_100_precision"])}, '
-              f'F1 max {_fmt(pr["f1_max"]["f1"])}; configured detector: precision {_fmt(op["precision"])}, '
-              f'recall {_fmt(op["recall"])}')
+        print(f'  AUC-PR {fmt(pr["auc_pr"])}, max recall @100% precision {fmt(pr["max_recall_at_100_precision"])}, '
+              f'F1 max {fmt(pr["f1_max"]["f1"])}; configured detector: precision {fmt(op["precision"])}, '
+              f'recall {fmt(op["recall"])}')
     if metrics.get('sweep', {}).get('recommended'):
         print('  recommended: ' + json.dumps(metrics['sweep']['recommended']))
     if 'live' in metrics:

@@ -5,9 +5,6 @@ import argparse
 import json
 
 from ..errors import CheckpointError
-from ..models import build_model
-from ..models.checkpoint import check_state_dict, file_sha256, read_state_dict, summarize_state_dict
-from ..models.config import get_config
 from .common import add_model_args
 
 
@@ -17,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import build_model
+    from ..models.checkpoint import check_state_dict, read_state_dict, summarize_state_dict
+    from ..models.config import get_config
+    from ..values import file_sha256
     config = get_config(args.model)
     if args.image_size:
         config = config.with_image_size(*args.image_size)

@@ -4,7 +4,7 @@ Each folder is one traversal, written one after the other on one image topic (``
 or ``CompressedImage`` JPEG/PNG) at ``--rate`` frames per second, ``--gap`` seconds between
 traversals. Ground truth goes with the bag: the frame index of every image (its position in its
 folder, or the number in its file name), so that frame ``i`` of two traversals is the same place,
-and, with ``--poses`` (one CSV per folder, the ``build-map`` format: ``file`` plus ``x, y, z``,
+and, with ``--poses`` (one CSV per folder, ``boq_vpr.inputs.poses``: ``file`` plus ``x, y, z``,
 optional ``qx, qy, qz, qw``, ``stamp``/``stamp_ns``), a PoseStamped per image on
 ``--pose-topic``. Both are also written to the ground-truth CSV that ``evaluate`` finds by
 itself (``ground_truth.csv`` inside a rosbag2 directory, ``NAME.ground_truth.csv`` next to a
@@ -20,16 +20,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..values import NS_PER_S
-from ..inputs.bags import IMAGE_FORMATS, STORAGES, BagWriter, ground_truth_sidecar, list_topics
 from ..errors import BagError, ConfigError, ImageError
-from ..inputs.ground_truth import write_table
-from ..inputs.images import list_images, load_image
+from ..inputs.poses import poses_by_file
+from ..values import NS_PER_S
 
 FRAME_INDEX = ('order', 'filename')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..inputs.bags import IMAGE_FORMATS, STORAGES
     parser.add_argument('folders', type=Path, nargs='+', help='image folders, one per traversal, in time order')
     parser.add_argument('--out', type=Path, required=True,
                         help='bag to write: a rosbag2 directory (sqlite3, mcap) or a .bag file (ros1); must not exist')
@@ -67,6 +66,9 @@ def _frame_number(path: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..inputs.bags import BagWriter, ground_truth_sidecar, list_topics
+    from ..inputs.ground_truth import write_table
+    from ..inputs.images import list_images, load_image
     if args.rate <= 0:
         raise ConfigError(f'--rate must be > 0, got {args.rate}')
     if args.every < 1 or args.first < 0 or (args.count is not None and args.count < 1):
@@ -90,10 +92,9 @@ def run(args: argparse.Namespace) -> int:
         frames = [(i if args.frame_index == 'order' else _frame_number(files[i])) for i in chosen]
         poses = None
         if args.poses is not None:
-            from .build_map import read_poses
-            table = read_poses(args.poses[k])
+            table = poses_by_file(args.poses[k])
             missing = [files[i].name for i in chosen if files[i].name not in table
-                       or table[files[i].name]['position'] is None]
+                       or table[files[i].name].position is None]
             if missing:
                 raise ConfigError(f'{args.poses[k]}: no position for {len(missing)} images of {folder}, e.g. '
                                   f'{", ".join(missing[:3])}; every image needs a row with x, y, z')
@@ -111,17 +112,17 @@ def run(args: argparse.Namespace) -> int:
                 t += int(round(args.gap * NS_PER_S)) - period_ns
             for j, (path, frame) in enumerate(zip(files, frames)):
                 stamp = t
-                if poses is not None and poses[j]['stamp_ns'] is not None:
-                    stamp = int(poses[j]['stamp_ns'])
+                if poses is not None and poses[j].stamp_ns is not None:
+                    stamp = int(poses[j].stamp_ns)
                     if stamps and stamp <= stamps[-1]:
                         raise ConfigError(f'{args.poses[k]}: stamp of {path.name} is not after the previous image; '
                                           'stamps in a poses CSV must increase (and follow earlier folders)')
                 writer.add_image(topic, load_image(path), stamp, args.frame_id, args.format, args.jpeg_quality)
                 if poses is not None:
-                    writer.add_pose(args.pose_topic, stamp, poses[j]['position'], poses[j]['orientation'],
+                    writer.add_pose(args.pose_topic, stamp, poses[j].position, poses[j].orientation,
                                     args.pose_frame)
-                    pos_all.append(poses[j]['position'])
-                    ori_all.append(poses[j]['orientation'] or (0.0, 0.0, 0.0, 1.0))
+                    pos_all.append(poses[j].position)
+                    ori_all.append(poses[j].orientation or (0.0, 0.0, 0.0, 1.0))
                 stamps.append(stamp)
                 frames_all.append(frame)
                 seq_all.append(k)

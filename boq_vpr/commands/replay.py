@@ -14,13 +14,13 @@ import os
 import signal
 from pathlib import Path
 
-from ..inputs.bags import STORAGES
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..inputs.bags import STORAGES
     parser.add_argument('bag', type=Path, help='rosbag2 directory, .db3/.mcap file or ROS 1 .bag')
     parser.add_argument('--topics', nargs='+', default=None, help='topics to publish (default: all)')
     parser.add_argument('--rate', type=float, default=1.0, help='speed factor on the recorded timing (default 1)')

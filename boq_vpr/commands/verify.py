@@ -20,24 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import BACKENDS
-from ..errors import ConfigError, ImageError
-from .common import add_model_args, write_json
+from ..errors import ImageError
+from .common import add_model_args, parse_backend_spec, write_json
 
 log = logging.getLogger(__name__)
 
 THRESHOLDS = {'fp32': 0.9999, 'fp16': 0.999, 'bf16': 0.999, 'int8': 0.999}
-
-
-def parse_backend_spec(text: str) -> tuple[str, str]:
-    """``'onnxruntime:int8'`` -> ('onnxruntime', 'int8'); no precision -> 'auto'."""
-    name, _, precision = text.partition(':')
-    if name not in BACKENDS:
-        raise ConfigError(f'unknown backend {name!r} in {text!r}; valid: {", ".join(sorted(BACKENDS))}')
-    precision = precision or 'auto'
-    if precision not in ('auto', *THRESHOLDS):
-        raise ConfigError(f'unknown precision {precision!r} in {text!r}; valid: auto, {", ".join(THRESHOLDS)}')
-    return name, precision
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

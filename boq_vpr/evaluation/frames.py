@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -20,17 +20,9 @@ from ..inputs import ground_truth as gtm
 from ..errors import BagError, ConfigError
 from ..inputs.ground_truth import GroundTruth
 from ..inputs.images import decode_to_rgb8
+from ..values import latency_summary
 
 log = logging.getLogger(__name__)
-
-def latency_summary(ms: Sequence[float] | np.ndarray) -> dict:
-    """Mean, median, 95th percentile and maximum of per-frame times in milliseconds."""
-    a = np.asarray(ms, np.float64)
-    if a.size == 0:
-        return {'n': 0}
-    return {'n': int(a.size), 'mean': float(a.mean()), 'p50': float(np.percentile(a, 50)),
-            'p95': float(np.percentile(a, 95)), 'max': float(a.max())}
-
 
 FRAMES_FORMAT = 'boq_vpr-frames'
 FRAMES_VERSION = 1

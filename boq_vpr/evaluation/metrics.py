@@ -1,6 +1,7 @@
 """Place-recognition and loop-closure metrics: pure functions on arrays, no I/O, no plotting.
 
-Retrieval: recall@k over the queries that have at least one true match.
+Retrieval: recall@k over the queries that have at least one true match (``aligned_recalls``: of
+two traversals aligned frame by frame).
 Detection (one prediction per query with a confidence score): the precision-recall curve over
 score thresholds (tied scores enter together), the area under it (average precision: step-wise,
 without interpolation), the largest recall at 100% precision, the best F1, and the counts at an
@@ -55,6 +56,23 @@ def recall_at_k(hits: np.ndarray, has_positive: np.ndarray, ks=DEFAULT_KS) -> di
         else:
             out[int(k)] = float(hits[has_positive, :int(k)].any(axis=1).sum()) / n
     return out
+
+
+def aligned_recalls(map_desc: np.ndarray, query_desc: np.ndarray, tolerance: int, ks=(1, 5, 10),
+                    map_index: np.ndarray | None = None, query_index: np.ndarray | None = None) -> dict[int, float]:
+    """Recall@k of frame-aligned traversals.
+
+    Query ``i`` matches the map frames within ``tolerance`` frames of it (``*_index``: frame indices
+    of the rows, default 0..N-1), ranked by cosine.
+    """
+    assert map_desc.ndim == 2 and query_desc.ndim == 2 and map_desc.shape[1] == query_desc.shape[1]
+    mi = np.arange(len(map_desc)) if map_index is None else np.asarray(map_index)
+    qi = np.arange(len(query_desc)) if query_index is None else np.asarray(query_index)
+    sims = query_desc @ map_desc.T
+    k = min(max(ks), len(map_desc))
+    ranked = np.argsort(-sims, axis=1, kind='stable')[:, :k]
+    positives = np.abs(qi[:, None] - mi[None, :]) <= tolerance
+    return recall_at_k(retrieval_hits(ranked, positives), positives.any(axis=1), ks)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from . import metrics as mt
 from ..errors import ConfigError
 from ..inputs.ground_truth import Criterion
 from ..detection import DetectorConfig
-from .frames import Frames, latency_summary
+from ..values import latency_summary
+from .frames import Frames
 from .runs import Run
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,18 @@
-"""Ground truth of image sequences: where each frame was taken (position) or which place it shows
-(frame index), and which map frames count as true matches of a query.
+"""Ground truth of image sequences.
 
-Sources: a pose topic (interpolated to the image stamps), a CSV matched by time (``stamp_ns`` or
-``stamp`` in seconds, ``x, y, z``, optional ``qx, qy, qz, qw``, optional ``frame``; a headerless
-TUM trajectory ``t x y z qx qy qz qw`` is read too), or the frame order itself (datasets aligned
-by frame). A query's positives are the map frames within ``distance_m`` (positions) or within
+Where each frame was taken (position) or which place it shows (frame index), and which map frames
+count as true matches of a query. Sources: a pose topic (interpolated to the image stamps), a CSV
+matched by time (read by ``boq_vpr.inputs.poses.read_pose_table``: ``stamp_ns`` or ``stamp`` in
+seconds, ``x, y, z``, optional ``qx, qy, qz, qw``, optional ``frame``; a headerless TUM trajectory
+``t x y z qx qy qz qw`` is read too), or the frame order itself (datasets aligned by frame). A
+query's positives are the map frames within ``distance_m`` (positions) or within
 ``frame_tolerance`` frames (frame indices).
 """
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,13 +20,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BagError, ConfigError
-from .poses import lookup_poses
+from .poses import lookup_poses, read_pose_table
 from ..values import NS_PER_S
 
 log = logging.getLogger(__name__)
 
 CRITERIA = ('auto', 'position', 'frame')
-_STAMP_COLUMNS = ('stamp_ns', 'stamp', 'timestamp', 'time', 't')
 
 
 @dataclass
@@ -171,104 +172,18 @@ class GroundTruthTable:
     frames: np.ndarray | None
 
 
-def _parse_float(value: str | None, path: Path, line: int, column: str) -> float:
-    if value is None or not value.strip():
-        raise BagError(f'{path}:{line}: column {column}: the value is missing (short row?)')
-    try:
-        return float(value)
-    except ValueError:
-        raise BagError(f'{path}:{line}: column {column}: {value!r} is not a number') from None
-
-
-# Larger "seconds" are nanoseconds in a column named as seconds (year 5138 otherwise).
-_MAX_SECONDS = 1e11
-
-
-def _seconds_to_ns(value: str | None, path: Path, line: int, column: str) -> int:
-    sec = _parse_float(value, path, line, column)
-    if not abs(sec) < _MAX_SECONDS:
-        raise BagError(f'{path}:{line}: {column} {value!r} is not a time in seconds (nanoseconds? name that '
-                       'column stamp_ns)')
-    return int(round(sec * NS_PER_S))
-
-
 def load_table(path: str | Path) -> GroundTruthTable:
-    """Read a ground-truth CSV (with a header naming the columns) or a headerless TUM trajectory."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise BagError(f'{path}: cannot read ground truth: {err}') from err
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith('#')]
-    if not lines:
-        raise BagError(f'{path}: ground truth file is empty')
-    first = lines[0].replace(',', ' ').split()
-    if all(_is_number(v) for v in first):
-        return _load_tum(path, lines)
-    reader = csv.DictReader(lines)
-    rows = list(reader)
-    cols = {c.strip().lower(): c for c in (reader.fieldnames or []) if c is not None and c.strip()}
-    stamp_col = next((c for c in _STAMP_COLUMNS if c in cols), None)
-    if stamp_col is None:
-        raise BagError(f'{path}: no stamp column; expected one of {", ".join(_STAMP_COLUMNS)} '
-                       f'(stamp_ns in integer nanoseconds, the others in seconds), found {", ".join(cols)}')
-    has_xyz = all(c in cols for c in ('x', 'y'))
-    has_frame = 'frame' in cols
-    if not has_xyz and not has_frame:
-        raise BagError(f'{path}: needs position columns x, y[, z] and/or a frame column; found {", ".join(cols)}')
-    has_q = all(c in cols for c in ('qx', 'qy', 'qz', 'qw'))
-    stamps, pos, quat, frames = [], [], [], []
-    for i, row in enumerate(rows, start=2):
-        raw = (row[cols[stamp_col]] or '').strip()
-        if stamp_col == 'stamp_ns':
-            try:
-                stamps.append(int(raw))
-            except ValueError:
-                raise BagError(f'{path}:{i}: stamp_ns {raw!r} is not an integer') from None
-            if not -2**63 <= stamps[-1] < 2**63:
-                raise BagError(f'{path}:{i}: stamp_ns {raw!r} is out of range')
-        else:
-            stamps.append(_seconds_to_ns(raw, path, i, stamp_col))
-        if has_xyz:
-            z = row[cols['z']] if 'z' in cols else '0'
-            pos.append([_parse_float(row[cols[c]] if c != 'z' else z, path, i, c) for c in ('x', 'y', 'z')])
-        if has_q:
-            quat.append([_parse_float(row[cols[c]], path, i, c) for c in ('qx', 'qy', 'qz', 'qw')])
-        if has_frame:
-            f = (row[cols['frame']] or '').strip()
-            try:
-                frames.append(int(f) if f != '' else -1)
-            except ValueError:
-                raise BagError(f'{path}:{i}: frame {f!r} is not an integer') from None
-    return GroundTruthTable(path, np.array(stamps, np.int64), np.array(pos).reshape(-1, 3) if has_xyz else None,
-                            np.array(quat).reshape(-1, 4) if has_q else None,
-                            np.array(frames, np.int64) if has_frame else None)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _load_tum(path: Path, lines: list[str]) -> GroundTruthTable:
-    stamps: list[int] = []
-    data: list[list[float]] = []
-    for i, ln in enumerate(lines, start=1):
-        vals = ln.replace(',', ' ').split()
-        if len(vals) not in (4, 8):
-            raise BagError(f'{path}: line {i} has {len(vals)} values; a headerless file must be a TUM trajectory '
-                           '"t x y z [qx qy qz qw]" (t in seconds), or give a header row naming the columns')
-        if data and len(vals) != len(data[0]) + 1:
-            raise BagError(f'{path}: line {i} has {len(vals)} values, line 1 has {len(data[0]) + 1}; '
-                           'every row needs the same columns')
-        stamps.append(_seconds_to_ns(vals[0], path, i, 't'))
-        data.append([_parse_float(v, path, i, 'value') for v in vals[1:]])
-    arr = np.array(data)
-    return GroundTruthTable(path, np.array(stamps, np.int64), arr[:, 0:3], arr[:, 3:7] if arr.shape[1] == 7 else None,
-                            None)
+    """Read a ground-truth file: a poses CSV (``boq_vpr.inputs.poses``) with a stamp and positions and/or
+    frame indices on every row, or a headerless TUM trajectory."""
+    table = read_pose_table(path, required=('stamp', ('position', 'frame')))
+    rows = table.rows
+    nan3, nan4 = (math.nan,) * 3, (math.nan,) * 4
+    return GroundTruthTable(
+        table.path, np.array([r.stamp_ns for r in rows], np.int64),
+        np.array([r.position or nan3 for r in rows], np.float64).reshape(-1, 3) if table.has('position') else None,
+        np.array([r.orientation or nan4 for r in rows], np.float64).reshape(-1, 4) if table.has('orientation')
+        else None,
+        np.array([-1 if r.frame is None else r.frame for r in rows], np.int64) if table.has('frame') else None)
 
 
 def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,

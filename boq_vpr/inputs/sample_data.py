@@ -3,25 +3,17 @@ benchmarks on a fresh install.
 
 ``boq_vpr/data/nordland_heldout/{summer,winter}/`` holds frames 2400-3575 of the trimmed Nordland
 set (64x32 greyscale stored as RGB PNG, 1176 per season), the section that ``resnet18_nordland``
-never saw in training. File names are those of the full set: frame index ``i`` (in file order of
-the full set) is ``images-{(i + 1) * 10:05d}.png``, so ``summer/X`` and ``winter/X`` show the same
-place. Source and licence: ``boq_vpr/data/nordland_heldout/README.md``.
+never saw in training, under the file names of the full set (``nordland.frame_name``). Source and
+licence: ``boq_vpr/data/nordland_heldout/README.md``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import DatasetError
+from .nordland import NORDLAND_HELD_OUT, SEASONS, frame_name
 
-# Nordland frames resnet18_nordland never saw in training (training/nordland.py)
-NORDLAND_HELD_OUT = range(2400, 3576)
-SEASONS = ('summer', 'winter')
 HELD_OUT_DIR = Path(__file__).resolve().parents[1] / 'data' / 'nordland_heldout'
-
-
-def frame_name(index: int) -> str:
-    """File name of frame ``index`` (file order of the full set) in the trimmed Nordland folders."""
-    return f'images-{(index + 1) * 10:05d}.png'
 
 
 def held_out_dir() -> Path:

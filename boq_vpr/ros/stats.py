@@ -6,7 +6,7 @@ import time
 from collections import Counter, deque
 from typing import Callable
 
-import numpy as np
+from ..values import latency_summary
 
 
 class RateMeter:
@@ -54,15 +54,10 @@ class LatencyWindow:
             self.add(stage, seconds)
 
     def summary_ms(self) -> dict[str, dict[str, float]]:
-        """stage -> {p50, p99, mean, max, n} in milliseconds over the window."""
+        """Map each stage to its ``latency_summary`` (n, mean, p50, p90, p95, p99, max) in milliseconds over the window."""
         with self._lock:
-            snap = {k: np.asarray(v, dtype=np.float64) for k, v in self._samples.items() if v}
-        out = {}
-        for stage, a in snap.items():
-            a = a * 1e3
-            out[stage] = {'p50': float(np.percentile(a, 50)), 'p99': float(np.percentile(a, 99)),
-                          'mean': float(a.mean()), 'max': float(a.max()), 'n': int(a.size)}
-        return out
+            snap = {k: [s * 1e3 for s in v] for k, v in self._samples.items() if v}
+        return {stage: latency_summary(ms) for stage, ms in snap.items()}
 
 
 class Throttle:
