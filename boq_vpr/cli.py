@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         args.weights = resolve_weights(args.model, args.weights)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format='%(levelname)s %(name)s: %(message)s')
+    # FAISS, imported when a command runs, notes at info level which CPU extensions it loaded
+    logging.getLogger('faiss.loader').setLevel(logging.WARNING)
     try:
         return int(args._run(args) or 0)
     except BoqVprError as err:

@@ -26,16 +26,22 @@ PARAMS = ROOT / 'config' / 'vpr.yaml'
 
 
 def first_held_out(folder: Path) -> int:
-    """Position of the first held-out Nordland frame (2400) in ``folder``: 0 in the shipped copy, 2400 in
-    the whole trimmed set; 0 for a folder without that frame (not Nordland)."""
+    """Return the position of the first held-out Nordland frame (2400) in ``folder``.
+
+    It is 0 in the shipped copy, 2400 in the whole trimmed set; 0 for a folder without that frame
+    (not Nordland).
+    """
     names = [p.name for p in list_images(folder)]
     first = frame_name(NORDLAND_HELD_OUT.start)
     return names.index(first) if first in names else 0
 
 
 def default_params(out: Path) -> Path:
-    """``config/vpr.yaml`` of the repository; from an installed package without it, the same defaults
-    written to ``out`` (``defaults_yaml()`` is what config/vpr.yaml holds)."""
+    """Return the parameters file of the demo: ``config/vpr.yaml`` of the repository.
+
+    From an installed package without it, the same defaults written to ``out`` (``defaults_yaml()``
+    is what config/vpr.yaml holds).
+    """
     if PARAMS.is_file():
         return PARAMS
     from .ros.parameters import defaults_yaml
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     m = json.loads((out / 'metrics.json').read_text())
     op, setup = m.get('operating_point', {}), m.get('setup', {})
     r1 = m.get('recall_at_k', {}).get('1')
-    print(f'\ndemo: model {setup.get("model")} ({"random weights" if setup.get("random_weights") else "trained weights"}), '
+    weights = 'random weights' if setup.get('random_weights') else 'trained weights'
+    print(f'\ndemo: model {setup.get("model")} ({weights}), '
           f'detector from {args.params.name}')
     print(f'  frames {m["counts"]["frames"]}; loop closures accepted {op.get("predicted")}: {op.get("tp")} true, '
           f'{op.get("fp")} false -> precision {fmt(op.get("precision"))}, recall {fmt(op.get("recall"))} '

@@ -14,12 +14,12 @@ _BOOL_WORDS = {'true': True, 'false': False, '1': True, '0': False, 'yes': True,
 
 
 def ns_to_sec(stamp_ns: int) -> float:
-    """A stamp in integer nanoseconds as float seconds (the unit of ``~/loop_closure``)."""
+    """Convert a stamp in integer nanoseconds to float seconds (the unit of ``~/loop_closure``)."""
     return stamp_ns / NS_PER_S
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """A ROS time (``builtin_interfaces/Time``: ``sec``, ``nanosec``) as integer nanoseconds.
+    """Convert a ROS time (``builtin_interfaces/Time``: ``sec``, ``nanosec``) to integer nanoseconds.
 
     ValueError when ``nanosec`` is outside [0, 1e9), as a malformed message can have it.
     """
@@ -44,8 +44,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def parse_bool(name: str, value: Any) -> bool:
-    """``value`` as a bool: a bool, 0/1, or one of true/false/yes/no/1/0 (any case). ValueError naming
-    ``name`` otherwise."""
+    """``value`` as a bool: a bool, 0/1, or one of true/false/yes/no/1/0 (any case).
+
+    ValueError naming ``name`` otherwise.
+    """
     if isinstance(value, bool) or type(value).__name__ in ('bool_', 'bool'):   # numpy's bool too
         return bool(value)
     if isinstance(value, numbers.Integral) and value in (0, 1):

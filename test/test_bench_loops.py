@@ -1,5 +1,8 @@
-"""``boq-vpr bench loops --cost`` and ``--calibration`` at tiny sizes: the structure of what they
-report and that every figure is a number (no timing thresholds: this machine is shared)."""
+"""``boq-vpr bench loops --cost`` and ``--calibration`` at tiny sizes.
+
+The structure of what they report and that every figure is a number (no timing thresholds: this
+machine is shared).
+"""
 from __future__ import annotations
 
 import argparse

@@ -77,3 +77,37 @@ def test_console_script_runs_as_a_process():
     bad = subprocess.run([sys.executable, '-m', 'boq_vpr.cli', 'info', '--model', 'nope'],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and 'resnet50_16384' in bad.stderr
+
+
+def _import_chain(importtime: str, module: str) -> list[str]:
+    """Return the chain of imports that brought ``module`` in, outermost first, from ``python -X importtime``."""
+    rows = []
+    for line in importtime.splitlines():
+        if line.startswith('import time:') and line.count('|') == 2:
+            name = line.split('|')[2]
+            rows.append((len(name) - len(name.lstrip()), name.strip()))
+    at = next((i for i, (_, name) in enumerate(rows) if name == module), None)
+    if at is None:
+        return []
+    chain, depth = [module], rows[at][0]
+    for level, name in rows[at + 1:]:      # a module is listed after the ones it imports
+        if level < depth:
+            chain.insert(0, name)
+            depth = level
+    return chain
+
+
+def _help_commands() -> list[list[str]]:
+    from boq_vpr.cli import COMMANDS
+    from boq_vpr.commands.bench import BENCHES
+    return [[]] + [[name] for name in COMMANDS] + [['bench', name] for name in BENCHES]
+
+
+@pytest.mark.parametrize('command', _help_commands(), ids=lambda c: ' '.join(c) or 'boq-vpr')
+def test_help_does_not_import_torch(command):
+    out = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'boq_vpr.cli', *command, '--help'],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'usage: boq-vpr' in out.stdout
+    chain = _import_chain(out.stderr, 'torch')
+    assert not chain, f'boq-vpr {" ".join(command)} --help imports torch: {" -> ".join(chain)}'

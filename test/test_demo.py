@@ -1,6 +1,8 @@
-"""``./boq.sh demo`` end to end on a short slice of the held-out Nordland section shipped with the
-package: bag written, shipped model and config/vpr.yaml, loop closures counted and scored, plots
-written; also from a copy of the repository with no ``../shared`` beside it, as a user's clone is."""
+"""``./boq.sh demo`` end to end on a short slice of the shipped held-out Nordland section.
+
+Bag written, shipped model and config/vpr.yaml, loop closures counted and scored, plots written;
+also from a copy of the repository with no ``../shared`` beside it, as a user's clone is.
+"""
 from __future__ import annotations
 
 import json
@@ -51,8 +53,12 @@ def test_demo_runs_end_to_end_on_a_slice(heldout_dir, tmp_path, capsys):
 
 
 def test_demo_starts_at_the_held_out_frames_of_the_whole_set(heldout_dir, tmp_path):
-    """In the shipped copy the held-out section starts at image 0; in a folder holding the whole trimmed
-    set at image 2400, so ``--data`` with the whole set runs the same frames; other folders start at 0."""
+    """The demo starts at the held-out section in every folder that holds it.
+
+    In the shipped copy the held-out section starts at image 0; in a folder holding the whole
+    trimmed set at image 2400, so ``--data`` with the whole set runs the same frames; other folders
+    start at 0.
+    """
     assert demo.first_held_out(heldout_dir / 'summer') == 0
     whole = tmp_path / 'whole'
     whole.mkdir()
@@ -67,7 +73,7 @@ def test_demo_starts_at_the_held_out_frames_of_the_whole_set(heldout_dir, tmp_pa
 
 
 def _repository_files() -> list[str]:
-    """What a clone holds: the tracked files, and those about to be (untracked, not ignored)."""
+    """List what a clone holds: the tracked files, and those about to be (untracked, not ignored)."""
     try:
         out = subprocess.run(['git', 'ls-files', '-z', '--cached', '--others', '--exclude-standard'], cwd=ROOT,
                              capture_output=True, timeout=60, check=True)
@@ -93,7 +99,8 @@ def test_demo_runs_from_a_fresh_clone_without_shared(tmp_path):
     assert f'{data / "summer"} then {data / "winter"}, from image 0 of each, 80 frames each' in text, text
     # the clone's own copy was read
     files = (clone / 'out' / 'demo' / 'bag' / 'ground_truth.csv').read_text().splitlines()[1:]
-    assert len(files) == 160 and all(f.split(',')[-1].startswith(str((clone / data).resolve())) for f in files), files[:2]
+    assert len(files) == 160, files[:2]
+    assert all(f.split(',')[-1].startswith(str((clone / data).resolve())) for f in files), files[:2]
     out = clone / 'out' / 'demo' / 'eval'
     m = json.loads((out / 'metrics.json').read_text())
     assert Path(m['setup']['params_file']).resolve() == (clone / 'config' / 'vpr.yaml').resolve()

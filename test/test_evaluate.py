@@ -1,7 +1,10 @@
-"""``boq-vpr evaluate`` on bags made from the real Nordland frames (summer then winter over the same
-track, ground truth by frame index), in both modes, checked against expectations computed here
-independently of the library (brute-force loops over the saved descriptors) and against cases
-whose answer is known (the map queried with itself: perfect retrieval)."""
+"""``boq-vpr evaluate`` on bags made from the real Nordland frames.
+
+Summer then winter over the same track, ground truth by frame index), in both modes, checked against
+expectations computed here independently of the library (brute-force loops over the saved
+descriptors) and against cases whose answer is known (the map queried with itself: perfect
+retrieval).
+"""
 from __future__ import annotations
 
 import json
@@ -67,8 +70,11 @@ def _reference_ap(scores: np.ndarray, correct: np.ndarray, n_pos: int) -> float:
 
 
 def _reference(desc_q, frames_q, desc_m, frames_m, eligible, min_score=0.0, ks=(1, 5, 10, 20)):
-    """Brute force: best match, recall@k, AP and the operating point (max_candidates 1, no filters
-    but min_score), query by query with plain loops."""
+    """Compute the expected figures by brute force, query by query with plain loops.
+
+    Best match, recall@k, AP and the operating point (max_candidates 1, no filters but min_score),
+    query by query with plain loops.
+    """
     hits = {k: 0 for k in ks}
     n_pos = 0
     scores, correct, tp, fp, fn, tn = [], [], 0, 0, 0, 0

@@ -1,5 +1,7 @@
-"""Command line of the training module: ``python -m training {train,make-train-set}`` and
-``boq-vpr {train,make-train-set}`` (same arguments).
+"""Command line of the training module.
+
+``python -m training {train,make-train-set}`` and ``boq-vpr {train,make-train-set}`` (same
+arguments).
 
 Importing this module loads neither Lightning nor pandas; they load when a command runs.
 """
@@ -61,7 +63,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f'preset ({", ".join(sorted(PRESETS))}) or YAML file; default: built-in defaults')
     parser.add_argument('--set', dest='assignments', action='append', default=[], metavar='KEY=VALUE',
                         help='override any key, e.g. --set optim.warmup_steps=300 (repeatable; YAML values)')
-    parser.add_argument('--dry-run', action='store_true', help='print the resolved configuration and summary, then stop')
+    parser.add_argument('--dry-run', action='store_true',
+                        help='print the resolved configuration and summary, then stop')
     g = parser.add_argument_group('frequent overrides (each equals a --set)')
     g.add_argument('--model', default=None,
                    help=f'model configuration (model); one of {", ".join(model_names())}')
@@ -94,7 +97,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The TrainConfig of parsed ``train`` arguments."""
+    """Build the TrainConfig of parsed ``train`` arguments."""
     from .config import set_dotted
     from .valsets import parse_valset_spec
     overrides: dict = {}
@@ -146,18 +149,21 @@ def add_make_train_set_arguments(parser: argparse.ArgumentParser) -> None:
                         help='a bag (rosbag2 directory/.db3/.mcap or ROS 1 .bag) with images and poses; repeatable')
     parser.add_argument('--image-topic', default=None, help='image topic of the bags (default: the only one)')
     parser.add_argument('--pose-topic', default=None,
-                        help='pose topic of the bags: Odometry, PoseStamped, PoseWithCovarianceStamped (default: the only one)')
+                        help='pose topic of the bags: Odometry, PoseStamped, PoseWithCovarianceStamped '
+                             '(default: the only one)')
     parser.add_argument('--every', type=int, default=1, help='bags: keep one image message in N (default 1)')
     parser.add_argument('--out', type=Path, required=True, help='output folder (GSV-Cities layout)')
     parser.add_argument('--city', default='Recording', help='city name of this set (letters and digits)')
     parser.add_argument('--radius', type=float, default=5.0, help='place radius in metres (default 5)')
-    parser.add_argument('--min-spacing', type=float, default=None, help='metres between place centres (default 2 x radius)')
+    parser.add_argument('--min-spacing', type=float, default=None,
+                        help='metres between place centres (default 2 x radius)')
     parser.add_argument('--images-per-place', '-K', type=int, default=4, help='minimum images per place (default 4)')
     parser.add_argument('--max-images-per-place', type=int, default=8, help='images kept per place (default 8)')
     parser.add_argument('--min-traversals', type=int, default=None,
                         help='distinct traversals per place (default 2 with several traversals, else 1)')
     parser.add_argument('--max-yaw-diff', type=float, default=45.0,
-                        help='degrees between a frame\'s heading and the place\'s, when headings are given (default 45)')
+                        help='degrees between a frame\'s heading and the place\'s, when headings are given '
+                             '(default 45)')
     parser.add_argument('--origin', type=float, nargs=2, default=(0.0, 0.0), metavar=('LAT', 'LON'),
                         help='lat/lon of x=y=0 for metric poses (names need lat/lon; default 0 0)')
     parser.add_argument('--jpeg-quality', type=int, default=95, help='JPEG quality of the written images')

@@ -111,7 +111,9 @@ def yaw_degrees(q: Sequence[float]) -> float:
 
 def read_bag_frames(t: Traversal, index: int) -> tuple[list[Frame], str]:
     """Frames of a bag traversal: image stamps with interpolated positions (metres, 'xy').
-    Images without a pose within ``max_pose_gap_s`` are left out with a warning."""
+
+    Images without a pose within ``max_pose_gap_s`` are left out with a warning.
+    """
     from boq_vpr.inputs import bags
     from boq_vpr.inputs.poses import lookup_poses
     poses = sorted(bags.read_poses(t.bag, t.pose_topic), key=lambda p: p.stamp_ns)
@@ -191,8 +193,11 @@ def _angle_diff(a: np.ndarray, b: float) -> np.ndarray:
 def cluster_places(xy: np.ndarray, traversal: np.ndarray, yaw: np.ndarray | None, radius: float,
                    min_spacing: float, images_per_place: int, min_traversals: int,
                    max_images_per_place: int, max_yaw_diff: float | None = None) -> tuple[list[np.ndarray], int]:
-    """Places as arrays of frame indices (see the module docstring) and the number of candidate
-    clusters that had too few frames or traversals."""
+    """Cluster frames into places.
+
+    Returns the places as arrays of frame indices (see the module docstring) and the number of
+    candidate clusters that had too few frames or traversals.
+    """
     from scipy.spatial import cKDTree
     assert xy.ndim == 2 and xy.shape[1] == 2 and len(traversal) == len(xy)
     tree = cKDTree(xy)
@@ -326,7 +331,8 @@ def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str 
         xy = a
         lat, lon = _to_latlon(a[:, 0], a[:, 1], origin[0], origin[1])
     trav = np.array([fr.traversal for fr in frames])
-    yaw = np.array([np.nan if fr.yaw is None else fr.yaw for fr in frames]) if any(fr.yaw is not None for fr in frames) else None
+    yaw = (np.array([np.nan if fr.yaw is None else fr.yaw for fr in frames])
+           if any(fr.yaw is not None for fr in frames) else None)
 
     places, too_small = cluster_places(xy, trav, yaw, radius, min_spacing, images_per_place, min_traversals,
                                        max_images_per_place, max_yaw_diff)
@@ -349,7 +355,8 @@ def build_train_set(traversals: Sequence[Traversal], out: str | Path, city: str 
             name = image_name(city, pid, year, month, north, la, lo, panoid)
             targets[j] = img_dir / name
             rows.append([pid, year, month, north, city, la, lo, panoid, f'{xy[j, 0]:.3f}', f'{xy[j, 1]:.3f}'])
-            summary.per_traversal_images[names[fr.traversal]] = summary.per_traversal_images.get(names[fr.traversal], 0) + 1
+            per_traversal = summary.per_traversal_images
+            per_traversal[names[fr.traversal]] = per_traversal.get(names[fr.traversal], 0) + 1
     _write_images(traversals, frames, targets, jpeg_quality)
     with open(csv_out, 'w', newline='') as f:
         w = csv.writer(f)

@@ -53,7 +53,8 @@ def prepare(nordland: Path, out: Path, overwrite: bool = False) -> dict:
         folder = val / sub
         folder.mkdir(parents=True, exist_ok=True)
         for i in VAL_FRAMES:
-            shutil.copy(nordland / season / frame_name(i), folder / f'@{FRAME_SPACING_M * i:09.2f}@0.00@{season}{i}@.png')
+            shutil.copy(nordland / season / frame_name(i),
+                        folder / f'@{FRAME_SPACING_M * i:09.2f}@0.00@{season}{i}@.png')
     summary = {'train_frames': [TRAIN_FRAMES[0], TRAIN_FRAMES[-1]], 'val_frames': [VAL_FRAMES[0], VAL_FRAMES[-1]],
                'test_frames': [TEST_FRAMES[0], TEST_FRAMES[-1]], 'places': built.places, 'images': built.images,
                'per_season_images': built.per_traversal_images, 'place_radius_m': PLACE_RADIUS_M,

@@ -1,12 +1,14 @@
-"""``boq-vpr bench encoder``: ms/image (p50, p90) and images/s of encoder backends, per model,
-backend, precision, image size and batch size, beside the eager PyTorch FP32 reference in the same
-run: every variant is built first, then timed round-robin (one call each per round) so that load
-from other processes spreads over all of them; ratios are to the reference at the same batch and
-size, and each variant's descriptors are compared with the reference's (cosine).
+r"""``boq-vpr bench encoder``: the speed of encoder backends beside eager PyTorch FP32.
+
+Milliseconds per image (p50, p90) and images/s of encoder backends, per model, backend, precision,
+image size and batch size, beside the eager PyTorch FP32 reference in the same run: every variant is
+built first, then timed round-robin (one call each per round) so that load from other processes spreads over all
+of them; ratios are to the reference at the same batch and size, and each variant's descriptors are
+compared with the reference's (cosine).
 
 Example::
 
-    boq-vpr bench encoder --models resnet50_16384 --backends onnxruntime:fp32 openvino:bf16 torch:bf16 \\
+    boq-vpr bench encoder --models resnet50_16384 --backends onnxruntime:fp32 openvino:bf16 torch:bf16 \
         --batch-sizes 1 8 --images data/summer --out bench/encoder.json
 """
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""``boq-vpr bench loops``: what the loop-closure filters and thresholds do, on drives whose truth
-is known, measured in one run with the same detector library as the node.
+"""``boq-vpr bench loops``: what the loop-closure filters and thresholds do.
+
+Measured on drives whose truth is known, measured in one run with the same detector library as the
+node.
 
 Drives (slam mode, one frame per second, a 60 s gap between traversals):
 
@@ -123,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sections(args: argparse.Namespace) -> set[str]:
-    """The sections to run: --only, else the tables plus --cost and --calibration when given."""
+    """Return the sections to run: --only, else the tables plus --cost and --calibration when given."""
     if args.only:
         return set(args.only)
     return {'tables'} | ({'cost'} if args.cost else set()) | ({'calibration'} if args.calibration else set())

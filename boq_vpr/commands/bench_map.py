@@ -1,10 +1,12 @@
-"""``boq-vpr bench map``: the map database per index type and size: build time, index memory,
-single-query latency (p50/p99) through ``MapDatabase.search``, and recall@1 against exact search
-over the full-dimensional descriptors. ``--slam``: the cost of one add at 100, 1k and 10k keyframes
-in slam mode (flat, pca, ivfpq; training in the background and, for comparison, inside the add),
-the longest stall across the training point, and how long a frame loop stops while a 100k x 1024
-map is saved, with the lock held for the whole save (as before) and with the snapshot save. Also times the exact single-query paths (numpy matrix-vector
-product vs ``IndexFlatIP.search``) to show which is faster and why.
+"""``boq-vpr bench map``: the map database per index type and size.
+
+Build time, index memory, single-query latency (p50/p99) through ``MapDatabase.search``, and
+recall@1 against exact search over the full-dimensional descriptors. ``--slam``: the cost of one add
+at 100, 1k and 10k keyframes in slam mode (flat, pca, ivfpq; training in the background and, for
+comparison, inside the add), the longest stall across the training point, and how long a frame loop
+stops while a 100k x 1024 map is saved, with the lock held for the whole save (as before) and with
+the snapshot save. Also times the exact single-query paths (numpy matrix-vector product vs
+``IndexFlatIP.search``) to show which is faster and why.
 
 Descriptors are synthetic unless ``--descriptors`` gives real ones (a ``.npy`` from ``boq-vpr
 encode``): unit vectors with a low intrinsic dimension (``--latent``, decaying spectrum) plus
@@ -48,10 +50,12 @@ def run_slam(args: argparse.Namespace) -> int:
                         before=before[0] if before else 'search')
         report['slam_adds'].append(row)
         print(f'slam adds {variant:<6} {"background" if background else "in the add":<10} '
-              f'{ {"search": "search+add", "nothing": "add only", "sweep": "sweep+add"}[row["before_add"]]:<10} d={d} ' +
+              f'{ {"search": "search+add", "nothing": "add only", "sweep": "sweep+add"}[row["before_add"]]:<10} '
+              f'd={d} ' +
               '  '.join(f'{w}: {row[f"add_ms_mean_{w}"]:.3f} ms' for w in (100, 1000, 10_000)
                         if f'add_ms_mean_{w}' in row) +
-              f'  ratio {row["ratio_last_first_window"]:.2f} (medians {row["ratio_last_first_window_median"]:.2f})  longest add {row["longest_add_ms"]:.1f} ms' +
+              f'  ratio {row["ratio_last_first_window"]:.2f} (medians {row["ratio_last_first_window_median"]:.2f})'
+              f'  longest add {row["longest_add_ms"]:.1f} ms' +
               (f' (training keyframes {row["training_started_at_keyframe"]}-{row["training_ended_at_keyframe"]}, '
                f'{row["adds_during_training"]} adds during it)' if 'adds_during_training' in row else ''), flush=True)
         write_json(args.out, report)
@@ -164,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 row['exact_groundtruth_s'] = round(gt_s, 2)
                 report['results'].append(row)
                 if 'failed' not in row:
-                    print(f'n={n:>8} d={d:>5} {name:<16} build {row["build_s"]:>8.1f} s  index {row["index_mib"]:>8.1f} '
+                    print(f'n={n:>8} d={d:>5} {name:<16} build {row["build_s"]:>8.1f} s  '
+                          f'index {row["index_mib"]:>8.1f} '
                           f'MiB  p50 {row["p50_ms"]:>8.2f} ms  p99 {row["p99_ms"]:>8.2f} ms  '
                           f'recall@1 {row["recall@1_vs_exact"]:.4f}' +
                           (f'  save {row["save_s"]:.2f} s  load {row["load_s"]:.2f} s' if 'save_s' in row else ''),

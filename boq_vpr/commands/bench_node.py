@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..models.config import MODEL_CONFIGS
-    parser.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0], help='input rates in Hz (default: 10 30)')
+    parser.add_argument('--rates', type=float, nargs='+', default=[10.0, 30.0],
+                        help='input rates in Hz (default: 10 30)')
     parser.add_argument('--duration', type=float, default=60.0, help='seconds of input per rate (default: 60)')
     parser.add_argument('--model', default='resnet18_1024', choices=sorted(MODEL_CONFIGS),
                         help='model configuration (default: resnet18_1024)')
@@ -135,7 +136,8 @@ def _run_rate(args: argparse.Namespace, rate: float, map_path: Path, queries: li
     rss_mib = [m for _, m in rss]
     result = {
         'rate_hz': rate, 'seconds': round(elapsed, 2), 'frames_published': sent,
-        'frames_received': int(diag.get('frames_received', 0)), 'frames_processed': int(diag.get('frames_processed', 0)),
+        'frames_received': int(diag.get('frames_received', 0)),
+        'frames_processed': int(diag.get('frames_processed', 0)),
         'frames_dropped': int(diag.get('frames_dropped', 0)), 'frames_rejected': int(diag.get('frames_rejected', 0)),
         'candidates_received': len(e2e), 'processed_hz': int(diag.get('frames_processed', 0)) / max(elapsed, 1e-9),
         'end_to_end': latency_summary(e2e, suffix='_ms'),

@@ -1,6 +1,8 @@
-"""``boq-vpr bench recall``: recall@1/5/10 of frame-aligned traversals (winter queries against the
-summer map, a query's true matches within ``--tolerance`` frames), for several models and the
-pixel baseline (``boq_vpr.evaluation.pixel_baseline``) measured in the same run on the same frames.
+"""``boq-vpr bench recall``: recall@1/5/10 of frame-aligned traversals.
+
+Winter queries against the summer map, a query's true matches within ``--tolerance`` frames), for
+several models and the pixel baseline (``boq_vpr.evaluation.pixel_baseline``) measured in the same
+run on the same frames.
 
 Default: the Nordland frames held out from the training of ``resnet18_nordland`` (2400-3575), the
 shipped model, the untrained model of the same configuration, and the baseline::
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     tol = args.tolerance
     rows = []
     for name, weights in specs:
-        enc = Encoder(name, weights=weights, backend=args.backend, device='cpu', precision=args.precision, batch_size=32)
+        enc = Encoder(name, weights=weights, backend=args.backend, device='cpu', precision=args.precision,
+                      batch_size=32)
         t0 = time.perf_counter()
         m, q = enc.encode(map_images), enc.encode(query_images)
         seconds = time.perf_counter() - t0
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
           f'(every {args.every}: {len(frames)}), true match within {tol} frames')
     print(f'{"variant":<58} {"dim":>6} {"R@1":>6} {"R@5":>6} {"R@10":>6}')
     for row in rows:
-        print(f'{row["variant"]:<58} {row["descriptor_dim"]:>6} {row["R@1"]:>6.3f} {row["R@5"]:>6.3f} {row["R@10"]:>6.3f}')
+        print(f'{row["variant"]:<58} {row["descriptor_dim"]:>6} {row["R@1"]:>6.3f} {row["R@5"]:>6.3f} '
+              f'{row["R@10"]:>6.3f}')
     write_json(args.out, result)
     print(f'saved {args.out}')
     return 0

@@ -1,5 +1,7 @@
-"""``boq-vpr build-map``: an image folder (optionally with a poses CSV) or a bag (optionally with a
-pose topic) -> a map database directory.
+"""``boq-vpr build-map``: build a map database directory.
+
+From an image folder (optionally with a poses CSV) or a bag (optionally with a pose topic) -> a map
+database directory.
 
 Poses CSV (``boq_vpr.inputs.poses``): a header row with a ``file`` column (image path relative to
 the folder) and any of ``stamp`` (seconds) or ``stamp_ns``, ``x y z`` (position), ``qx qy qz qw``
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '.db3/.mcap file, ROS 1 .bag)')
     parser.add_argument('--out', type=Path, required=True, help='map directory to write')
     parser.add_argument('--poses', type=Path, default=None,
-                        help='CSV with a header: file, and optionally stamp|stamp_ns, x, y, z, qx, qy, qz, qw, frame_id')
+                        help='CSV with a header: file, and optionally stamp|stamp_ns, x, y, z, qx, qy, qz, qw, '
+                             'frame_id')
     parser.add_argument('--topic', default=None, help='bag: image topic (default: the only image topic)')
     parser.add_argument('--pose-topic', default=None,
                         help='bag: pose topic (Odometry, PoseStamped, PoseWithCovarianceStamped) for keyframe poses')

@@ -82,7 +82,8 @@ def parse_model_spec(spec: str) -> tuple[str, str | None]:
     from ..models.config import MODEL_CONFIGS
     name, _, weights = spec.partition(':')
     if name not in MODEL_CONFIGS:
-        raise ConfigError(f'unknown model configuration {name!r} in {spec!r}; valid: {", ".join(sorted(MODEL_CONFIGS))}')
+        raise ConfigError(f'unknown model configuration {name!r} in {spec!r}; '
+                          f'valid: {", ".join(sorted(MODEL_CONFIGS))}')
     return name, (weights or None)
 
 
@@ -158,6 +159,44 @@ def iter_loaded(files: list[Path], skipped: list[dict]) -> Iterator[tuple[Path, 
         except ImageError as err:
             log.warning('skipping %s', err)
             skipped.append({'file': str(path), 'reason': str(err)})
+
+
+# the training module (``python -m training``), whose commands ``boq-vpr train`` and ``make-train-set`` run
+_MISSING = ('the training module is not available ({err}); (re)install the package with its training extra: '
+            "pip install -e '.[training]' from the repository root")
+_TRAINING_LIBS = ('lightning', 'pytorch_metric_learning', 'pandas', 'scipy')
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, function: str) -> None:
+    """Add the arguments of a training command; without the package, explain at run time."""
+    try:
+        cli = importlib.import_module('training.cli')
+    except ImportError as err:
+        parser.add_argument('rest', nargs='*', help=argparse.SUPPRESS)
+        parser.set_defaults(_training_missing=str(err))
+        defaults = parser.parse_known_args
+
+        def accept_anything(args=None, namespace=None):   # options included: the error comes at run time
+            ns, _ = defaults([], namespace)
+            ns.rest = list(args or [])
+            return ns, []
+        parser.parse_known_args = accept_anything
+        return
+    getattr(cli, function)(parser)
+
+
+def run_training_command(args: argparse.Namespace, function: str) -> int:
+    """Run a training command; ConfigError saying how to install it when the training module is missing."""
+    missing = getattr(args, '_training_missing', None)
+    if missing is not None:
+        raise ConfigError(_MISSING.format(err=missing))
+    try:
+        cli = importlib.import_module('training.cli')
+        return getattr(cli, function)(args)
+    except ModuleNotFoundError as err:
+        if err.name in _TRAINING_LIBS:
+            raise ConfigError(_MISSING.format(err=err)) from err
+        raise
 
 
 def write_json(path: Path, data: dict) -> None:

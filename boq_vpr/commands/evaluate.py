@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lv = parser.add_argument_group('live run')
     lv.add_argument('--live', type=Path, default=None,
                     help='bag recorded from the running node (boq-vpr replay --record): score and compare it')
-    lv.add_argument('--live-topic', default=None, help='candidates topic in --live (default: the one named */candidates)')
+    lv.add_argument('--live-topic', default=None,
+                    help='candidates topic in --live (default: the one named */candidates)')
     add_encoder_args(parser)
 
 

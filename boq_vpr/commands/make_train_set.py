@@ -1,10 +1,12 @@
-"""``boq-vpr make-train-set``: a GSV-Cities-layout training set from image folders with poses;
-the arguments of ``python -m training make-train-set``."""
+"""``boq-vpr make-train-set``: a GSV-Cities-layout training set from image folders with poses.
+
+The arguments of ``python -m training make-train-set``.
+"""
 from __future__ import annotations
 
 import argparse
 
-from .train import add_training_arguments, run_training_command
+from .common import add_training_arguments, run_training_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

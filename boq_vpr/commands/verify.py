@@ -1,15 +1,16 @@
-"""``boq-vpr verify``: do other backends compute what eager PyTorch computes, on real images?
+r"""``boq-vpr verify``: whether other backends compute what eager PyTorch computes, on real images.
 
 Encodes the same database and query images with the reference (eager PyTorch FP32) and each
 backend given as ``name[:precision]``; reports per backend the cosine similarity of descriptors
 (min and mean over all images) and the share of queries whose top-1 database match is the
-reference's (a different match that ties with it in the reference's scores counts as the same). Exits 1 when a backend's minimum cosine falls below 0.9999 (FP32) or 0.999 (reduced
-precision), or its top-1 agreement below ``--min-top1``; a backend that cannot run is reported and
-counts as a failure.
+reference's (a different match that ties with it in the reference's scores counts as the same).
+Exits 1 when a backend's minimum cosine falls below 0.9999 (FP32) or 0.999 (reduced precision), or
+its top-1 agreement below ``--min-top1``; a backend that cannot run is reported and counts as a
+failure.
 
 Example (Nordland: summer as the database, winter as queries)::
 
-    boq-vpr verify --model resnet18_1024 --database data/summer --queries data/winter \\
+    boq-vpr verify --model resnet18_1024 --database data/summer --queries data/winter \
         --backends onnxruntime:fp32 openvino:bf16 torch:bf16
 """
 from __future__ import annotations
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     print(f'reference top-1/top-2 score margin, median over queries: {margin:.2e} (top-1 agreement means little '
           'when perturbations of this size flip it, as with random weights)')
     if args.out is not None:
-        write_json(args.out, {'verify': rows, 'reference_top1_margin_median': margin, 'model': args.model, 'database': str(args.database),
+        write_json(args.out, {'verify': rows, 'reference_top1_margin_median': margin, 'model': args.model,
+                              'database': str(args.database),
                               'queries': str(args.queries), 'images': [len(db_images), len(q_images)]})
         print(f'saved {args.out}')
     return 1 if failed else 0

@@ -1,5 +1,7 @@
-"""Offline evaluation: bag images -> encoder -> map database -> loop-closure detector, frame by
-frame, scored against ground truth.
+"""Offline evaluation of loop closures on bags, scored against ground truth.
+
+Bag images -> encoder -> map database -> loop-closure detector, frame by frame, scored against
+ground truth.
 
 The same library objects as the node: ``Encoder`` (descriptors), ``MapDatabase`` (FAISS) and the
 node's detect step (``FramePipeline.detect`` over ``LoopClosureDetector``) with a ``DetectorConfig``

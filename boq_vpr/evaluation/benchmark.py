@@ -48,7 +48,7 @@ def peak_rss_mib() -> float:
 
 
 def machine_info() -> dict:
-    """What the figures were measured on."""
+    """Describe the machine the figures were measured on."""
     import torch
     cpu = platform.processor() or platform.machine()
     try:

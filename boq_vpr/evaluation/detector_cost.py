@@ -1,5 +1,6 @@
-"""What the loop-closure detector costs (``boq-vpr bench loops --cost``): the time it adds per query
-keyframe beside the search it does, and the memory it holds.
+"""What the loop-closure detector costs (``boq-vpr bench loops --cost``).
+
+The time it adds per query keyframe beside the search it does, and the memory it holds.
 
 On maps of synthetic keyframes (``drives.synthetic_drive``, a flat index, localization mode), each
 query keyframe (``revisit_queries``: a stretch of the map seen again) goes through the search alone
@@ -36,14 +37,14 @@ COST_CHUNK = 10000          # keyframes added to the map at a time
 
 
 def rss_mb() -> float:
-    """The process's resident memory now, in MiB; the peak where /proc is absent."""
+    """Return the process's resident memory now, in MiB; the peak where /proc is absent."""
     now = current_rss_mib()
     return now if math.isfinite(now) else peak_rss_mib()
 
 
 def build_flat_map(descriptors: np.ndarray, stamps_ns: np.ndarray, session: str = 'map',
                    chunk: int = COST_CHUNK):
-    """An in-memory flat MapDatabase of these keyframes (ids 0..N-1 in order), added in chunks."""
+    """Build an in-memory flat MapDatabase of these keyframes (ids 0..N-1 in order), added in chunks."""
     from ..map import Keyframe, MapDatabase
     db = MapDatabase(descriptors.shape[1], 'bench', 'flat')
     for lo in range(0, len(descriptors), chunk):
@@ -54,9 +55,11 @@ def build_flat_map(descriptors: np.ndarray, stamps_ns: np.ndarray, session: str 
 
 def revisit_queries(descriptors: np.ndarray, stamps_ns: np.ndarray, count: int, rate_hz: float = COST_RATE_HZ,
                     noise: float = COST_NOISE, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(descriptors, stamps_ns, true map ids) of ``count`` query keyframes revisiting the middle of
-    the route: the map descriptors with Gaussian noise of norm ``noise``, renormalized, at
-    ``rate_hz`` after the map's last stamp."""
+    """Make ``count`` query keyframes that revisit the middle of the route.
+
+    Returns (descriptors, stamps_ns, true map ids): the map descriptors with Gaussian noise of norm
+    ``noise``, renormalized, at ``rate_hz`` after the map's last stamp.
+    """
     n = len(descriptors)
     if count > n:
         raise ConfigError(f'{count} revisit queries need a map of at least as many keyframes, got {n}')
@@ -79,7 +82,7 @@ def cost_configs():
 
 
 def _sequence_state(det) -> dict:
-    """What the sequence stage holds: its recent queries and the cached map metadata blocks."""
+    """Measure what the sequence stage holds: its recent queries and the cached map metadata blocks."""
     seq = getattr(det, 'sequence', None)
     if seq is None:
         return {}
@@ -93,10 +96,13 @@ def _sequence_state(det) -> dict:
 def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: int = COST_WARMUP,
                  rate_hz: float = COST_RATE_HZ, noise: float = COST_NOISE, smoothness: float = COST_SMOOTHNESS,
                  seed: int = 0) -> dict:
-    """The search alone, the detector on single keyframes and with sequences (the defaults), in
+    """Time the search and the detector, with and without sequences, on one map of ``n`` keyframes.
+
+    Time the search alone, the detector on single keyframes and with sequences (the defaults), in
     localization mode on one flat map of ``n`` synthetic keyframes, over ``warmup`` + ``queries``
-    query keyframes that revisit the middle of the map. The three are called in turn on each
-    query (the same conditions for all three); only the last ``queries`` are timed."""
+    query keyframes that revisit the middle of the map. The three are called in turn on each query
+    (the same conditions for all three); only the last ``queries`` are timed.
+    """
     from ..detection import LoopClosureDetector
     from ..detection.calibration import COMPLETE_MAX
     t0 = time.perf_counter()

@@ -1,5 +1,7 @@
-"""Drives whose truth is known, for measuring the loop-closure detector (``boq-vpr bench loops``
-and the detector's tests), and the detector run over one of them (``run_setting``).
+"""Drives whose truth is known, for measuring the loop-closure detector.
+
+For ``boq-vpr bench loops`` and the detector's tests), and the detector run over one of them
+(``run_setting``).
 
 - ``nordland_drive``: ``summer`` (the Nordland summer traversal alone, 3576 frames at 1 s per
   frame: no place is revisited, so every loop closure is false) or ``two_season`` (the held-out
@@ -27,8 +29,10 @@ GAP_S = 60.0        # seconds between traversals
 
 
 def drive_frames(descriptors: np.ndarray, stamps_s: np.ndarray, places: np.ndarray, name: str, fingerprint: str):
-    """Make the ``Frames`` of a drive: descriptors at ``stamps_s`` (seconds), each with its place
-    (or frame) number as ground truth."""
+    """Make the ``Frames`` of a drive.
+
+    Descriptors at ``stamps_s`` (seconds), each with its place (or frame) number as ground truth.
+    """
     from ..inputs.ground_truth import GroundTruth
     from .frames import Frames
     n = len(descriptors)
@@ -58,8 +62,11 @@ def nordland_drive(drive: str, encoder, data: Path, every: int = 1):
 
 def synthetic_drive(dim: int = 2048, n: int = 3000, rate_hz: float = 10.0, shared: float = 0.8,
                     smoothness: float = 0.98, seed: int = 0):
-    """A route without revisits: ``shared`` x a common unit vector + a slowly varying AR(1) random
-    walk (neighbouring frames alike, distant ones unrelated), L2-normalized."""
+    """Make a route without revisits.
+
+    Descriptors: ``shared`` x a common unit vector + a slowly varying AR(1) random walk
+    (neighbouring frames alike, distant ones unrelated), L2-normalized.
+    """
     rng = np.random.default_rng(seed)
     common = rng.standard_normal(dim).astype(np.float32)
     common /= np.linalg.norm(common)
@@ -78,12 +85,15 @@ def synthetic_drive(dim: int = 2048, n: int = 3000, rate_hz: float = 10.0, share
 def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, seconds_per_place: float = 1.0,
                  laps: int = 2, noise: float = 0.4, shared: float = 0.5, seed: int = 0,
                  lap_speeds: tuple[float, ...] | None = None):
-    """A route of ``places`` distinct places, each in view for ``seconds_per_place``, seen by a
-    camera at ``rate_hz`` and driven ``laps`` times without a break. A frame is its place's random
-    unit vector plus independent noise of norm ``noise`` (so two views of one place have cosine
-    about 1 / (1 + noise^2)), mixed with a ``shared`` common component as trained descriptors have.
-    ``lap_speeds``: the speed of each lap relative to the first (1.25: each place in view 20% less
-    long). Ground truth: the place number (a correct match is the same place)."""
+    """Make a route of ``places`` distinct places driven ``laps`` times.
+
+    Each of the ``places`` places is in view for ``seconds_per_place``, seen by a camera at
+    ``rate_hz`` and driven ``laps`` times without a break. A frame is its place's random unit vector
+    plus independent noise of norm ``noise`` (so two views of one place have cosine about 1 / (1 +
+    noise^2)), mixed with a ``shared`` common component as trained descriptors have. ``lap_speeds``:
+    the speed of each lap relative to the first (1.25: each place in view 20% less long). Ground
+    truth: the place number (a correct match is the same place).
+    """
     rng = np.random.default_rng(seed)
     place_vec = rng.standard_normal((places, dim))
     place_vec /= np.linalg.norm(place_vec, axis=1, keepdims=True)
@@ -121,7 +131,7 @@ DRIVE_SETTINGS = {'false_alarm_rate': (0.01, 0.001), 'temporal_consistency': (1,
 
 
 def table_drive(name: str, encoder, data: Path):
-    """The frames of one drive of ``DRIVE_TABLE``."""
+    """Make the frames of one drive of ``DRIVE_TABLE``."""
     if name in ('two_season', 'summer'):
         return nordland_drive(name, encoder, data)
     if name == 'summer_10fps':
@@ -139,9 +149,11 @@ def table_drive(name: str, encoder, data: Path):
 
 
 def run_setting(frames, config, tolerance: int = 2) -> dict:
-    """The detector over ``frames`` in slam mode with ``config``: counts, false loops, precision,
-    recall and the outcome of every frame. ``tolerance``: a match is correct within this many
-    ground-truth frame (or place) numbers."""
+    """Run the detector over ``frames`` in slam mode with ``config``.
+
+    Returns counts, false loops, precision, recall and the outcome of every frame. ``tolerance``: a
+    match is correct within this many ground-truth frame (or place) numbers.
+    """
     from ..inputs.ground_truth import Criterion
     from .runs import run_slam
     from .scoring import score_run
@@ -158,9 +170,12 @@ def run_setting(frames, config, tolerance: int = 2) -> dict:
 
 
 def _places_closed(run, frames, tolerance: int = 0) -> dict:
-    """Places revisited (a query keyframe with a keyframe of its place outside the exclusion
-    window), how many of them got a correct loop closure (within ``tolerance`` ground-truth
-    numbers) at least once, and how many places got a wrong one."""
+    """Count the places revisited and those closed correctly or wrongly.
+
+    Returns the places revisited (a query keyframe with a keyframe of its place outside the
+    exclusion window), how many of them got a correct loop closure (within ``tolerance``
+    ground-truth numbers) at least once, and how many places got a wrong one.
+    """
     gt = frames.gt.frames
     first_id: dict[int, int] = {}
     for m in np.flatnonzero(run.map_ids >= 0).tolist():

@@ -1,5 +1,6 @@
-"""Whether the calibrated threshold holds (``boq-vpr bench loops --calibration``): the measured
-false-alarm rate per query against the requested one.
+"""Whether the calibrated threshold holds (``boq-vpr bench loops --calibration``).
+
+The measured false-alarm rate per query against the requested one.
 
 Localization mode, ``false_alarm_rate`` 0.01 and 0.001, ``temporal_consistency 1``, otherwise
 ``DetectorConfig()`` defaults, on maps of given sizes with queries that have no true match in the
@@ -32,8 +33,11 @@ CALIBRATION_SYNTHETIC_DIM = 256
 
 
 def calibration_config(rate: float):
-    """Localization mode, ``false_alarm_rate`` = ``rate``, every query decides alone
-    (``temporal_consistency 1``), otherwise ``DetectorConfig()``'s defaults."""
+    """Make the detector configuration of the calibration rows at ``rate``.
+
+    Localization mode, ``false_alarm_rate`` = ``rate``, every query decides alone
+    (``temporal_consistency 1``), otherwise ``DetectorConfig()``'s defaults.
+    """
     from ..detection import DetectorConfig
     return DetectorConfig(mode='localization', temporal_consistency=1, false_alarm_rate=float(rate))
 
@@ -50,8 +54,11 @@ def binomial_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float
 
 
 def false_alarm_row(db, queries: np.ndarray, stamps_ns: np.ndarray, rate: float) -> dict:
-    """Every query through a fresh detector at ``rate``; none has a true match in ``db``, so
-    every accepted query is a false alarm."""
+    """Count the false alarms of a fresh detector at ``rate`` over ``queries``.
+
+    Every query goes through a fresh detector at ``rate``; none has a true match in ``db``, so every
+    accepted query is a false alarm.
+    """
     from ..detection import LoopClosureDetector
     det = LoopClosureDetector(db, calibration_config(rate))
     hits = np.zeros(len(queries), bool)
@@ -93,8 +100,11 @@ def _map_and_rows(source: str, map_desc, map_stamps, q_desc, q_stamps, rates, pr
 
 def calibration_synthetic(sizes, rates=CALIBRATION_RATES, queries: int = CALIBRATION_SYNTHETIC_QUERIES,
                           dim: int = CALIBRATION_SYNTHETIC_DIM, printer=print) -> list[dict]:
-    """Rows of the synthetic source: the map a route of ``synthetic_drive(seed=0)`` at 2 Hz, the
-    queries another route (``seed=1``) after it."""
+    """Measure the rows of the synthetic source.
+
+    The map is a route of ``synthetic_drive(seed=0)`` at 2 Hz, the queries another route
+    (``seed=1``) after it.
+    """
     route = synthetic_drive(dim, n=queries, rate_hz=2.0, seed=1)
     rows = []
     for n in sizes:
@@ -108,9 +118,12 @@ def calibration_synthetic(sizes, rates=CALIBRATION_RATES, queries: int = CALIBRA
 
 def nordland_calibration_plan(sizes, max_queries: int = CALIBRATION_NORDLAND_QUERIES,
                               frames: int = NORDLAND_FRAMES) -> list[tuple[int, range | None, str]]:
-    """(size, query frames or None, note) per map size: the map is summer frames [0:N], the
-    queries summer frames from ``CALIBRATION_NORDLAND_MARGIN`` frames past its end (the summer
-    traversal revisits nothing; winter would revisit the map, so it is never used)."""
+    """Plan the nordland rows: (size, query frames or None, note) per map size.
+
+    The map is summer frames [0:N], the queries summer frames from ``CALIBRATION_NORDLAND_MARGIN``
+    frames past its end (the summer traversal revisits nothing; winter would revisit the map, so it
+    is never used).
+    """
     plan = []
     for n in sizes:
         n = int(n)
@@ -127,8 +140,11 @@ def nordland_calibration_plan(sizes, max_queries: int = CALIBRATION_NORDLAND_QUE
 
 
 def calibration_nordland(encoder, data: Path, sizes, rates=CALIBRATION_RATES, printer=print) -> tuple[list, list]:
-    """Rows of the nordland source (``encoder``'s descriptors of the summer traversal, 1 s per
-    frame; the queries 60 s after the map), and the notes of the sizes without a row."""
+    """Measure the rows of the nordland source.
+
+    Returns the rows (``encoder``'s descriptors of the summer traversal, 1 s per frame; the queries
+    60 s after the map), and the notes of the sizes without a row.
+    """
     plan = nordland_calibration_plan(sizes)
     notes = [{'keyframes': n, 'note': note} for n, r, note in plan if r is None]
     for note in notes:
@@ -152,7 +168,7 @@ def calibration_nordland(encoder, data: Path, sizes, rates=CALIBRATION_RATES, pr
 def calibration_table(sizes, rates=CALIBRATION_RATES, sources=CALIBRATION_SOURCES, encoder=None,
                       data: Path | None = None, synthetic_queries: int = CALIBRATION_SYNTHETIC_QUERIES,
                       printer=print) -> dict:
-    """The calibration rows of each source (nordland needs ``encoder`` and ``data``)."""
+    """Measure the calibration rows of each source (nordland needs ``encoder`` and ``data``)."""
     if min(sizes) < 2 or not all(0 < r <= 0.5 for r in rates):
         raise ConfigError('--calibration-sizes must be >= 2 and --calibration-rates in (0, 0.5]')
     out = {'settings': {'detector': {f'{r:g}': calibration_config(r).to_dict() for r in rates},

@@ -1,5 +1,8 @@
-"""Evaluation input: bag images -> descriptors (``Frames``, saved and reloaded so that sweeps do not
-re-encode) and their ground truth."""
+"""Evaluation input: bag images -> descriptors and their ground truth.
+
+Descriptors are ``Frames``, saved and reloaded so that sweeps do not re-encode) and their ground
+truth.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -52,9 +55,12 @@ class ImageStore:
 
 @dataclass
 class Frames:
-    """One image topic of one bag, in stamp order: descriptors ``[N, D]``, stamps, message index
-    on the topic, camera frame ids, ground truth, optional odometry positions ``[N, 3]``, what
-    reading met (``report``) and the time per stage (``timings``, milliseconds)."""
+    """One image topic of one bag, in stamp order, as descriptors.
+
+    Descriptors ``[N, D]``, stamps, message index on the topic, camera frame ids, ground truth,
+    optional odometry positions ``[N, 3]``, what reading met (``report``) and the time per stage
+    (``timings``, milliseconds).
+    """
 
     descriptors: np.ndarray
     stamps_ns: np.ndarray
@@ -115,8 +121,11 @@ class Frames:
 def read_frames(bag: str | Path, encoder: Any, topic: str | None = None, *, stamp: str = 'header',
                 every: int = 1, max_frames: int | None = None, keep_images: bool = False,
                 progress: bool = True) -> Frames:
-    """Read and encode the images of one topic; frames come back sorted by stamp (stamps that go
-    backwards in the bag are counted in ``report['out_of_order_stamps']`` and reordered)."""
+    """Read and encode the images of one topic.
+
+    Frames come back sorted by stamp (stamps that go backwards in the bag are counted in
+    ``report['out_of_order_stamps']`` and reordered).
+    """
     bag = Path(bag)
     report = bags.ReadReport()
     stamps, indices, frame_ids, blocks = [], [], [], []
@@ -207,9 +216,12 @@ GT_FORMS = "auto, none, frames, csv:PATH, topic:/pose_topic, or a CSV path"
 
 def ground_truth_for(bag: str | Path | None, stamps_ns: np.ndarray, spec: str | None = 'auto',
                      max_dt_s: float = 0.5) -> GroundTruth:
-    """Ground truth at ``stamps_ns``. ``spec``: 'auto' (the bag's ``make-bag`` CSV when present),
-    'none', 'frames' (frame order), 'csv:PATH' or a CSV path, 'topic:/name' (a pose topic of the
-    bag: Odometry, PoseStamped or PoseWithCovarianceStamped)."""
+    """Ground truth at ``stamps_ns``.
+
+    ``spec``: 'auto' (the bag's ``make-bag`` CSV when present), 'none', 'frames' (frame order),
+    'csv:PATH' or a CSV path, 'topic:/name' (a pose topic of the bag: Odometry, PoseStamped or
+    PoseWithCovarianceStamped).
+    """
     spec = spec or 'auto'
     n = len(stamps_ns)
     if spec == 'none':

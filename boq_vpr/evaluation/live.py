@@ -19,8 +19,11 @@ from .scoring import as_jsonable
 
 @dataclass
 class LiveRecording:
-    """The node's outputs recorded during a replay: candidate rows (stamps in ns, rounded from the
-    float seconds of the table) and the last pipeline diagnostics."""
+    """The node's outputs recorded during a replay.
+
+    Candidate rows (stamps in ns, rounded from the float seconds of the table) and the last pipeline
+    diagnostics.
+    """
 
     source: str
     topic: str
@@ -30,8 +33,11 @@ class LiveRecording:
 
 
 def read_live(bag: str | Path, topic: str | None = None) -> LiveRecording:
-    """Candidates (``~/candidates`` tables) and the newest ``/diagnostics`` pipeline status from a
-    bag recorded with ``boq-vpr replay --record``."""
+    """Read the candidates and the node's diagnostics from a bag recorded with ``boq-vpr replay --record``.
+
+    Candidates (``~/candidates`` tables) and the newest ``/diagnostics`` pipeline status from a bag
+    recorded with ``boq-vpr replay --record``.
+    """
     topics = bags.list_topics(bag)
     if topic is None:
         found = [t for t in topics.values() if t.name.endswith('/candidates')
@@ -71,8 +77,11 @@ def _nearest(stamps: np.ndarray, values: np.ndarray, tol_ns: int) -> np.ndarray:
 
 def live_as_run(live: LiveRecording, offline: Run, queries: Frames, map_frames: Frames,
                 tol_ns: int = 1_000_000) -> tuple[Run, dict]:
-    """The live candidates as a ``Run`` over the same queries as ``offline`` (the offline run gives
-    the exclusion windows), ready for ``score_run``; plus what could not be matched to frames."""
+    """Turn the live candidates into a ``Run`` over the same queries as ``offline``.
+
+    The offline run gives the exclusion windows), ready for ``score_run``; plus what could not be
+    matched to frames.
+    """
     q_stamps = queries.stamps_ns[offline.query_index]
     first = {}
     for row in live.rows:
@@ -103,8 +112,10 @@ def live_as_run(live: LiveRecording, offline: Run, queries: Frames, map_frames: 
 
 
 def compare_live(offline: Run, live: Run, queries: Frames, score_tol: float = 1e-3) -> dict:
-    """Query by query: does the live node's first accepted candidate equal the offline one (same
-    matched frame, score within ``score_tol``)?"""
+    """Compare the live node's first accepted candidate with the offline one, query by query.
+
+    The two agree when they match the same frame with scores within ``score_tol``.
+    """
     assert np.array_equal(offline.query_index, live.query_index)
     off, on = offline.accepted, live.accepted
     both = (off >= 0) & (on >= 0)
@@ -113,11 +124,12 @@ def compare_live(offline: Run, live: Run, queries: Frames, score_tol: float = 1e
     diff = np.flatnonzero(both & ~same)
     only_off = np.flatnonzero((off >= 0) & (on < 0))
     only_live = np.flatnonzero((off < 0) & (on >= 0))
-    fmt = lambda idx: [{'query_frame': int(offline.query_index[i]),
-                        'query_stamp_ns': int(queries.stamps_ns[offline.query_index[i]]),
-                        'offline_match_frame': int(off[i]), 'live_match_frame': int(on[i]),
-                        'offline_score': as_jsonable(offline.accepted_score[i]),
-                        'live_score': as_jsonable(live.accepted_score[i])} for i in idx[:50]]
+    def fmt(idx):
+        return [{'query_frame': int(offline.query_index[i]),
+                 'query_stamp_ns': int(queries.stamps_ns[offline.query_index[i]]),
+                 'offline_match_frame': int(off[i]), 'live_match_frame': int(on[i]),
+                 'offline_score': as_jsonable(offline.accepted_score[i]),
+                 'live_score': as_jsonable(live.accepted_score[i])} for i in idx[:50]]
     score_err = np.abs(offline.accepted_score[same] - live.accepted_score[same])
     return {'queries': int(len(off)), 'offline_accepted': int((off >= 0).sum()), 'live_accepted': int((on >= 0).sum()),
             'same': int(same.sum()), 'different_match': int(diff.size), 'offline_only': int(only_off.size),

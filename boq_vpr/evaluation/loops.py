@@ -1,5 +1,7 @@
-"""The tables of ``boq-vpr bench loops``: what the loop-closure filters and thresholds do on drives
-whose truth is known (``drives``), measured with the same detector library as the node.
+"""The tables of ``boq-vpr bench loops``.
+
+What the loop-closure filters and thresholds do on drives whose truth is known (``drives``),
+measured with the same detector library as the node.
 
 - ``threshold_configs``: threshold kinds side by side (fixed ``min_score``, ``relative_score``, the
   calibrated ``false_alarm_rate``), one query per frame and no consistency, so that the rate of
@@ -162,8 +164,11 @@ def run_drives(params: Path, model: tuple[str, str | None], data: Path, printer=
 
 
 def provenance() -> dict:
-    """What was measured: the commit, whether the detector's sources differ from it, the BLAS
-    threads asked for and the load of the machine."""
+    """Describe what was measured.
+
+    The commit, whether the detector's sources differ from it, the BLAS threads asked for and the
+    load of the machine.
+    """
     import hashlib
 
     def git(*cmd):

@@ -1,7 +1,8 @@
-"""The map database's figures for ``boq-vpr bench map``: build time, index memory, single-query
-latency and recall@1 against exact search per index type and size (``bench_variant``), the exact
-single-query paths (``flat_single_query_paths``), the cost of adds in slam mode (``slam_adds``) and
-the frame stall while a map is saved (``save_stall``).
+"""The map database's figures for ``boq-vpr bench map``.
+
+Build time, index memory, single-query latency and recall@1 against exact search per index type and
+size (``bench_variant``), the exact single-query paths (``flat_single_query_paths``), the cost of
+adds in slam mode (``slam_adds``) and the frame stall while a map is saved (``save_stall``).
 
 Descriptors are synthetic (``Synthetic``: unit vectors with a low intrinsic dimension plus
 isotropic noise, generated chunk by chunk from seeds so that maps larger than RAM in float32 can be
@@ -51,8 +52,11 @@ def variant_options(pca_dim: int, n: int, d: int) -> dict[str, tuple[str, dict]]
 
 
 def estimate_bytes(index_type: str, opts: dict, n: int, d: int) -> int:
-    """Rough peak memory of building a map (to skip what cannot fit): FAISS grows its vector
-    storage by doubling, so flat storages briefly need about twice their size."""
+    """Estimate the peak memory of building a map (to skip what cannot fit).
+
+    FAISS grows its vector storage by doubling, so flat storages briefly need about twice their
+    size.
+    """
     dd = opts.get('pca_dim') or d
     per = {'flat': 8 * dd, 'pca': 8 * dd, 'fp16': 4 * dd, 'hnsw': 8 * dd + 2 * 32 * 4 * 1.05,
            'ivfpq': 2 * (opts.get('pq_m', 64) + 8)}[index_type]
@@ -184,7 +188,8 @@ def bench_variant(source, queries: np.ndarray, truth: np.ndarray, index_type: st
         db.set_search_options(**{key: opts.get(key) or MapDatabase(1, '', index_type).index_options[key]})
     result = {'build_s': round(build, 3), 'index_mib': round(index_bytes / 2**20, 1),
               'rss_delta_mib': round(rss1 - rss0, 1), 'recall@1_vs_exact': round(recall, 4),
-              **{key: round(v, 3) for key, v in latency_summary(np.asarray(lat) * 1e3, suffix='_ms').items() if key != 'n'},
+              **{key: round(v, 3) for key, v in latency_summary(np.asarray(lat) * 1e3, suffix='_ms').items()
+                 if key != 'n'},
               'timed_queries': len(lat)}
     if sweep:
         result['sweep'] = sweep
@@ -242,7 +247,8 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
     finally:
         faiss.cvar.distance_compute_blas_threshold = threshold
     batch = np.repeat(q, 2 * threads, axis=0)
-    out[f'faiss_search_{2 * threads}_queries_per_query_ms'] = round(timed(lambda: index.search(batch, 10)) / len(batch), 2)
+    out[f'faiss_search_{2 * threads}_queries_per_query_ms'] = round(timed(lambda: index.search(batch, 10))
+                                                                    / len(batch), 2)
     db = MapDatabase(d, 'bench')
     db.add(x, [Keyframe(-1, i) for i in range(n)])
     out['map_db_search_ms'] = timed(lambda: db.search(q[0], 10))
@@ -253,12 +259,15 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
 def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent: int, noise: float,
               seed: int, windows: tuple[int, ...] = (100, 1000, 10_000), window: int = 100,
               before: str = 'search') -> dict:
-    """Keyframes added one at a time, each after a search (``before='search'``, the detector's slam
-    loop), after nothing (``'nothing'``: the add's own cost) or after a scan of as many bytes as the
-    full map holds (``'sweep'``: cold caches without a search, the control that tells cache effects
-    from work that grows with the map): the cost per add in windows ending at ``windows`` keyframes,
-    the longest add (stall) and what the trainable indexes did meanwhile (when training started and
-    ended, adds made during it)."""
+    """Time keyframes added one at a time to a map in slam mode.
+
+    Each keyframe is added after a search (``before='search'``, the detector's slam loop), after
+    nothing (``'nothing'``: the add's own cost) or after a scan of as many bytes as the full map
+    holds (``'sweep'``: cold caches without a search, the control that tells cache effects from work
+    that grows with the map): the cost per add in windows ending at ``windows`` keyframes, the
+    longest add (stall) and what the trainable indexes did meanwhile (when training started and
+    ended, adds made during it).
+    """
     index_type = 'flat' if variant == 'flat' else variant
     source = Synthetic(n, d, latent, noise, seed)
     x = np.concatenate([c for _, c in source.chunks()])
@@ -309,8 +318,11 @@ def slam_adds(d: int, n: int, variant: str, opts: dict, background: bool, latent
 
 
 def save_stall(n: int, d: int, latent: int, noise: float, seed: int) -> dict:
-    """How long a frame loop (add + search, another thread) stops while the map is saved: with the
-    map lock held for the whole save (for comparison) and with the snapshot save (what save does)."""
+    """Measure how long a frame loop stops while the map is saved.
+
+    The frame loop (add + search) runs in another thread; the map is saved with the map lock held
+    for the whole save (for comparison) and with the snapshot save (what save does).
+    """
     import threading
     source = Synthetic(n, d, latent, noise, seed)
     db = MapDatabase(d, 'bench', 'flat')

@@ -80,7 +80,8 @@ class PRCurve:
     """Points of a precision-recall curve, one per distinct score threshold, highest first.
 
     A query is predicted at threshold ``t`` when its score is ``>= t``. ``positives``: queries
-    that have a true match (the recall denominator)."""
+    that have a true match (the recall denominator).
+    """
 
     thresholds: np.ndarray
     precision: np.ndarray
@@ -96,9 +97,11 @@ class PRCurve:
 
 
 def precision_recall_curve(scores: np.ndarray, correct: np.ndarray, has_positive: np.ndarray) -> PRCurve:
-    """PR curve of per-query predictions. ``scores`` ``[Q]`` (NaN: no prediction), ``correct``
-    ``[Q]`` bool (the prediction is a true match; implies ``has_positive``), ``has_positive``
-    ``[Q]`` bool."""
+    """PR curve of per-query predictions.
+
+    ``scores`` ``[Q]`` (NaN: no prediction), ``correct`` ``[Q]`` bool (the prediction is a true
+    match; implies ``has_positive``), ``has_positive`` ``[Q]`` bool.
+    """
     scores = np.asarray(scores, np.float64)
     correct = np.asarray(correct, bool)
     has_positive = np.asarray(has_positive, bool)
@@ -122,8 +125,10 @@ def precision_recall_curve(scores: np.ndarray, correct: np.ndarray, has_positive
 
 
 def average_precision(curve: PRCurve) -> float:
-    """Area under the PR curve as average precision: sum of (R_i - R_{i-1}) * P_i, R_0 = 0
-    (no interpolation). NaN when no query has a true match."""
+    """Area under the PR curve as average precision: sum of (R_i - R_{i-1}) * P_i, R_0 = 0 (no interpolation).
+
+    NaN when no query has a true match.
+    """
     if curve.positives == 0:
         return math.nan
     if len(curve.recall) == 0:
@@ -133,8 +138,10 @@ def average_precision(curve: PRCurve) -> float:
 
 
 def max_recall_at_precision(curve: PRCurve, precision: float = 1.0) -> tuple[float, float | None]:
-    """(largest recall among points with precision >= ``precision``, its threshold); (0, None)
-    when no point reaches it; recall NaN when no query has a true match."""
+    """Return the largest recall among points with precision >= ``precision``, and its threshold.
+
+    (0, None) when no point reaches it; recall NaN when no query has a true match.
+    """
     if curve.positives == 0:
         return math.nan, None
     ok = curve.precision >= precision - 1e-12
@@ -157,7 +164,7 @@ def f1_max(curve: PRCurve) -> dict:
 
 
 def operating_point(predicted: np.ndarray, correct: np.ndarray, has_positive: np.ndarray) -> dict:
-    """Counts and rates of one set of decisions (e.g. the detector's accepted loop closures).
+    """Count one set of decisions, with its rates (e.g. the detector's accepted loop closures).
 
     ``predicted`` ``[Q]`` bool, ``correct`` ``[Q]`` bool (implies predicted and has_positive),
     ``has_positive`` ``[Q]``. TP: correct prediction; FP: wrong prediction, or a prediction on a

@@ -26,8 +26,11 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 
 def load_params(path: str | Path, node: str | None = None) -> dict:
-    """The flat ``name -> value`` parameters of a ROS 2 parameters file (``/**:`` or a node name,
-    then ``ros__parameters``; nested keys joined with dots)."""
+    """Read the flat ``name -> value`` parameters of a ROS 2 parameters file.
+
+    The file's section ``/**:`` or a node name, then ``ros__parameters``; nested keys joined with
+    dots).
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -64,8 +67,11 @@ def parse_overrides(items: Sequence[str]) -> dict:
 
 
 def detector_config(params: dict | None = None, overrides: dict | None = None, mode: str = 'slam') -> DetectorConfig:
-    """``DetectorConfig`` from the ``loop_closure.*`` entries of node parameters, then overrides,
-    with ``mode`` forced (the evaluation mode decides it)."""
+    """Make the ``DetectorConfig`` of node parameters.
+
+    From the ``loop_closure.*`` entries of node parameters, then overrides, with ``mode`` forced
+    (the evaluation mode decides it).
+    """
     values = detector_values(params or {})
     values.update(overrides or {})
     if values.get('mode', mode) != mode:

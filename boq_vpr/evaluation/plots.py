@@ -1,6 +1,7 @@
-"""Figures of an evaluation (PNG): precision-recall curve, trajectory with true and false loop
-edges, similarity matrix. Display only: every number drawn here is computed in ``metrics`` and
-``evaluation``."""
+"""Figures of an evaluation (PNG): precision-recall curve, trajectory with true and false loop edges, similarity matrix.
+
+Display only: every number drawn here is computed in ``metrics`` and ``evaluation``.
+"""
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,11 @@ def pr_curve(path: str | Path, curve: PRCurve, title: str = 'Precision-recall', 
 
 def trajectory(path: str | Path, query_xy: np.ndarray, map_xy: np.ndarray | None, edges: np.ndarray,
                correct: np.ndarray, title: str = 'Loop closures') -> Path:
-    """Trajectories (x, y) with one segment per accepted loop closure (query -> matched map frame),
-    green when it is a true match, red when not. ``edges``: ``[E, 2]`` (query row, map row)."""
+    """Plot trajectories (x, y) with one segment per accepted loop closure.
+
+    Segments go from the query -> matched map frame), green when it is a true match, red when not.
+    ``edges``: ``[E, 2]`` (query row, map row).
+    """
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     if map_xy is not None:
@@ -77,8 +81,11 @@ def trajectory(path: str | Path, query_xy: np.ndarray, map_xy: np.ndarray | None
 def loops_by_index(path: str | Path, query_pos: np.ndarray, match_pos: np.ndarray, correct: np.ndarray,
                    truth: tuple[np.ndarray, np.ndarray] | None = None, title: str = 'Loop closures',
                    xlabel: str = 'query frame', ylabel: str = 'matched frame') -> Path:
-    """For ground truth by frame index (no positions): each accepted loop closure as a point
-    (query frame, matched frame), green when true, red when false; the true matches in grey."""
+    """Plot accepted loop closures by frame index, for ground truth without positions.
+
+    Each accepted loop closure as a point (query frame, matched frame), green when true, red when
+    false; the true matches in grey.
+    """
     fig = Figure(figsize=(6, 5))
     ax = fig.add_subplot()
     if truth is not None and len(truth[0]):
@@ -97,8 +104,10 @@ def loops_by_index(path: str | Path, query_pos: np.ndarray, match_pos: np.ndarra
 def similarity_matrix(path: str | Path, queries: np.ndarray, reference: np.ndarray, title: str = 'Similarity',
                       marks: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, max_side: int = 800,
                       xlabel: str = 'map frame', ylabel: str = 'query frame') -> Path:
-    """Cosine similarity of query descriptors (rows) and map descriptors (columns), subsampled to
-    ``max_side``; ``marks`` (query rows, map columns, correct) drawn on top."""
+    """Plot the cosine similarity of query descriptors (rows) and map descriptors (columns).
+
+    Subsampled to ``max_side``; ``marks`` (query rows, map columns, correct) drawn on top.
+    """
     assert queries.ndim == 2 and reference.ndim == 2 and queries.shape[1] == reference.shape[1]
     sq = max(1, math.ceil(len(queries) / max_side))
     sr = max(1, math.ceil(len(reference) / max_side))

@@ -1,5 +1,8 @@
-"""The files ``boq-vpr evaluate`` writes besides ``metrics.json``: a Markdown summary
-(``summary.md``), the PNG plots and ``candidates.csv`` (the outcome of every frame)."""
+"""The files ``boq-vpr evaluate`` writes besides ``metrics.json``.
+
+A Markdown summary (``summary.md``), the PNG plots and ``candidates.csv`` (the outcome of every
+frame).
+"""
 from __future__ import annotations
 
 import csv
@@ -27,7 +30,7 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
-    """A short Markdown report of ``metrics.json``."""
+    """Write a short Markdown report of ``metrics.json``."""
     lines = [f'# {title}', '']
     setup = metrics['setup']
     lines += [f'- mode: **{metrics["mode"]}**; queries: `{setup["query"]}`' +
@@ -56,7 +59,8 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
                   '| ' + ' | '.join(fmt(v) for v in ks.values()) + ' |']
     if 'precision_recall' in metrics:
         pr, op = metrics['precision_recall'], metrics['operating_point']
-        lines += ['', '| AUC-PR | max recall @ 100% precision | F1 max (threshold) | configured: precision / recall / F1 |',
+        lines += ['', '| AUC-PR | max recall @ 100% precision | F1 max (threshold) '
+                      '| configured: precision / recall / F1 |',
                   '|---|---|---|---|',
                   f'| {fmt(pr["auc_pr"])} | {fmt(pr["max_recall_at_100_precision"])} | '
                   f'{fmt(pr["f1_max"]["f1"])} ({fmt(pr["f1_max"]["threshold"])}) | '
@@ -69,7 +73,8 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
         det = lat.get('detect_ms', {})
         lines += ['', '| stage | ms |', '|---|---|',
                   f'| bag read + decode (per frame, p50 / p95) | {fmt(rd.get("p50"))} / {fmt(rd.get("p95"))} |',
-                  f'| preprocess (per image, batch {q.get("encode_batch_size")}) | {fmt(q.get("preprocess_ms_per_image"))} |',
+                  f'| preprocess (per image, batch {q.get("encode_batch_size")}) '
+                  f'| {fmt(q.get("preprocess_ms_per_image"))} |',
                   f'| inference (per image, batch {q.get("encode_batch_size")}) | {fmt(q.get("infer_ms_per_image"))} |',
                   f'| detector (per frame, p50 / p95) | {fmt(det.get("p50"))} / {fmt(det.get("p95"))} |']
     sw = metrics.get('sweep')
@@ -84,9 +89,11 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
         op = lv.get('operating_point') or {}
         lines += ['', f'Live run (`{lv["source"]}`): {cmp_["same"]} of {cmp_["queries"]} queries give the same first '
                       f'candidate as offline, {cmp_["different_match"]} differ, {cmp_["offline_only"]} offline only, '
-                      f'{cmp_["live_only"]} live only; node: {lv["node"].get("frames_processed", "?")} frames processed, '
-                      f'{lv["node"].get("frames_dropped", "?")} dropped, {lv["node"].get("frames_rejected", "?")} rejected.'
-                      + (f' Live precision / recall: {fmt(op.get("precision"))} / {fmt(op.get("recall"))}.' if op else '')]
+                      f'{cmp_["live_only"]} live only; node: {lv["node"].get("frames_processed", "?")} frames '
+                      f'processed, {lv["node"].get("frames_dropped", "?")} dropped, '
+                      f'{lv["node"].get("frames_rejected", "?")} rejected.'
+                      + (f' Live precision / recall: {fmt(op.get("precision"))} / {fmt(op.get("recall"))}.'
+                         if op else '')]
     rep = metrics.get('input', {})
     for name, r in rep.items():
         if r.get('out_of_order_stamps') or r.get('skipped'):
@@ -99,8 +106,10 @@ def summary_markdown(metrics: dict, title: str, figures: list[str]) -> str:
 
 def write_plots(out: Path, title: str, scored: Scored, run: Run, queries: Frames, map_frames: Frames,
                 metrics: dict) -> list[str]:
-    """Write the PNG plots of an evaluation into ``out`` (precision-recall curve, accepted loops,
-    descriptor similarity); return their paths."""
+    """Write the PNG plots of an evaluation into ``out``; return their paths.
+
+    The precision-recall curve, the accepted loops and the descriptor similarity.
+    """
     from . import plots
     from .scoring import eligible_mask
     figs = []
@@ -151,8 +160,11 @@ CANDIDATE_CSV_COLUMNS = ('query_frame', 'query_stamp_ns', 'query_id', 'outcome',
 
 
 def write_candidates(path: Path, run: Run, queries: Frames) -> None:
-    """One row per processed frame with its outcome and reason (frames with several accepted
-    candidates: one row per candidate, best first); match columns are empty unless accepted."""
+    """Write ``candidates.csv``: one row per processed frame with its outcome and reason.
+
+    Frames with several accepted candidates: one row per candidate, best first); match columns are
+    empty unless accepted.
+    """
     by_query: dict[int, list[dict]] = {}
     for row in run.candidates:
         by_query.setdefault(int(row['query_frame']), []).append(row)

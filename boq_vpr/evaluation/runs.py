@@ -1,5 +1,8 @@
-"""Detector runs over saved descriptors, with the node's own detect step (``FramePipeline.detect``):
-``slam`` (one session, a new map) and ``localization`` (queries against a read-only map)."""
+"""Detector runs over saved descriptors, with the node's own detect step.
+
+The detect step is ``FramePipeline.detect``. Modes: ``slam`` (one session, a new map) and
+``localization`` (queries against a read-only map).
+"""
 from __future__ import annotations
 
 import math
@@ -21,8 +24,11 @@ from .frames import Frames, ground_truth_for
 
 @dataclass
 class Run:
-    """Per-query results of one detector pass. Map frames are indexed ``0..M-1`` (``map_ids``:
-    their keyframe ids, -1 when not in the map); query arrays have one row per queried frame."""
+    """Per-query results of one detector pass.
+
+    Map frames are indexed ``0..M-1`` (``map_ids``: their keyframe ids, -1 when not in the map);
+    query arrays have one row per queried frame.
+    """
 
     mode: str
     config: DetectorConfig
@@ -49,7 +55,8 @@ class Run:
 def _candidate_rows(result: FrameResult, frame: int, index_of: dict[int, int]) -> list[dict]:
     return [{'query_frame': frame, 'query_stamp_ns': c.query_stamp_ns, 'query_id': c.query_id,
              'match_id': c.match_id, 'match_frame': index_of.get(c.match_id, -1), 'match_stamp_ns': c.match_stamp_ns,
-             'session': 'running' if c.same_session else 'earlier', 'kind': c.kind, 'score': c.score, 'rank': c.rank, 'verified': c.verified, 'inliers': c.inliers}
+             'session': 'running' if c.same_session else 'earlier', 'kind': c.kind, 'score': c.score, 'rank': c.rank,
+             'verified': c.verified, 'inliers': c.inliers}
             for c in result.candidates]
 
 
@@ -90,8 +97,10 @@ class _Collector:
 
 def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: bool = True,
              index_type: str = 'flat', progress: bool = True, index_options: dict | None = None) -> Run:
-    """One session in slam mode: every frame through ``detector.process`` in stamp order, a new
-    in-memory map. ``k``: neighbours kept for recall@k (searched below the detector's window)."""
+    """One session in slam mode: every frame through ``detector.process`` in stamp order, a new in-memory map.
+
+    ``k``: neighbours kept for recall@k (searched below the detector's window).
+    """
     assert config.mode == 'slam'
     db = MapDatabase(frames.descriptors.shape[1], frames.fingerprint, index_type, **(index_options or {}))
     detector = LoopClosureDetector(db, config)
@@ -135,8 +144,10 @@ def run_slam(frames: Frames, config: DetectorConfig, k: int = 20, retrieval: boo
 
 def build_map(frames: Frames, index_type: str = 'flat', session: str = 'map', thumbnails: bool = False,
               **index_options) -> MapDatabase:
-    """A map with every frame of ``frames`` as a keyframe (pose from ground-truth positions or
-    odometry when known)."""
+    """Build a map with every frame of ``frames`` as a keyframe.
+
+    Poses come from ground-truth positions or odometry when known).
+    """
     db = MapDatabase(frames.descriptors.shape[1], frames.fingerprint, index_type, **index_options)
     kfs = []
     for i in range(len(frames)):
@@ -153,8 +164,11 @@ def build_map(frames: Frames, index_type: str = 'flat', session: str = 'map', th
 
 
 def map_frames_from_db(db: MapDatabase, gt_spec: str | None = None, max_dt_s: float = 0.5) -> Frames:
-    """The keyframes of a saved map as ``Frames`` (descriptors from the index, ground truth from the
-    keyframe positions or from ``gt_spec`` matched by keyframe stamp)."""
+    """Return the keyframes of a saved map as ``Frames``.
+
+    Descriptors come from the index, ground truth from the keyframe positions or from ``gt_spec``
+    matched by keyframe stamp).
+    """
     kfs = db.keyframes()
     ids = [kf.id for kf in kfs]
     desc = db.descriptors(ids) if ids else np.zeros((0, db.descriptor_dim), np.float32)
@@ -173,8 +187,10 @@ def map_frames_from_db(db: MapDatabase, gt_spec: str | None = None, max_dt_s: fl
 
 def run_localization(queries: Frames, db: MapDatabase, config: DetectorConfig, map_ids: np.ndarray,
                      k: int = 20, retrieval: bool = True, progress: bool = True) -> Run:
-    """Every query frame through ``detector.process`` against the read-only map ``db``;
-    ``map_ids[m]`` is the keyframe id of map frame ``m``."""
+    """Run every query frame through ``detector.process`` against the read-only map ``db``.
+
+    ``map_ids[m]`` is the keyframe id of map frame ``m``.
+    """
     assert config.mode == 'localization'
     if queries.fingerprint != db.fingerprint:
         raise ConfigError(f'queries were encoded with {queries.fingerprint}, the map with {db.fingerprint}; '

@@ -51,8 +51,11 @@ def eligible_mask(run: Run) -> np.ndarray:
 
 def score_run(run: Run, queries: Frames, map_frames: Frames, criterion: Criterion,
               ks: Sequence[int] = mt.DEFAULT_KS) -> Scored:
-    """Metrics of a run: counts always; recall@k, PR curve, AUC, recall at 100% precision, F1 and
-    the operating point when ground truth exists (else skipped with a warning)."""
+    """Score a run against ground truth.
+
+    Metrics: counts always; recall@k, PR curve, AUC, recall at 100% precision, F1 and the operating
+    point when ground truth exists (else skipped with a warning).
+    """
     q_all = len(run.query_index)
     counts = {'frames': len(queries), 'map_frames': int((run.map_ids >= 0).sum()), 'queries': q_all,
               'not_keyframes': run.not_keyframes,
@@ -107,11 +110,14 @@ def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, cri
           target_precision: float = 0.95, thresholds: Sequence[float] | None = None,
           consistency: Sequence[int] = (1,), decisions: np.ndarray | None = None, n_thresholds: int = 15,
           progress: bool = True) -> dict:
-    """Re-run the detector (``run_fn(config) -> Run``, on saved descriptors) over a grid of score
+    """Sweep thresholds and temporal consistency over saved descriptors; recommend a setting.
+
+    It re-runs the detector (``run_fn(config) -> Run``, on saved descriptors) over a grid of score
     thresholds x temporal-consistency lengths; recommend the setting with the highest recall whose
     precision reaches ``target_precision``. The threshold is ``false_alarm_rate`` when the base
     configuration is calibrated, else ``relative_score`` when it uses relative scores, else
-    ``min_score``."""
+    ``min_score``.
+    """
     param = ('false_alarm_rate' if base.calibrated else
              'relative_score' if base.relative_score > 0 else 'min_score')
     if thresholds is None and param == 'false_alarm_rate':
@@ -155,9 +161,12 @@ def sweep(run_fn, base: DetectorConfig, queries: Frames, map_frames: Frames, cri
 
 
 def latency(queries: Frames, run: Run, map_frames: Frames | None = None) -> dict:
-    """Time per stage in milliseconds: bag read + image decode (per frame), preprocessing and
-    inference (per image, batched as ``encode_batch_size`` says), detector (search, filters and,
-    in slam mode, adding the keyframe; per frame)."""
+    """Measure the time per stage in milliseconds.
+
+    Stages: bag read + image decode (per frame), preprocessing and inference (per image, batched as
+    ``encode_batch_size`` says), detector (search, filters and, in slam mode, adding the keyframe;
+    per frame).
+    """
     out = {'query': dict(queries.timings), 'detect_ms': latency_summary(run.detect_ms)}
     if map_frames is not None and map_frames is not queries and map_frames.timings:
         out['map'] = dict(map_frames.timings)

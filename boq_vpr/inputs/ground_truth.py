@@ -30,8 +30,11 @@ CRITERIA = ('auto', 'position', 'frame')
 
 @dataclass
 class GroundTruth:
-    """Per-frame ground truth of a sequence of ``N`` frames. ``positions`` ``[N, 3]`` (NaN rows:
-    unknown) and/or ``frames`` ``[N]`` int64 place indices (-1: unknown)."""
+    """Per-frame ground truth of a sequence of ``N`` frames.
+
+    ``positions`` ``[N, 3]`` (NaN rows: unknown) and/or ``frames`` ``[N]`` int64 place indices (-1:
+    unknown).
+    """
 
     positions: np.ndarray | None = None
     frames: np.ndarray | None = None
@@ -76,9 +79,11 @@ class GroundTruth:
 
 @dataclass(frozen=True)
 class Criterion:
-    """When a map frame is a true match of a query: within ``distance_m`` metres (positions), or
-    within ``frame_tolerance`` frames (frame indices). ``by``: 'auto' uses positions where both
-    sides have them, else frame indices."""
+    """When a map frame is a true match of a query.
+
+    Within ``distance_m`` metres (positions), or within ``frame_tolerance`` frames (frame indices).
+    ``by``: 'auto' uses positions where both sides have them, else frame indices.
+    """
 
     distance_m: float = 25.0
     frame_tolerance: int = 2
@@ -97,7 +102,7 @@ class Criterion:
 
 
 def resolve_by(query: GroundTruth, reference: GroundTruth, criterion: Criterion) -> str | None:
-    """The kind of ground truth to compare ('position' or 'frame'), or None when there is none."""
+    """Return the kind of ground truth to compare ('position' or 'frame'), or None when there is none."""
     if criterion.by == 'position':
         return 'position' if query.has_positions and reference.has_positions else None
     if criterion.by == 'frame':
@@ -173,8 +178,11 @@ class GroundTruthTable:
 
 
 def load_table(path: str | Path) -> GroundTruthTable:
-    """Read a ground-truth file: a poses CSV (``boq_vpr.inputs.poses``) with a stamp and positions and/or
-    frame indices on every row, or a headerless TUM trajectory."""
+    """Read a ground-truth file.
+
+    A poses CSV (``boq_vpr.inputs.poses``) with a stamp and positions and/or frame indices on every
+    row, or a headerless TUM trajectory.
+    """
     table = read_pose_table(path, required=('stamp', ('position', 'frame')))
     rows = table.rows
     nan3, nan4 = (math.nan,) * 3, (math.nan,) * 4
@@ -188,10 +196,12 @@ def load_table(path: str | Path) -> GroundTruthTable:
 
 def from_table(table: GroundTruthTable, stamps_ns: np.ndarray, max_dt_s: float = 0.5,
                label_max_dt_s: float = 0.001) -> GroundTruth:
-    """Ground truth at image stamps from a table matched by time: positions by ``boq_vpr.inputs.poses``
-    (interpolated between the rows around a stamp when both are within ``max_dt_s``, else the nearest
-    row within it), frame indices from the nearest
-    row within ``label_max_dt_s`` (frame indices belong to one image: they are not interpolated)."""
+    """Make the ground truth at image stamps from a table matched by time.
+
+    Positions come by ``boq_vpr.inputs.poses`` (interpolated between the rows around a stamp when
+    both are within ``max_dt_s``, else the nearest row within it), frame indices from the nearest
+    row within ``label_max_dt_s`` (frame indices belong to one image: they are not interpolated).
+    """
     max_dt = int(max_dt_s * NS_PER_S)
     label_dt = int(label_max_dt_s * NS_PER_S)
     pos = frames = None

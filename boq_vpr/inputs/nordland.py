@@ -28,7 +28,7 @@ def frame_name(index: int) -> str:
 
 
 def load_frames(folder: Path, frames: range) -> list:
-    """The images (RGB uint8) of frame indices ``frames`` in ``folder``; ConfigError when any is missing."""
+    """Load the images (RGB uint8) of frame indices ``frames`` in ``folder``; ConfigError when any is missing."""
     from .images import load_image
     paths = [folder / frame_name(i) for i in frames]
     missing = [p for p in paths if not p.is_file()]

@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PoseLookup:
-    """Poses at query stamps. ``index[i]``: the sample used (the nearer one when interpolated), -1 when
-    none was close enough; ``positions`` NaN and ``orientations`` NaN where unknown."""
+    """Poses at query stamps.
+
+    ``index[i]``: the sample used (the nearer one when interpolated), -1 when none was close enough;
+    ``positions`` NaN and ``orientations`` NaN where unknown.
+    """
 
     positions: np.ndarray       # [N, 3]
     orientations: np.ndarray    # [N, 4] x, y, z, w (NaN rows: no orientation)
@@ -104,8 +107,10 @@ def lookup_poses(sample_ns, sample_positions, query_ns, max_dt_ns: int,
 
 
 class PoseBuffer:
-    """The last ``size`` poses of a stream (e.g. odometry), looked up by stamp. Thread-safe: adding
-    never waits for a lookup longer than a copy of the buffer."""
+    """The last ``size`` poses of a stream (e.g. odometry), looked up by stamp.
+
+    Thread-safe: adding never waits for a lookup longer than a copy of the buffer.
+    """
 
     def __init__(self, size: int) -> None:
         self._stamps: deque[int] = deque(maxlen=size)
@@ -243,7 +248,7 @@ def read_pose_table(path: str | Path, required: Sequence[str | tuple[str, ...]] 
 
 
 def poses_by_file(path: str | Path) -> dict[str, PoseRow]:
-    """The rows of a poses CSV by file name (a ``file`` or ``image`` column is required)."""
+    """Read the rows of a poses CSV by file name (a ``file`` or ``image`` column is required)."""
     table = read_pose_table(path, required=('file',))
     if not table.rows:
         raise DatasetError(f'{path}: no rows; a poses CSV needs a header line and one row per image')
@@ -258,7 +263,7 @@ def _value(row: PoseRow, kind: str):
 
 
 def _columns(kind: str, columns: Sequence[str]) -> tuple[str, ...]:
-    """The columns of ``kind`` present in ``columns`` (in the order values are read)."""
+    """Return the columns of ``kind`` present in ``columns`` (in the order values are read)."""
     have = set(columns)
     if kind in ('file', 'stamp', 'yaw'):
         names = {'file': FILE_COLUMNS, 'stamp': STAMP_COLUMNS, 'yaw': YAW_COLUMNS}[kind]
@@ -362,7 +367,7 @@ def _number(value: str, path: Path, line: int, column: str) -> float:
 
 
 def _stamp_ns(value: str, path: Path, line: int, column: str) -> int | None:
-    """A stamp cell as integer nanoseconds (``stamp_ns``) or from seconds (any other column); None when empty."""
+    """Parse a stamp cell: integer nanoseconds (``stamp_ns``) or seconds (other columns); None when empty."""
     if not value.strip():
         return None
     if column == 'stamp_ns':

@@ -1,5 +1,6 @@
-"""The Nordland section that ships with the package: real frames for the demo, the tests and the
-benchmarks on a fresh install.
+"""The Nordland section that ships with the package.
+
+Real frames for the demo, the tests and the benchmarks on a fresh install.
 
 ``boq_vpr/data/nordland_heldout/{summer,winter}/`` holds frames 2400-3575 of the trimmed Nordland
 set (64x32 greyscale stored as RGB PNG, 1176 per season), the section that ``resnet18_nordland``
@@ -17,7 +18,7 @@ HELD_OUT_DIR = Path(__file__).resolve().parents[1] / 'data' / 'nordland_heldout'
 
 
 def held_out_dir() -> Path:
-    """The shipped folder (``summer/``, ``winter/``); DatasetError when the install lacks it."""
+    """Return the shipped folder (``summer/``, ``winter/``); DatasetError when the install lacks it."""
     missing = [HELD_OUT_DIR / s / frame_name(i) for s in SEASONS for i in (NORDLAND_HELD_OUT[0], NORDLAND_HELD_OUT[-1])
                if not (HELD_OUT_DIR / s / frame_name(i)).is_file()]
     if missing:

@@ -54,7 +54,10 @@ class LatencyWindow:
             self.add(stage, seconds)
 
     def summary_ms(self) -> dict[str, dict[str, float]]:
-        """Map each stage to its ``latency_summary`` (n, mean, p50, p90, p95, p99, max) in milliseconds over the window."""
+        """Map each stage to its ``latency_summary`` over the window, in milliseconds.
+
+        Keys: n, mean, p50, p90, p95, p99, max.
+        """
         with self._lock:
             snap = {k: [s * 1e3 for s in v] for k, v in self._samples.items() if v}
         return {stage: latency_summary(ms) for stage, ms in snap.items()}
