@@ -382,7 +382,7 @@ def test_make_train_set_bad_poses(tmp_path):
     text = a.poses.read_text().splitlines()
     text[3] = '0002.png,two,0'
     a.poses.write_text('\n'.join(text) + '\n')
-    with pytest.raises(DatasetError, match=r"a.csv row 2 \(line 4\): column 'x' is 'two'"):
+    with pytest.raises(DatasetError, match=r"a.csv:4: column x: 'two' is not a number"):
         build_train_set([a], tmp_path / 'gsv', radius=5.0)
     text[3] = '0099.png,2,0'
     a.poses.write_text('\n'.join(text) + '\n')
