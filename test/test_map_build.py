@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from boq_vpr.cli import main
-from boq_vpr.commands.build_map import parse_index_options, read_poses
-from boq_vpr.errors import ConfigError
+from boq_vpr.commands.common import parse_index_options
+from boq_vpr.errors import ConfigError, DatasetError
+from boq_vpr.inputs.poses import poses_by_file
 from boq_vpr.map import MapDatabase
 
 ARGS = ['--model', 'resnet18_1024', '--image-size', '32x64', '--backend', 'torch', '--device', 'cpu']
@@ -64,15 +65,15 @@ def test_build_append_and_refusals(folder, tmp_path, capsys):
 def test_bad_poses_and_options_say_what_is_wrong(tmp_path):
     bad = tmp_path / 'p.csv'
     bad.write_text('name,x\na.png,1\n')
-    with pytest.raises(ConfigError, match='needs a "file" column'):
-        read_poses(bad)
+    with pytest.raises(DatasetError, match='no file column'):
+        poses_by_file(bad)
     bad.write_text('file,x,y,z\na.png,1,two,3\n')
-    with pytest.raises(ConfigError, match=r'p\.csv:2: x, y, z must be numbers'):
-        read_poses(bad)
+    with pytest.raises(DatasetError, match=r"p\.csv:2: column y: 'two' is not a number"):
+        poses_by_file(bad)
     bad.write_text('file,stamp\na.png,1.5\nb.png,\n')
-    assert read_poses(bad)['a.png']['stamp_ns'] == 1_500_000_000 and read_poses(bad)['b.png']['stamp_ns'] is None
+    assert poses_by_file(bad)['a.png'].stamp_ns == 1_500_000_000 and poses_by_file(bad)['b.png'].stamp_ns is None
     bad.write_text('File, X, y, z\na.png, 1, 2, 3\n')   # spaces and case in the header do not matter
-    assert read_poses(bad)['a.png']['position'] == (1.0, 2.0, 3.0)
+    assert poses_by_file(bad)['a.png'].position == (1.0, 2.0, 3.0)
     assert parse_index_options(['nlist=64', ' pq_m = 8']) == {'nlist': 64, 'pq_m': 8}
     with pytest.raises(ConfigError, match='KEY=VALUE'):
         parse_index_options(['nlist'])
