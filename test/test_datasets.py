@@ -386,10 +386,10 @@ def test_make_train_set_bad_poses(tmp_path):
         build_train_set([a], tmp_path / 'gsv', radius=5.0)
     text[3] = '0099.png,2,0'
     a.poses.write_text('\n'.join(text) + '\n')
-    with pytest.raises(DatasetError, match=r'a.csv row 2 \(line 4\): image .*0099.png not found'):
+    with pytest.raises(DatasetError, match=r'a.csv:4: image .*0099.png not found'):
         build_train_set([a], tmp_path / 'gsv', radius=5.0)
     a.poses.write_text('file,east,north\n')
-    with pytest.raises(DatasetError, match='no column "image"'):
+    with pytest.raises(DatasetError, match='no position or latlon column'):
         build_train_set([a], tmp_path / 'gsv', radius=5.0)
     with pytest.raises(ConfigError, match='letters and digits'):
         build_train_set([a], tmp_path / 'gsv', city='my_city')

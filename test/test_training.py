@@ -333,7 +333,7 @@ def test_boq_vpr_train_without_the_training_package_explains(monkeypatch):
         if name.startswith('training'):
             raise ModuleNotFoundError(f"No module named '{name}'", name=name)
         return real(name, *args)
-    monkeypatch.setattr(command.importlib, 'import_module', no_training)
+    monkeypatch.setattr(importlib, 'import_module', no_training)
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     args = parser.parse_args(['--config', 'cpu_small', '--data', 'x'])   # options are accepted, then explained
