@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from boq_vpr import evaluation as ev
-from boq_vpr.commands.bench_loops import DEFAULT_PARAMS, nordland_drive, run_setting
+from boq_vpr.evaluation.drives import nordland_drive, run_setting
+from boq_vpr.evaluation.loops import DEFAULT_PARAMS
 from boq_vpr.detection import OUTCOMES
 from boq_vpr.encoder import Encoder
 

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from boq_vpr.commands.bench_loops import _frames, places_drive, run_setting, synthetic_drive
+from boq_vpr.evaluation.drives import drive_frames, places_drive, run_setting, synthetic_drive
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
 from boq_vpr.detection.sequence import Timeline, _Table
 from boq_vpr.errors import ConfigError, MapError
@@ -124,7 +124,7 @@ def test_localization_against_a_loaded_map_of_every_index_type(tmp_path, index_t
     # size), saved and loaded; the second pass queries every frame at 10 Hz
     drive = places_drive(300, 64, rate_hz=10.0, laps=2, noise=0.3, shared=0.3, seed=1)
     sel = np.arange(0, 3000, 5)
-    lap1 = _frames(drive.descriptors[sel], drive.stamps_ns[sel] / 1e9, drive.gt.frames[sel], 'map', 'synthetic-64')
+    lap1 = drive_frames(drive.descriptors[sel], drive.stamps_ns[sel] / 1e9, drive.gt.frames[sel], 'map', 'synthetic-64')
     build_map(lap1, index_type, session='map', **options).save(tmp_path / 'map')
     db = MapDatabase.load(tmp_path / 'map')
     det = LoopClosureDetector(db, DetectorConfig(mode='localization'))
@@ -160,7 +160,7 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
 
 
 def test_the_synthetic_drives_of_the_bench_table_build():
-    from boq_vpr.commands.bench_loops import DRIVE_TABLE, table_drive
+    from boq_vpr.evaluation.drives import DRIVE_TABLE, table_drive
     for name, _, tolerance in DRIVE_TABLE:
         if name in ('two_season', 'summer', 'summer_10fps'):
             continue    # Nordland frames through the model: test_detector_nordland.py

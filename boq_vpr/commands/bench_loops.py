@@ -65,8 +65,7 @@ from pathlib import Path
 
 from ..evaluation.benchmark import peak_rss_mib
 from ..evaluation.detector_cost import COST_QUERIES, COST_SIZES, COST_SMOOTHNESS, COST_WARMUP
-from ..evaluation.drives import (DRIVE_TABLE, DRIVES, drive_frames as _frames, nordland_drive,  # noqa: F401
-                                 places_drive, run_setting, synthetic_drive, table_drive)
+from ..evaluation.drives import DRIVES
 from ..evaluation.false_alarms import CALIBRATION_RATES, CALIBRATION_SIZES, CALIBRATION_SOURCES
 from ..evaluation.loops import DEFAULT_PARAMS
 from ..inputs.nordland import TRIMMED_DIR
