@@ -78,6 +78,8 @@ setup(
             'colcon-common-extensions',
             # the static TensorRT API check; its stubs come with --no-deps (boq.sh): tensorrt-stubs==10.13.0.35.1
             'mypy>=1.10',
+            # the linter (ruff.toml, test/test_lint.py); pinned to a minor release, whose rules do not move
+            'ruff>=0.17.6,<0.18',
         ],
     },
     zip_safe=False,   # the shipped weights and frames are read from the installed folder
