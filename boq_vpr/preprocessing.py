@@ -9,13 +9,14 @@ it with OpenCV: OpenCV's cubic resize has no antialiasing and would not match (m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .errors import ImageError
+
+if TYPE_CHECKING:      # torch is imported where a tensor is made, so that the resize modes list without it
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +78,8 @@ class Preprocessor:
 
     def to_tensor(self, image: np.ndarray, device: torch.device | str = 'cpu') -> torch.Tensor:
         """One image -> ``[1, 3, H, W]`` float32 tensor on ``device``."""
+        import torch
+        import torch.nn.functional as F
         image = check_image(image)
         t = torch.from_numpy(np.ascontiguousarray(image)).to(device)
         t = t.permute(2, 0, 1).unsqueeze(0)
@@ -92,6 +95,7 @@ class Preprocessor:
         """Several images -> ``[N, 3, H, W]``; all must map to the same input size."""
         if len(images) == 0:
             raise ImageError('empty batch')
+        import torch
         tensors = [self.to_tensor(im, device) for im in images]
         shapes = {tuple(t.shape[-2:]) for t in tensors}
         if len(shapes) > 1:

@@ -21,7 +21,8 @@ import torch
 
 from boq_vpr.inputs.images import list_images, load_image
 from boq_vpr.models import build_model, get_config, load_weights
-from boq_vpr.models.checkpoint import WEIGHTS_DIR, file_sha256, read_state_dict
+from boq_vpr.models.checkpoint import WEIGHTS_DIR, read_state_dict
+from boq_vpr.values import file_sha256
 from boq_vpr.preprocessing import Preprocessor
 
 MAX_BYTES = 20 * 2 ** 20

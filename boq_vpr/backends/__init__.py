@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from ..errors import BackendError, ConfigError
 from ..models.config import ModelConfig
+
+if TYPE_CHECKING:      # torch is imported where a backend is built, not to list the backends' names
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -137,4 +139,5 @@ def make_backend(name: str, config: ModelConfig, weights: str | Path | None = No
 
 
 def _cuda_present() -> bool:
+    import torch
     return torch.cuda.is_available()

@@ -24,7 +24,7 @@ from ..models.config import ModelConfig
 from .capabilities import physical_cores
 from .common import check_input
 from .engine_cache import cache_dir
-from .onnx_files import int8_onnx, resolve_onnx  # noqa: F401  (commands.export imports int8_onnx from here)
+from .onnx_files import resolve_onnx
 
 log = logging.getLogger(__name__)
 

@@ -85,7 +85,7 @@ def _sections_arg(text: str) -> set[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.checkpoint import RANDOM_WEIGHTS
+    from ..models.config import RANDOM_WEIGHTS
     parser.add_argument('--data', type=Path, default=TRIMMED_DIR, help='the Nordland folder (summer/, winter/)')
     parser.add_argument('--models', nargs='+', default=['resnet18_nordland', f'resnet18_nordland:{RANDOM_WEIGHTS}'],
                         help='NAME, NAME:random or NAME:WEIGHTS (default: resnet18_nordland and its untrained twin)')

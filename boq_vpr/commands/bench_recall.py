@@ -30,7 +30,7 @@ KS = (1, 5, 10)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..models.checkpoint import RANDOM_WEIGHTS
+    from ..models.config import RANDOM_WEIGHTS
     parser.add_argument('--data', type=Path, default=HELD_OUT_DIR,
                         help='folder with frame-aligned summer/ (map) and winter/ (queries) images, named as in '
                              'the trimmed Nordland set (default: the held-out section shipped with boq_vpr)')

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     print(f'exported {config.name} -> {args.out} ({summary["megabytes"]} MiB, {summary["nodes"]} nodes, '
           f'inputs {summary["inputs"]}, outputs {summary["outputs"]})')
     if args.precision == 'int8' and args.engine is None:
-        from ..backends.onnxruntime_backend import int8_onnx
+        from ..backends.onnx_files import int8_onnx
         cached = int8_onnx(config, args.weights, args.out, args.calibration)
         target = args.out.with_name(args.out.stem + '-int8.onnx')
         target.write_bytes(cached.read_bytes())

@@ -1,9 +1,24 @@
-"""BoQ models: configurations, backbones, aggregator and weight loading."""
-from .checkpoint import (RANDOM_WEIGHTS, SHIPPED_WEIGHTS, load_model, load_weights, read_state_dict,
-                         resolve_weights, shipped_weights)
-from .config import MODEL_CONFIGS, ModelConfig, get_config
-from .vpr import VPRModel, build_model
+"""BoQ models: configurations, backbones, aggregator and weight loading.
 
-__all__ = ['MODEL_CONFIGS', 'ModelConfig', 'VPRModel', 'build_model', 'get_config',
-           'load_model', 'load_weights', 'read_state_dict', 'RANDOM_WEIGHTS', 'SHIPPED_WEIGHTS', 'resolve_weights',
-           'shipped_weights']
+The names below are loaded on first use, so that ``boq_vpr.models.config`` (the model names, which
+the command line lists) imports without torch.
+"""
+import importlib
+
+_WHERE = {
+    'RANDOM_WEIGHTS': 'checkpoint', 'SHIPPED_WEIGHTS': 'checkpoint', 'load_model': 'checkpoint',
+    'load_weights': 'checkpoint', 'read_state_dict': 'checkpoint', 'resolve_weights': 'checkpoint',
+    'shipped_weights': 'checkpoint',
+    'MODEL_CONFIGS': 'config', 'ModelConfig': 'config', 'get_config': 'config',
+    'VPRModel': 'vpr', 'build_model': 'vpr',
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    value = getattr(importlib.import_module(f'.{_WHERE[name]}', __name__), name)
+    globals()[name] = value
+    return value

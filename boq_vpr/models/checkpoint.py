@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..values import file_sha256  # noqa: F401  (imported from here by commands.info and training/ship.py)
+from .config import RANDOM_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 # configuration name -> file in WEIGHTS_DIR. ``--model NAME`` without ``--weights`` loads them.
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / 'weights'
 SHIPPED_WEIGHTS: dict[str, str] = {'resnet18_nordland': 'resnet18_nordland.pt'}
-# ``--weights random`` / ``model.weights: random``: seeded random weights even where weights ship.
-RANDOM_WEIGHTS = 'random'
 REINSTALL_HINT = ('it is a weight file shipped with boq_vpr; reinstall the package '
                   '(pip install --force-reinstall --no-deps boq_vpr, or pip install -e . / colcon build '
                   'in a source checkout, after git checkout -- boq_vpr/weights)')

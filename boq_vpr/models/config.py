@@ -4,8 +4,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import ConfigError
-from .dinov2 import PATCH_SIZE, VITS
-from .resnet import RESNETS
+
+# The backbones by name, as plain data (the modules that build them import torch; this one does not,
+# so that the command line can list the names without it).
+# DINOv2: name -> (embed_dim, depth, num_heads)
+VITS = {
+    'dinov2_vits14': (384, 12, 6),
+    'dinov2_vitb14': (768, 12, 12),
+    'dinov2_vitl14': (1024, 24, 16),
+}
+PATCH_SIZE = 14
+# ResNet cropped after layer3: name -> channels of its output
+RESNET_CHANNELS = {'resnet18': 256, 'resnet34': 256, 'resnet50': 1024}
+# ``--weights random`` / ``model.weights: random``: seeded random weights even where weights ship.
+RANDOM_WEIGHTS = 'random'
 
 
 @dataclass(frozen=True)
@@ -53,8 +65,8 @@ class ModelConfig:
         return cls(**d)
 
     def validate(self) -> None:
-        if self.backbone not in RESNETS and self.backbone not in VITS and not (self.is_vit and self.vit):
-            raise ConfigError(f'unknown backbone {self.backbone!r}; valid: {sorted(RESNETS) + sorted(VITS)}')
+        if self.backbone not in RESNET_CHANNELS and self.backbone not in VITS and not (self.is_vit and self.vit):
+            raise ConfigError(f'unknown backbone {self.backbone!r}; valid: {sorted(RESNET_CHANNELS) + sorted(VITS)}')
         h, w = self.image_size
         if h <= 0 or w <= 0:
             raise ConfigError(f'image_size must be positive, got {h}x{w}')

@@ -15,14 +15,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..errors import ImageError
+from .config import PATCH_SIZE, VITS
 
-# name -> (embed_dim, depth, num_heads)
-VITS = {
-    'dinov2_vits14': (384, 12, 6),
-    'dinov2_vitb14': (768, 12, 12),
-    'dinov2_vitl14': (1024, 24, 16),
-}
-PATCH_SIZE = 14
 
 
 class PatchEmbed(nn.Module):

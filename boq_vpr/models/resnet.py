@@ -5,11 +5,10 @@ import torch
 from torch import nn
 import torchvision
 
-RESNETS = {
-    'resnet18': (torchvision.models.resnet18, 256),
-    'resnet34': (torchvision.models.resnet34, 256),
-    'resnet50': (torchvision.models.resnet50, 1024),
-}
+from .config import RESNET_CHANNELS
+
+# name -> (torchvision factory, channels of the output)
+RESNETS = {name: (getattr(torchvision.models, name), channels) for name, channels in RESNET_CHANNELS.items()}
 
 
 class ResNetBackbone(nn.Module):
