@@ -88,3 +88,19 @@ def test_training_does_not_import_the_commands():
 def test_modules_are_small(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f'{path.relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})'
+
+
+def test_the_package_root_holds_only_the_pipeline_and_its_entry_points():
+    # input, evaluation, ROS, map, detection, backends and commands each have their folder
+    root = sorted(p.stem for p in PACKAGE.glob('*.py'))
+    assert root == ['__init__', 'cli', 'demo', 'encoder', 'errors', 'node', 'pipeline', 'preprocessing', 'values'], \
+        root
+
+
+def test_python_m_boq_vpr_node_runs_the_node():
+    # `python -m boq_vpr.node` (the user guide's way without a ROS install) starts boq_vpr.ros.node
+    pytest.importorskip('rclpy', reason='needs rclpy (pip install -e .[ros])')
+    import boq_vpr.node
+    import boq_vpr.ros.node
+    assert boq_vpr.node.main is boq_vpr.ros.node.main
+    assert "if __name__ == '__main__':" in (PACKAGE / 'node.py').read_text()
