@@ -131,11 +131,8 @@ class VprClient:
         self.keep_messages = keep_messages
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[str, Received], None]] = []
-        # A reliable publisher keeps every frame of a test's burst (a few hundred) until the node has
-        # it: a shallower history overwrites frames not yet acknowledged, and the frames after them
-        # then wait on DDS's recovery of the lost ones.
-        qos = QoSProfile(depth=1000 if image_reliable else 100,
-                         reliability=ReliabilityPolicy.RELIABLE if image_reliable else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE if image_reliable
+                         else ReliabilityPolicy.BEST_EFFORT)
         self.pub_image = self.node.create_publisher(Image, 'image', qos)
         self.pub_compressed = self.node.create_publisher(CompressedImage, 'image/compressed', qos)
         self.pub_odom = self.node.create_publisher(Odometry, 'odom', qos)
