@@ -7,15 +7,6 @@ import resource
 import time
 from typing import Callable
 
-import numpy as np
-
-
-def percentiles_ms(samples_s: list[float], per: int = 1) -> dict[str, float]:
-    """p50/p90/p99/mean in milliseconds of ``samples_s`` (seconds), divided by ``per`` items."""
-    a = np.asarray(samples_s, dtype=np.float64) * 1e3 / per
-    assert a.ndim == 1 and a.size > 0, 'need at least one sample'
-    return {'p50_ms': float(np.percentile(a, 50)), 'p90_ms': float(np.percentile(a, 90)),
-            'p99_ms': float(np.percentile(a, 99)), 'mean_ms': float(a.mean()), 'n': int(a.size)}
 
 
 def time_calls(fn: Callable[[], object], iterations: int, warmup: int = 2) -> list[float]:

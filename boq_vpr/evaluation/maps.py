@@ -26,7 +26,7 @@ from threadpoolctl import ThreadpoolController
 from ..errors import ConfigError
 from ..map import Keyframe, MapDatabase
 from ..values import latency_summary
-from .benchmark import current_rss_mib
+from .benchmark import current_rss_mib, time_calls
 
 log = logging.getLogger(__name__)
 
@@ -225,13 +225,7 @@ def flat_single_query_paths(d: int, n: int, iterations: int = 30) -> dict:
     threshold = faiss.cvar.distance_compute_blas_threshold
 
     def timed(fn) -> float:
-        fn()
-        ts = []
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return round(float(np.median(ts)) * 1e3, 2)
+        return round(float(np.median(time_calls(fn, iterations, warmup=1))) * 1e3, 2)
 
     out = {'n': n, 'd': d, 'faiss_threads': threads, 'blas_threshold': threshold}
     out['numpy_matvec_ms'] = timed(lambda: x @ q[0])
