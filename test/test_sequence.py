@@ -6,6 +6,7 @@ time jumps, every index type, and settings out of range. The same drives are in
 """
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from boq_vpr.evaluation.drives import drive_frames, places_drive, run_setting, synthetic_drive
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
-from boq_vpr.detection.sequence import Timeline, _Table
+from boq_vpr.detection.sequence import Timeline, _Table, travelled_mm
 from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.evaluation import build_map
 from boq_vpr.map import Keyframe, MapDatabase
@@ -54,6 +55,66 @@ def test_the_second_pass_may_be_driven_slower_or_faster(speed):
     share, _ = _closed(exact)
     print(f'second pass at {speed}x: {exact["places"]}, {near["fp"]} loops more than two places off')
     assert share >= 0.8 and near['fp'] == 0 and exact['fp'] <= 2
+
+
+@pytest.mark.parametrize('speed, stop_s', [(0.5, 20.0), (2.0, 0.0)])
+def test_with_odometry_sequences_follow_travelled_distance_at_any_speed(speed, stop_s):
+    # the second pass at half the speed with a 20 s stop, or at twice the speed: far outside the
+    # speeds tried in time (0.8-1.25). Aligned by travelled distance (odometry given, the default
+    # 'auto') most places close, none wrongly; aligned by stamps hardly any do
+    drive = places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, speed), odometry=True, stop_s=stop_s)
+    by_distance = run_setting(drive, DetectorConfig(), tolerance=0)
+    by_time = run_setting(drive, DetectorConfig(sequence_alignment='time'), tolerance=0)
+    print(f'{speed}x, stop {stop_s} s: by distance {by_distance["places"]}, by time {by_time["places"]}')
+    share, wrong = _closed(by_distance)
+    assert share >= 0.8 and wrong == 0 and by_distance['fp'] == 0
+    assert _closed(by_time)[0] < 0.2
+    # without odometry 'auto' aligns by stamps
+    drive.odom = None
+    assert run_setting(drive, DetectorConfig(), tolerance=0)['places'] == by_time['places']
+
+
+def test_localization_by_travelled_distance_against_a_loaded_map(tmp_path):
+    # a map of 300 places with positions (600 keyframes), saved and loaded; the second pass at
+    # half the speed queries every 10th frame (2 Hz) with its odometry
+    drive = places_drive(300, 64, rate_hz=10.0, laps=2, lap_speeds=(1.0, 0.5), noise=0.3, shared=0.3, seed=1,
+                         odometry=True)
+    sel = np.arange(0, 3000, 5)
+    lap1 = drive_frames(drive.descriptors[sel], drive.stamps_ns[sel] / 1e9, drive.gt.frames[sel], 'map', 'synthetic-64')
+    lap1.odom = drive.odom[sel]
+    build_map(lap1, 'flat', session='map').save(tmp_path / 'map')
+    db = MapDatabase.load(tmp_path / 'map')
+    assert np.isfinite(db.keyframe_stamps(0, 64)[3]).all()
+    results = {}
+    for alignment in ('auto', 'time'):
+        det = LoopClosureDetector(db, DetectorConfig(mode='localization', sequence_alignment=alignment))
+        accepted = wrong = 0
+        for i in range(3000, len(drive), 10):
+            r = det.process(drive.descriptors[i], int(drive.stamps_ns[i]) + 10**12, position=drive.odom[i])
+            if r.candidates:
+                accepted += 1
+                wrong += int(lap1.gt.frames[r.candidates[0].match_id] != drive.gt.frames[i])
+        results[alignment] = (accepted, wrong)
+    print(f'of {len(range(3000, len(drive), 10))} queries: accepted, wrong {results}')
+    assert results['auto'][0] >= 400 and results['auto'][1] == 0
+    assert results['time'][0] < results['auto'][0] // 4
+
+
+def test_travelled_distance_restarts_at_each_session_and_skips_unknown_positions():
+    pos = np.array([[0, 0, 0], [3, 4, 0], [3, 4, 0], [0, 0, 0], [1, 0, 0]], np.float64)
+    assert travelled_mm(pos, np.array([0, 0, 0, 1, 1])).tolist() == [0, 5000, 5000, 0, 1000]
+    # a query without odometry is skipped, the next continues from the last known position; while
+    # a query of the sequence has none, the sequence is aligned by stamps
+    rng = np.random.default_rng(0)
+    db = MapDatabase(8, 'x')
+    db.add(rng.standard_normal((60, 8)).astype(np.float32), [Keyframe(-1, int(i * 1e9)) for i in range(60)])
+    det = LoopClosureDetector(db, DetectorConfig(exclusion_frames=1, exclusion_time_s=0.0))
+    for i, p in enumerate([(0, 0, 0), (2, 0, 0), None, (5, 0, 0)]):
+        det.process(rng.standard_normal(8), int((100 + i) * 1e9), position=p)
+    distances = [q.distance for q in det.sequence.queries]
+    assert distances[0] == 0.0 and distances[1] == 2.0 and math.isnan(distances[2]) and distances[3] == 5.0
+    assert det.sequence._offsets(list(det.sequence.queries), False)[0].tolist() == [3 * 10**9, 2 * 10**9, 10**9, 0]
+    assert np.frombuffer(det._session_dist, np.float64)[[0, 1, 3]].tolist() == [0.0, 2.0, 5.0]
 
 
 def test_a_route_without_revisits_publishes_no_loop():
@@ -143,7 +204,8 @@ def test_localization_against_a_loaded_map_of_every_index_type(tmp_path, index_t
     ('sequence_length', 0, r'\[1, 1000\]'), ('sequence_length', 5000, r'\[1, 1000\]'),
     ('sequence_seeds', 0, r'\[1, 100\]'), ('sequence_min_speed', 1.5, r'\[0.1, 1.0\]'),
     ('sequence_max_speed', 0.5, r'\[1.0, 10.0\]'), ('sequence_speeds', 20, r'\[1, 15\]'),
-    ('sequence_max_gap_s', 0.0, r'\(0, 3600\]'), ('sequence_max_gap_s', float('nan'), r'\(0, 3600\]')])
+    ('sequence_max_gap_s', 0.0, r'\(0, 3600\]'), ('sequence_max_gap_s', float('nan'), r'\(0, 3600\]'),
+    ('sequence_alignment', 'distance', 'auto, time')])
 def test_sequence_settings_out_of_range_are_refused_naming_the_range(key, value, message):
     with pytest.raises(ConfigError, match=f'{key}.*{message}'):
         DetectorConfig.from_dict({key: value})
@@ -153,7 +215,7 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     db = MapDatabase(8, 'x')
     x = np.eye(8, dtype=np.float32)[np.arange(600) % 8]
     db.add(x, [Keyframe(-1, int(i * 1e8), session='s') for i in range(600)])
-    timeline = Timeline(db, lambda: (600, [], []))
+    timeline = Timeline(db, lambda: (600, [], [], []))
     (table, held), = timeline.tables(np.array([300], np.int64))
     assert held.all() and table.ids.size <= 3 * Timeline.BLOCK and 300 in table.ids
     assert len(timeline._blocks) <= 3

@@ -12,6 +12,7 @@ from .calibration import DEFAULT_K as CALIBRATION_K, DEFAULT_MIN_SAMPLES
 from .geometric import FEATURES
 
 MODES = ('slam', 'localization')
+ALIGNMENTS = ('auto', 'time')   # sequence alignment: travelled distance where odometry is given, or stamps
 
 
 def described(default, doc: str) -> Any:
@@ -91,6 +92,9 @@ class DetectorConfig:
                                      '(spaced evenly in log).')
     sequence_max_gap_s: float = described(10.0, 'a gap longer than this between query keyframes (a time jump, a '
                                           'paused camera) starts a new sequence.')
+    sequence_alignment: str = described('auto', 'how sequences are aligned with the map: auto = by travelled '
+                                        'distance where the frames and the map keyframes have odometry positions '
+                                        '(metric odometry), by stamps elsewhere; time = always by stamps.')
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DetectorConfig':
@@ -180,6 +184,8 @@ class DetectorConfig:
             bad('sequence_speeds', 'must be in [1, 15]')
         if not (math.isfinite(self.sequence_max_gap_s) and 0.0 < self.sequence_max_gap_s <= 3600.0):
             bad('sequence_max_gap_s', 'must be in (0, 3600] seconds')
+        if self.sequence_alignment not in ALIGNMENTS:
+            bad('sequence_alignment', f'must be one of {", ".join(ALIGNMENTS)}')
 
     @property
     def calibrated(self) -> bool:

@@ -160,7 +160,8 @@ class LoopClosureDetector:
             self.verifier = verifier
             self.sequence = SequenceMatcher(self.db, Timeline(self.db, self._session_view), config.sequence_length,
                                             config.sequence_seeds, config.speeds, config.sequence_max_gap_s,
-                                            config.calibration_radius, config.calibration_min_samples)
+                                            config.calibration_radius, config.calibration_min_samples,
+                                            config.sequence_alignment)
             self.store_thumbnails = (config.geometric_verification if config.store_thumbnails is None
                                      else config.store_thumbnails)
             self.reset()
@@ -187,16 +188,29 @@ class LoopClosureDetector:
         """
         with self._lock:
             self._session_start = self.db.next_id
-            # keyframes this session added, in id order, and their stamps (non-decreasing within a
-            # session); 16 bytes a keyframe
+            # keyframes this session added, in id order, their stamps (non-decreasing within a
+            # session) and the distance travelled to each (m, from its odometry; NaN without a
+            # position); 24 bytes a keyframe
             self._session_ids = array.array('q')
             self._session_stamps = array.array('q')
+            self._session_dist = array.array('d')
+            self._session_odometry: tuple[np.ndarray, float] | None = None   # last known position, distance
             self._last_stamp_ns: int | None = None
             if hasattr(self, 'config'):
                 self.reset()
 
     def _session_view(self):
-        return self._session_start, self._session_ids, self._session_stamps
+        return self._session_start, self._session_ids, self._session_stamps, self._session_dist
+
+    def _travelled(self, position: tuple[float, float, float] | None) -> float:
+        """Distance travelled from the session's first positioned keyframe to ``position`` (m), NaN without one."""
+        if position is None or not all(math.isfinite(v) for v in position):
+            return math.nan
+        p = np.asarray(position, np.float64)
+        last = self._session_odometry
+        d = 0.0 if last is None else last[1] + float(np.linalg.norm(p - last[0]))
+        self._session_odometry = (p, d)
+        return d
 
     def eligible_count(self, id_below: int | None) -> int:
         """Count the keyframes a query may match.
@@ -306,7 +320,7 @@ class LoopClosureDetector:
                 if not decision.accept:
                     self.outcome_counts['not_keyframe'] += 1
                     return FrameResult(None, [], math.nan, None, decision.reason, 'not_keyframe')
-            result = self._query(q, stamp_ns, image)
+            result = self._query(q, stamp_ns, image, position)
             assert result.outcome in OUTCOMES, result.outcome
             self.outcome_counts[result.outcome] += 1
             if adding:
@@ -315,6 +329,7 @@ class LoopClosureDetector:
                 (kid,) = self.db.add(q, [kf], thumbnails=thumb)
                 self._session_ids.append(int(kid))
                 self._session_stamps.append(stamp_ns)
+                self._session_dist.append(self._travelled(kf.position))
                 result.keyframe_id = kid
                 for cand in ([result.best] if result.best else []) + result.candidates:
                     cand.query_id = kid
@@ -324,7 +339,7 @@ class LoopClosureDetector:
             self._last_query_ns = stamp_ns
             return result
 
-    def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None) -> FrameResult:
+    def _query(self, q: np.ndarray, stamp_ns: int, image: np.ndarray | None, position=None) -> FrameResult:
         """Run the stages after keyframe selection, in the order of OUTCOMES."""
         c = self.config
         id_below = self.search_limit(stamp_ns) if c.mode == 'slam' else None
@@ -364,7 +379,7 @@ class LoopClosureDetector:
             if c.sequences:
                 level, scale, neutral = self._background(all_scores, all_ids, eligible, sig)
                 self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores,
-                                        complete=all_ids.size >= eligible)
+                                        complete=all_ids.size >= eligible, position=position)
                 sequence = self.sequence.decide(eligible, id_below)
                 if sequence is None:
                     return rejected('undecided', 'sequence: too few competing places to judge the best hypothesis')

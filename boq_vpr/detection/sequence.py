@@ -79,6 +79,7 @@ class QueryRecord:
     seeds: np.ndarray         # its best matches' keyframe ids (best first)
     seed_scores: np.ndarray   # and their cosines
     complete: bool = False    # its search returned every keyframe it could match (a small map)
+    distance: float = math.nan   # travelled distance since the sequence started (m; NaN: no odometry)
 
     def __post_init__(self) -> None:
         order = np.argsort(self.seeds, kind='stable')
@@ -123,20 +124,23 @@ class SequenceDecision:
 
 
 class _Table:
-    """Keyframes of one or more map sessions in id order, with a key ordering them by (session, stamp).
+    """Keyframes of one or more map sessions in id order, with a key ordering them by (session, position).
 
-    The key puts the keyframe of a session nearest to a stamp one ``searchsorted`` away.
+    A keyframe's position along its session (``coord``) is its stamp (ns), or with odometry the
+    distance travelled since the session's start (``by_distance``, mm); it never goes back within a
+    session. The key puts the keyframe of a session nearest to a position one ``searchsorted`` away.
     """
 
-    SPAN = 1 << 50     # ns of one session in the key (13 days; longer sessions are clipped at the end)
+    SPAN = 1 << 50     # of one session in the key: 13 days in ns, 10^9 m in mm (longer ones are clipped at the end)
 
-    def __init__(self, ids: np.ndarray, stamps: np.ndarray, segment: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray, coord: np.ndarray, segment: np.ndarray, by_distance: bool = False) -> None:
         self.ids = ids
-        self.stamps = stamps
+        self.coord = coord
+        self.by_distance = by_distance
         self.segment = segment                      # session index of each row, non-decreasing
         starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if ids.size else np.zeros(0, np.int64)
-        self.first = np.repeat(stamps[starts], np.diff(np.r_[starts, ids.size])) if ids.size else stamps
-        self.key = segment * self.SPAN + np.minimum(stamps - self.first, self.SPAN - 1)
+        self.first = np.repeat(coord[starts], np.diff(np.r_[starts, ids.size])) if ids.size else coord
+        self.key = segment * self.SPAN + np.minimum(coord - self.first, self.SPAN - 1)
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id (-1 when absent)."""
@@ -146,7 +150,7 @@ class _Table:
     def nearest(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Return the row of the keyframe of each anchor's session nearest to each target.
 
-        The anchors are at ``rows`` (shape [A]), the target stamps are ``targets`` ([A, ...]).
+        The anchors are at ``rows`` (shape [A]), the target positions are ``targets`` ([A, ...]).
         """
         shape = (-1,) + (1,) * (targets.ndim - 1)
         seg = self.segment[rows].reshape(shape)
@@ -156,11 +160,29 @@ class _Table:
         prev = np.maximum(k - 1, 0)
         k = np.where(self.segment[k] != seg, prev, k)
         prev = np.where(self.segment[prev] != seg, k, prev)
-        return np.where(np.abs(self.stamps[prev] - targets) <= np.abs(self.stamps[k] - targets), prev, k)
+        return np.where(np.abs(self.coord[prev] - targets) <= np.abs(self.coord[k] - targets), prev, k)
+
+
+def travelled_mm(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Return the distance travelled from the start of each row's session, in mm (int64).
+
+    ``positions`` ``[n, 3]`` (all known), ``segment`` the session index of each row (non-decreasing):
+    the sum of the straight steps between consecutive keyframes of the session.
+    """
+    step = np.zeros(len(positions))
+    if len(positions) > 1:
+        step[1:] = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+        step[1:][np.diff(segment) != 0] = 0.0
+    total = np.cumsum(step)
+    starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if len(step) else np.zeros(0, np.int64)
+    total -= np.repeat(total[starts], np.diff(np.r_[starts, len(step)])) if len(step) else 0.0
+    return np.round(total * 1000.0).astype(np.int64)
 
 
 class Timeline:
-    """Stamps and sessions of map keyframes by id, for following a session of the map in time.
+    """Stamps, positions and sessions of map keyframes by id, for following a session of the map.
+
+    A session is followed in time, or in travelled distance where every keyframe has a position.
 
     Keyframes of the running session come from the detector's own arrays; earlier keyframes (a
     loaded map, earlier sessions) are read from the map's metadata in blocks of ``BLOCK`` ids around
@@ -172,16 +194,17 @@ class Timeline:
     BLOCK = 64
     MAX_BLOCKS = 4096
 
-    def __init__(self, db: MapDatabase, session: Callable[[], tuple[int, array.array, array.array]]) -> None:
+    def __init__(self, db: MapDatabase,
+                 session: Callable[[], tuple[int, array.array, array.array, array.array]]) -> None:
         self.db = db
-        self._session = session        # () -> (session_start, session_ids, session_stamps)
-        self._blocks: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = \
-            collections.OrderedDict()
+        # () -> (session_start, session_ids, session_stamps, session_distances: m travelled, NaN unknown)
+        self._session = session
+        self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
 
     def clear(self) -> None:
         self._blocks.clear()
 
-    def _block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _block(self, b: int) -> tuple[np.ndarray, ...]:
         blk = self._blocks.get(b)
         if blk is None:
             blk = self.db.keyframe_stamps(b * self.BLOCK, (b + 1) * self.BLOCK)
@@ -192,19 +215,24 @@ class Timeline:
             self._blocks.move_to_end(b)
         return blk
 
-    def tables(self, ids: np.ndarray) -> list[tuple[_Table, np.ndarray]]:
+    def tables(self, ids: np.ndarray, by_distance: bool = False) -> list[tuple[_Table, np.ndarray]]:
         """Return (table, mask of ``ids`` it holds) pairs.
 
         The tables are the running session, and the earlier keyframes in the blocks around those
-        ``ids`` that are earlier.
+        ``ids`` that are earlier. ``by_distance``: a table whose keyframes all have positions is
+        ordered by travelled distance, any other by stamps.
         """
-        start, sids, sstamps = self._session()
+        start, sids, sstamps, sdist = self._session()
         out = []
         running = ids >= start
         if running.any() and len(sids):
             t_ids = np.frombuffer(sids, np.int64).copy()
-            out.append((_Table(t_ids, np.frombuffer(sstamps, np.int64).copy(), np.zeros(t_ids.size, np.int64)),
-                        running))
+            dist = np.frombuffer(sdist, np.float64) if by_distance else None
+            if dist is not None and dist.size == t_ids.size and np.isfinite(dist).all():
+                table = _Table(t_ids, np.round(dist * 1000.0).astype(np.int64), np.zeros(t_ids.size, np.int64), True)
+            else:
+                table = _Table(t_ids, np.frombuffer(sstamps, np.int64).copy(), np.zeros(t_ids.size, np.int64))
+            out.append((table, running))
         earlier = ~running
         if earlier.any():
             blocks = np.unique(ids[earlier] // self.BLOCK)
@@ -221,7 +249,12 @@ class Timeline:
                 brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
                 brk[1:] |= labels[1:] != labels[:-1]
                 brk[1:] |= np.diff(e_st) < 0
-                out.append((_Table(e_ids, e_st, np.cumsum(brk)), earlier))
+                segment = np.cumsum(brk)
+                pos = np.concatenate([p[3] for p in parts])[keep] if by_distance else None
+                if pos is not None and np.isfinite(pos).all():
+                    out.append((_Table(e_ids, travelled_mm(pos, segment), segment, True), earlier))
+                else:
+                    out.append((_Table(e_ids, e_st, segment), earlier))
         return out
 
 
@@ -232,7 +265,8 @@ class SequenceMatcher:
     """
 
     def __init__(self, db: MapDatabase, timeline: Timeline, length: int, seeds: int,
-                 speeds: tuple[float, ...], max_gap_s: float, radius: int, min_samples: int) -> None:
+                 speeds: tuple[float, ...], max_gap_s: float, radius: int, min_samples: int,
+                 alignment: str = 'auto') -> None:
         self.db = db
         self.timeline = timeline
         self.length = int(length)
@@ -241,32 +275,61 @@ class SequenceMatcher:
         self.max_gap_ns = int(round(max_gap_s * 1e9))
         self.radius = int(radius)
         self.min_samples = int(min_samples)
+        self.by_distance = alignment == 'auto'     # align by travelled distance where odometry is given
         self.queries: collections.deque[QueryRecord] = collections.deque(maxlen=self.length)
         self._seq = 0
+        self._odometry: tuple[np.ndarray, float] | None = None   # last known position, distance at it
 
     def reset(self) -> None:
         """Forget the running sequence (a time jump, a new session, new settings)."""
         self.queries.clear()
+        self._odometry = None
         self.timeline.clear()
 
+    def _travelled(self, position) -> float:
+        """Return the distance travelled since the sequence started (m), NaN without a position.
+
+        A query without a position is skipped: the next one continues from the last known position.
+        """
+        if position is None:
+            return math.nan
+        p = np.asarray(position, np.float64).ravel()[:3]
+        if p.size != 3 or not np.isfinite(p).all():
+            return math.nan
+        d = 0.0 if self._odometry is None else self._odometry[1] + float(np.linalg.norm(p - self._odometry[0]))
+        self._odometry = (p, d)
+        return d
+
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
-                  id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False) -> None:
-        """Append a query keyframe.
+                  id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False,
+                  position=None) -> None:
+        """Append a query keyframe (``position``: its odometry position, when given).
 
         A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
         before a time jump says nothing about where the robot is now).
         """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
+            self._odometry = None
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
                                         id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
-                                        complete))
+                                        complete, self._travelled(position)))
         self._seq += 1
 
-    def _spacing_ns(self) -> float:
-        st = np.array([q.stamp_ns for q in self.queries], np.float64)
-        return float(np.median(np.diff(st))) if st.size > 1 else 1e9
+    def _offsets(self, queries: list[QueryRecord], by_distance: bool) -> tuple[np.ndarray, float]:
+        """Return how far back along the trajectory each query is from the newest, and the usual step.
+
+        In ns, or in mm of travelled distance. The step is the median spacing of the queries (in
+        distance, of those that moved: a stop adds keyframes at one place).
+        """
+        if by_distance:
+            d = np.array([q.distance for q in queries], np.float64) * 1000.0
+            steps = np.diff(d)
+            steps = steps[steps > 0]
+            return np.round(d[-1] - d).astype(np.int64), float(np.median(steps)) if steps.size else 1000.0
+        st = np.array([q.stamp_ns for q in queries], np.int64)
+        return st[-1] - st, float(np.median(np.diff(st.astype(np.float64)))) if st.size > 1 else 1e9
 
     def decide(self, eligible: int, id_below: int | None) -> SequenceDecision | None:
         """Return the best hypothesis for the newest query and its false-alarm probability.
@@ -275,26 +338,29 @@ class SequenceMatcher:
         """
         queries = list(self.queries)
         L = len(queries)
-        dts = np.array([queries[-1].stamp_ns - r.stamp_ns for r in queries], np.int64)   # [L] >= 0
         limits = np.array([np.iinfo(np.int64).max if r.id_below is None else r.id_below for r in queries], np.int64)
-        spacing = self._spacing_ns()
-        tol = int(2.0 * spacing)         # alignment tolerance: a missed keyframe on either side
-        # seeds of the recent queries, each with the time since its query
+        # how far back each query is (ns, or mm travelled where every query has odometry) and the
+        # usual step between queries
+        offsets = {False: self._offsets(queries, False)}
+        if self.by_distance and all(math.isfinite(r.distance) for r in queries):
+            offsets[True] = self._offsets(queries, True)
+        # seeds of the recent queries, each with the time (distance) since its query
         # (all of the newest query's matches: in a small map, searched completely, every place)
         recent = queries[-self.seeds:]
         top = [r.seeds[:SEEDS_PER_QUERY] for r in recent[:-1]] + [recent[-1].seeds]
         seeds = np.concatenate(top)
-        seed_dt = np.concatenate([np.full(t.size, dt, np.int64) for t, dt in zip(top, dts[-len(recent):])])
+        seed_query = np.concatenate([np.full(t.size, L - len(recent) + n, np.int64) for n, t in enumerate(top)])
         limit_now = limits[-1]
         anchors_all, tables_all, rows_all, segments_all = [], [], [], []
-        for table, held in self.timeline.tables(seeds):
+        for table, held in self.timeline.tables(seeds, True in offsets):
+            dts, spacing = offsets[table.by_distance]
             rows = table.rows(seeds[held])
             ok = rows >= 0
-            rows, dt = rows[ok], seed_dt[held][ok]
-            target = table.stamps[rows] + dt
+            rows, dt = rows[ok], dts[seed_query[held][ok]]
+            target = table.coord[rows] + dt
             a = table.nearest(rows, target)                                    # carried forward
             # carried past the end of its session, a hypothesis has nowhere to go
-            ok = (np.abs(table.stamps[a] - target) <= spacing) & (table.ids[a] < limit_now)
+            ok = (np.abs(table.coord[a] - target) <= spacing) & (table.ids[a] < limit_now)
             a = np.unique(a[ok])
             anchors_all.append(table.ids[a])
             segments_all.append(table.segment[a] + (len(segments_all) << 32))
@@ -305,10 +371,12 @@ class SequenceMatcher:
         # for each anchor and speed, the map keyframe aligned with each recent query
         aligned_parts = []
         for table, a in zip(tables_all, rows_all):
-            target = table.stamps[a][:, None, None] - (self.speeds[None, :, None] * dts[None, None, :]).astype(np.int64)
+            dts, spacing = offsets[table.by_distance]
+            tol = int(2.0 * spacing)         # alignment tolerance: a missed keyframe on either side
+            target = table.coord[a][:, None, None] - (self.speeds[None, :, None] * dts[None, None, :]).astype(np.int64)
             k = table.nearest(a, target)                                        # [A, V, L]
             m = table.ids[k]
-            ok = (np.abs(table.stamps[k] - target) <= tol) & (m < limits[None, None, :])
+            ok = (np.abs(table.coord[k] - target) <= tol) & (m < limits[None, None, :])
             aligned_parts.append(np.where(ok, m, -1))
         ids = np.concatenate(anchors_all)
         segment = np.concatenate(segments_all)          # one number per map session

@@ -84,15 +84,18 @@ def synthetic_drive(dim: int = 2048, n: int = 3000, rate_hz: float = 10.0, share
 
 def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, seconds_per_place: float = 1.0,
                  laps: int = 2, noise: float = 0.4, shared: float = 0.5, seed: int = 0,
-                 lap_speeds: tuple[float, ...] | None = None):
+                 lap_speeds: tuple[float, ...] | None = None, odometry: bool = False, stop_s: float = 0.0,
+                 place_m: float = 10.0):
     """Make a route of ``places`` distinct places driven ``laps`` times.
 
     Each of the ``places`` places is in view for ``seconds_per_place``, seen by a camera at
     ``rate_hz`` and driven ``laps`` times without a break. A frame is its place's random unit vector
     plus independent noise of norm ``noise`` (so two views of one place have cosine about 1 / (1 +
     noise^2)), mixed with a ``shared`` common component as trained descriptors have. ``lap_speeds``:
-    the speed of each lap relative to the first (1.25: each place in view 20% less long). Ground
-    truth: the place number (a correct match is the same place).
+    the speed of each lap relative to the first (1.25: each place in view 20% less long). ``stop_s``:
+    on the last lap the vehicle stands still this long at the middle place. ``odometry``: each
+    frame's position on a circular route (``place_m`` metres a place) as odometry. Ground truth: the
+    place number (a correct match is the same place).
     """
     rng = np.random.default_rng(seed)
     place_vec = rng.standard_normal((places, dim))
@@ -100,8 +103,17 @@ def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, second
     common = rng.standard_normal(dim)
     common /= np.linalg.norm(common)
     speeds = lap_speeds or (1.0,) * laps
-    place = np.concatenate([np.repeat(np.arange(places), max(1, int(round(seconds_per_place * rate_hz / v))))
-                            for v in speeds[:laps]])
+    place, along = [], []
+    for lap, v in enumerate(speeds[:laps]):
+        per = max(1, int(round(seconds_per_place * rate_hz / v)))
+        for p in range(places):
+            progress = (np.arange(per) + 0.5) / per
+            if stop_s > 0 and lap == laps - 1 and p == places // 2:
+                progress = np.r_[progress[:per // 2], np.full(int(round(stop_s * rate_hz)), progress[per // 2]),
+                                 progress[per // 2:]]
+            place.append(np.full(progress.size, p))
+            along.append((lap * places + p + progress) * place_m)
+    place = np.concatenate(place)
     n = place.size
     jitter = rng.standard_normal((n, dim))
     jitter *= noise / np.linalg.norm(jitter, axis=1, keepdims=True)
@@ -109,8 +121,13 @@ def places_drive(places: int = 60, dim: int = 256, rate_hz: float = 10.0, second
     own /= np.linalg.norm(own, axis=1, keepdims=True)
     desc = shared * common + np.sqrt(1 - shared ** 2) * own
     desc /= np.linalg.norm(desc, axis=1, keepdims=True)
-    return drive_frames(desc.astype(np.float32), np.arange(n) / rate_hz, place,
-                   f'places_{places}x{laps}_{rate_hz:g}hz', f'synthetic-{dim}')
+    frames = drive_frames(desc.astype(np.float32), np.arange(n) / rate_hz, place,
+                          f'places_{places}x{laps}_{rate_hz:g}hz', f'synthetic-{dim}')
+    if odometry:
+        radius = places * place_m / (2 * np.pi)
+        angle = np.concatenate(along) / radius
+        frames.odom = np.stack([radius * np.cos(angle), radius * np.sin(angle), np.zeros(n)], axis=1)
+    return frames
 
 
 # Every drive of the drives table (--only drives): (name, what it is, correct within this many
@@ -125,6 +142,9 @@ DRIVE_TABLE = (
     ('camera_30hz', '60 places, each in view 1 s, driven twice, 30 Hz camera', 0),
     ('slower_0.8', 'as camera_10hz, the second pass at 0.8x speed (frames repeated)', 0),
     ('faster_1.25', 'as camera_10hz, the second pass at 1.25x speed (frames skipped)', 0),
+    ('half_speed', 'as camera_10hz, the second pass at 0.5x speed with a 20 s stop, no odometry', 0),
+    ('half_speed_odometry', 'as half_speed, with odometry (sequences aligned by travelled distance)', 0),
+    ('double_speed_odometry', 'as camera_10hz, the second pass at 2x speed, with odometry', 0),
 )
 # the settings the defaults were chosen from (--only drives): false_alarm_rate x temporal_consistency
 DRIVE_SETTINGS = {'false_alarm_rate': (0.01, 0.001), 'temporal_consistency': (1, 2, 3)}
@@ -144,6 +164,11 @@ def table_drive(name: str, encoder, data: Path):
         return places_drive(75, 64, rate_hz=1.0, laps=2, noise=0.4, shared=0.0)
     if name in ('camera_10hz', 'camera_30hz'):
         return places_drive(60, 256, rate_hz=10.0 if name == 'camera_10hz' else 30.0, laps=2)
+    if name in ('half_speed', 'half_speed_odometry'):
+        return places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, 0.5), stop_s=20.0,
+                            odometry=name.endswith('odometry'))
+    if name == 'double_speed_odometry':
+        return places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, 2.0), odometry=True)
     speed = float(name.split('_')[1])
     return places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, speed))
 

@@ -240,10 +240,11 @@ class MapDatabase:
         with self._lock:
             return self._store.first_id_at_or_after(stamp_ns, session)
 
-    def keyframe_stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return (ids, stamps_ns, session labels) of the keyframes with ``lo <= id < hi``, by id.
+    def keyframe_stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (ids, stamps_ns, session labels, positions) of the keyframes with ``lo <= id < hi``, by id.
 
-        The detector follows map sessions in time with them, a block at a time.
+        Positions are ``[n, 3]``, NaN where a keyframe has none. The detector follows map sessions in
+        time (or travelled distance) with them, a block at a time.
         """
         with self._lock:
             return self._store.stamps(lo, hi)

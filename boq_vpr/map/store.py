@@ -218,13 +218,14 @@ class KeyframeStore:
                                  (int(stamp_ns), *args)).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, stamps, session labels) of the keyframes with ``lo <= id < hi``, by id."""
-        rows = self._conn.execute('SELECT id, stamp_ns, session FROM keyframes WHERE id >= ? AND id < ? ORDER BY id',
-                                  (int(lo), int(hi))).fetchall()
+    def stamps(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, stamps, session labels, positions ``[n, 3]``: NaN where unknown) of the ids in [lo, hi)."""
+        rows = self._conn.execute('SELECT id, stamp_ns, session, px, py, pz FROM keyframes WHERE id >= ? AND id < ? '
+                                  'ORDER BY id', (int(lo), int(hi))).fetchall()
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         stamps = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-        return ids, stamps, np.array([r[2] for r in rows], dtype=object)
+        positions = np.array([r[3:] if r[3] is not None else (np.nan,) * 3 for r in rows], np.float64).reshape(-1, 3)
+        return ids, stamps, np.array([r[2] for r in rows], dtype=object), positions
 
     def sessions(self) -> dict[str, int]:
         rows = self._conn.execute('SELECT session, COUNT(*) FROM keyframes GROUP BY session').fetchall()

@@ -214,9 +214,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _detector_choices() -> dict[str, tuple]:
+    from ..detection.config import ALIGNMENTS
     from ..detection.geometric import FEATURES
     from ..detection import MODES
-    return {'mode': tuple(MODES), 'geometric_features': tuple(FEATURES)}
+    return {'mode': tuple(MODES), 'geometric_features': tuple(FEATURES), 'sequence_alignment': tuple(ALIGNMENTS)}
 
 
 # Detector fields fixed at start-up: the mode decides whether a map must exist; the session names
