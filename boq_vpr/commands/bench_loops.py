@@ -39,7 +39,8 @@ Two more measurements, on request:
 
 6. ``drives`` (with ``--only drives``): the detector on every drive of ``DRIVE_TABLE`` (the Nordland
    drives above, summer at 10 fps, the synthetic route, a small map of 75 places, 60 places seen
-   by a 10 and a 30 Hz camera, a second pass slower or faster) under each setting of
+   by a 10 and a 30 Hz camera, a second pass slower or faster, at half speed with a stop without
+   and with odometry, at twice the speed with odometry) under each setting of
    ``DRIVE_SETTINGS`` (``false_alarm_rate`` x ``temporal_consistency``, the shipped one marked):
    accepted loops, true and false ones, precision, recall and revisited places closed (JSON key
    ``drives``).

@@ -19,13 +19,16 @@ sequence (stamps ``t_j``, at most ``length`` of them):
 2. **Hypotheses.** The best matches of the last ``seeds`` queries, each carried forward along its
    own map session by the time since that query, propose anchors ``a``: "the query is now at map
    keyframe ``a``".
-3. **Time-aligned sequences.** For anchor ``a`` and relative speed ``v`` (``speeds``: the map driven
-   faster or slower), query ``j`` is aligned with the map keyframe of ``a``'s session nearest to
-   ``stamp(a) - v (t_q - t_j)``. A sequence follows one session of the map (never across a session
-   boundary), takes only map keyframes that were eligible for query ``j`` (outside its exclusion
-   window), and a query with no map keyframe near its aligned time (missed keyframes, a stop, the
-   start of the map) counts what an unrelated keyframe gives on average (no evidence either way).
-   The hypothesis score is the sum of its evidence, the best over the speeds.
+3. **Sequences aligned by time, or by travelled distance.** For anchor ``a`` and relative speed
+   ``v`` (``speeds``: the map driven faster or slower), query ``j`` is aligned with the map keyframe
+   of ``a``'s session nearest to ``stamp(a) - v (t_q - t_j)``. Where every recent query and the map
+   session's keyframes have odometry positions (``alignment`` 'auto'), the same holds with the
+   distance travelled along the session in place of the stamp: a pass at another speed, or with
+   stops, lines up with the map all the same. A sequence follows one session of the map (never
+   across a session boundary), takes only map keyframes that were eligible for query ``j`` (outside
+   its exclusion window), and a query with no map keyframe near its aligned position (missed
+   keyframes, the start of the map) counts what an unrelated keyframe gives on average (no evidence
+   either way). The hypothesis score is the sum of its evidence, the best over the speeds.
 4. **Decision.** The best anchor's score is judged against the scores of the competing anchors with
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
    the tail capped on small maps): the probability that a query whose trajectory revisits nothing
@@ -35,8 +38,8 @@ sequence (stamps ``t_j``, at most ``length`` of them):
 Cost: no descriptor is compared again. The evidence of a query comes from its own search (the
 keyframes it retrieved and their cosines); a keyframe it did not retrieve scored below the last one
 it did, and counts that bound, the same for every hypothesis. Only the few keyframes reported are
-read back from the map's stored descriptors (their cosine with the newest query). Map stamps are
-read from the map's metadata in small blocks, cached.
+read back from the map's stored descriptors (their cosine with the newest query). Map stamps and
+positions are read from the map's metadata in small blocks, cached.
 """
 from __future__ import annotations
 
