@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument('--every', type=int, default=1, help='use one frame in N (default: 1)')
     d.add_argument('--max-frames', type=int, default=None, help='use at most this many frames per bag')
     d.add_argument('--odom-topic', default=None,
-                   help='odometry/pose topic whose positions are given to the detector (keyframe distance, sequences aligned '
-                        'by travelled distance)')
+                   help='odometry/pose topic whose positions are given to the detector (keyframe distance; '
+                        'sequences aligned by travelled distance)')
     d.add_argument('--save-descriptors', type=Path, default=None,
                    help='save descriptors (+ stamps, ground truth) into this folder for later runs')
     d.add_argument('--descriptors', type=Path, default=None,
