@@ -78,13 +78,27 @@ def place_peaks(ids: np.ndarray, radius: int) -> np.ndarray:
     Each is more than ``radius`` ids from every better peak, so neighbouring keyframes of one place
     count once.
     """
-    taken: set[int] = set()
+    ids = np.asarray(ids, np.int64)
+    if ids.size == 0:
+        return np.zeros(0, np.int64)
+    r = max(int(radius), 0)
+    lo = int(ids.min()) - r
+    span = int(ids.max()) + r + 1 - lo
     keep = []
-    span = range(-int(radius), int(radius) + 1)
-    for n, i in enumerate(np.asarray(ids, np.int64).tolist()):
-        if not any(i + d in taken for d in span):
-            taken.add(i)
-            keep.append(n)
+    if span <= 1 << 24:
+        # a flag per id in the range (fast); a set of ids for a range too wide
+        blocked = bytearray(span)
+        ones = b'\x01' * (2 * r + 1)
+        for n, i in enumerate((ids - lo).tolist()):
+            if not blocked[i]:
+                blocked[i - r:i + r + 1] = ones
+                keep.append(n)
+    else:
+        taken: set[int] = set()
+        for n, i in enumerate(ids.tolist()):
+            if i not in taken:
+                taken.update(range(i - r, i + r + 1))
+                keep.append(n)
     return np.asarray(keep, np.int64)
 
 
@@ -171,6 +185,38 @@ def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float,
     one = float(student_t.sf(z, COMPLETE_DOF)) if math.isfinite(z) else 0.0
     p = -math.expm1(n * math.log1p(-one)) if one < 1.0 else 1.0
     return float(min(max(p, 0.0), 1.0)), float(z), mean, std
+
+
+def p_values(scores: np.ndarray, background: np.ndarray, eligible: int | None, complete: bool, radius: int,
+             min_samples: int) -> np.ndarray:
+    """Return the false-alarm probability of each of ``scores`` against one background, as ``judge`` would.
+
+    All at once (the places ranked after the best one); NaN when ``judge`` gives no decision.
+    """
+    scores = np.asarray(scores, np.float64)
+    if background.size < max(2, min_samples):
+        return np.full(scores.shape, np.nan)
+    if complete:
+        n = int(background.size) + 1
+        mean = float(np.mean(background))
+        std = float(np.std(background, ddof=1)) if background.size > 1 else 0.0
+        if std <= 1e-9:
+            one = np.where(scores > mean + 1e-9, 0.0, student_t.sf(0.0, COMPLETE_DOF))
+        else:
+            one = student_t.sf((scores - mean) / std, COMPLETE_DOF)
+    else:
+        n = max(2, tail_size(int(background.size), eligible, radius, min_samples))
+        tail = background[:n]
+        m = n - 1
+        u = float(tail[-1])
+        beta = float(np.sum(tail[:-1] - u) / m) if m > 0 else 0.0
+        if beta <= 1e-9:
+            return np.where(scores > u + 1e-9, 0.0, 1.0)
+        excess = (scores - u) / beta
+        one = np.where(excess > 0, np.exp(-m * np.log1p(np.maximum(excess, 0.0) / m)), 1.0)
+    with np.errstate(divide='ignore'):
+        p = np.where(one < 1.0, -np.expm1(n * np.log1p(-np.minimum(one, 1.0 - 1e-300))), 1.0)
+    return np.clip(p, 0.0, 1.0)
 
 
 def judge(best: float, background: np.ndarray, eligible: int | None, complete: bool, radius: int,

@@ -38,7 +38,8 @@ from .calibration import COMPLETE_MAX, significance
 from .config import MODES, DetectorConfig
 from .geometric import GeometricVerifier
 from .keyframes import KeyframeSelector
-from .sequence import FLOOR, SequenceDecision, SequenceMatcher, Timeline
+from .sequence import FLOOR, SequenceDecision, SequenceMatcher
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,7 @@ class LoopClosureDetector:
                 level, scale, neutral = self._background(all_scores, all_ids, eligible, sig)
                 self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores,
                                         complete=all_ids.size >= eligible, position=position)
-                sequence = self.sequence.decide(eligible, id_below)
+                sequence = self.sequence.decide(eligible, id_below, c.false_alarm_rate)
                 if sequence is None:
                     return rejected('undecided', 'sequence: too few competing places to judge the best hypothesis')
                 best = self._candidate(None, stamp_ns, sequence.anchor, sequence.cosine, 0)

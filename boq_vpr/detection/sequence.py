@@ -16,19 +16,23 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    background, ``boq_vpr.detection.calibration``), so a dark frame that is alike everywhere adds
    little, and scores of every model and environment are on one scale: the evidence of map keyframe
    ``m`` for query ``j`` is ``e_j(m) = (cos(q_j, m) - u_j) / beta_j``, clipped below at ``FLOOR``.
-2. **Hypotheses.** The best matches of the last ``seeds`` queries, each carried forward along its
-   own map session by the time since that query, propose anchors ``a``: "the query is now at map
-   keyframe ``a``".
-3. **Sequences aligned by time, or by travelled distance.** For anchor ``a`` and relative speed
-   ``v`` (``speeds``: the map driven faster or slower), query ``j`` is aligned with the map keyframe
-   of ``a``'s session nearest to ``stamp(a) - v (t_q - t_j)``. Where every recent query and the map
+2. **Hypotheses are lines followed along the map.** Each of the newest query's best matches ``s``
+   starts a line at each relative speed ``v`` (``speeds``: the map driven faster or slower): "query
+   ``q`` is at ``s``, and the map goes by ``v`` times as fast as the query". The line is followed
+   along ``s``'s map session query by query; it lives while one of the last ``seeds`` queries
+   matched the keyframe it is at (at that speed), and ends where its session ends. Its anchor ``a``
+   is the map keyframe it is at for the newest query.
+3. **Sequences aligned by time, or by travelled distance.** Query ``j`` is aligned with the map
+   keyframe of the line's session nearest to where the line was at ``t_j``: ``stamp(s) + v (t_j -
+   t_q)`` for the line started at ``s`` by query ``q``. Where every recent query and the map
    session's keyframes have odometry positions (``alignment`` 'auto'), the same holds with the
    distance travelled along the session in place of the stamp: a pass at another speed, or with
    stops, lines up with the map all the same. A sequence follows one session of the map (never
    across a session boundary), takes only map keyframes that were eligible for query ``j`` (outside
    its exclusion window), and a query with no map keyframe near its aligned position (missed
    keyframes, the start of the map) counts what an unrelated keyframe gives on average (no evidence
-   either way). The hypothesis score is the sum of its evidence, the best over the speeds.
+   either way). A line's score is the sum of its evidence over the last ``length`` queries; an
+   anchor's score is its best line's.
 4. **Decision.** The best anchor's score is judged against the scores of the competing anchors with
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
    the tail capped on small maps): the probability that a query whose trajectory revisits nothing
@@ -37,23 +41,24 @@ sequence (stamps ``t_j``, at most ``length`` of them):
 
 Cost: no descriptor is compared again. The evidence of a query comes from its own search (the
 keyframes it retrieved and their cosines); a keyframe it did not retrieve scored below the last one
-it did, and counts that bound, the same for every hypothesis. Only the few keyframes reported are
-read back from the map's stored descriptors (their cosine with the newest query). Map stamps and
-positions are read from the map's metadata in small blocks, cached.
+it did, and counts that bound, the same for every hypothesis. A line keeps the evidence it
+gathered: each new query adds one aligned keyframe to each line, and only a new line is aligned
+with the whole window. Only the few keyframes reported are read back from the map's stored
+descriptors (their cosine with the newest query). Map stamps and positions are read from the map's
+metadata in small blocks, cached, and the table of them is built again only when a block is added.
 """
 from __future__ import annotations
 
-import array
 import collections
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from ..map import MapDatabase
-from .calibration import judge, place_peaks
+from .calibration import judge, p_values, place_peaks
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,8 @@ SEEDS_PER_QUERY = 50
 REFINE = 1
 # Aligned keyframes a hypothesis needs before it competes.
 MIN_TERMS = 3
+# keys of (query, keyframe id) in one sorted array: ids are below 2^40
+_KEY = np.int64(1) << 40
 
 
 @dataclass
@@ -92,16 +99,10 @@ class QueryRecord:
         # evidence (an upper bound shared by every hypothesis; nearly always the floor)
         last = float(self.seed_scores[-1]) if self.seed_scores.size else self.u
         self._missed = max(min((last - self.u) / self.beta, 0.0), FLOOR)
-
-    def evidence(self, m: np.ndarray) -> np.ndarray:
-        """Return the evidence of map keyframes ``m`` (-1: none aligned) for this query, from its own search."""
-        if self._ids.size == 0:
-            return np.full(m.shape, self.neutral)
-        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
-        hit = self._ids[k] == m
-        e = np.where(hit, np.maximum((self._scores[k] - self.u) / self.beta, FLOOR),
-                     self.neutral if self.complete else self._missed)
-        return np.where(m >= 0, e, self.neutral)
+        # its part of the window's evidence lookup (``SequenceMatcher._window_evidence``)
+        self._keys = self.seq * _KEY + self._ids
+        self._values = np.maximum((self._scores - self.u) / self.beta, FLOOR)
+        self._absent = self.neutral if (self.complete or not self._ids.size) else self._missed
 
     def cosines(self, m: np.ndarray) -> np.ndarray:
         """Cosines of map keyframes ``m`` with this query where its search returned them, else NaN."""
@@ -123,142 +124,8 @@ class SequenceDecision:
     samples: int              # tail samples of the competing anchors
     cosine: float             # the newest query's cosine similarity with the anchor
     aligned: tuple[int, ...]  # the map keyframes the best hypothesis aligned with the recent queries
-    ranked: list[tuple[int, float, float, float]]   # (anchor, score, p, cosine) per place, best first
-
-
-class _Table:
-    """Keyframes of one or more map sessions in id order, with a key ordering them by (session, position).
-
-    A keyframe's position along its session (``coord``) is its stamp (ns), or with odometry the
-    distance travelled since the session's start (``by_distance``, mm); it never goes back within a
-    session. The key puts the keyframe of a session nearest to a position one ``searchsorted`` away.
-    """
-
-    SPAN = 1 << 50     # of one session in the key: 13 days in ns, 10^9 m in mm (longer ones are clipped at the end)
-
-    def __init__(self, ids: np.ndarray, coord: np.ndarray, segment: np.ndarray, by_distance: bool = False) -> None:
-        self.ids = ids
-        self.coord = coord
-        self.by_distance = by_distance
-        self.segment = segment                      # session index of each row, non-decreasing
-        starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if ids.size else np.zeros(0, np.int64)
-        self.first = np.repeat(coord[starts], np.diff(np.r_[starts, ids.size])) if ids.size else coord
-        self.key = segment * self.SPAN + np.minimum(coord - self.first, self.SPAN - 1)
-
-    def rows(self, ids: np.ndarray) -> np.ndarray:
-        """Row of each id (-1 when absent)."""
-        k = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.size - 1, 0))
-        return np.where(self.ids.size and (self.ids[k] == ids), k, -1) if self.ids.size else np.full(ids.shape, -1)
-
-    def nearest(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        """Return the row of the keyframe of each anchor's session nearest to each target.
-
-        The anchors are at ``rows`` (shape [A]), the target positions are ``targets`` ([A, ...]).
-        """
-        shape = (-1,) + (1,) * (targets.ndim - 1)
-        seg = self.segment[rows].reshape(shape)
-        first = self.first[rows].reshape(shape)
-        key = seg * self.SPAN + np.clip(targets - first, 0, self.SPAN - 1)
-        k = np.clip(np.searchsorted(self.key, key), 0, self.ids.size - 1)
-        prev = np.maximum(k - 1, 0)
-        k = np.where(self.segment[k] != seg, prev, k)
-        prev = np.where(self.segment[prev] != seg, k, prev)
-        return np.where(np.abs(self.coord[prev] - targets) <= np.abs(self.coord[k] - targets), prev, k)
-
-
-def travelled_mm(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
-    """Return the distance travelled from the start of each row's session, in mm (int64).
-
-    ``positions`` ``[n, 3]`` (all known), ``segment`` the session index of each row (non-decreasing):
-    the sum of the straight steps between consecutive keyframes of the session.
-    """
-    step = np.zeros(len(positions))
-    if len(positions) > 1:
-        step[1:] = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-        step[1:][np.diff(segment) != 0] = 0.0
-    total = np.cumsum(step)
-    starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if len(step) else np.zeros(0, np.int64)
-    total -= np.repeat(total[starts], np.diff(np.r_[starts, len(step)])) if len(step) else 0.0
-    return np.round(total * 1000.0).astype(np.int64)
-
-
-class Timeline:
-    """Stamps, positions and sessions of map keyframes by id, for following a session of the map.
-
-    A session is followed in time, or in travelled distance where every keyframe has a position.
-
-    Keyframes of the running session come from the detector's own arrays; earlier keyframes (a
-    loaded map, earlier sessions) are read from the map's metadata in blocks of ``BLOCK`` ids around
-    the keyframes asked for, and cached, so nothing proportional to the map is held in memory.
-    Among earlier keyframes a session is a run of consecutive ids with one session label and stamps
-    that never go back; the running session is its own id range.
-    """
-
-    BLOCK = 64
-    MAX_BLOCKS = 4096
-
-    def __init__(self, db: MapDatabase,
-                 session: Callable[[], tuple[int, array.array, array.array, array.array]]) -> None:
-        self.db = db
-        # () -> (session_start, session_ids, session_stamps, session_distances: m travelled, NaN unknown)
-        self._session = session
-        self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
-
-    def clear(self) -> None:
-        self._blocks.clear()
-
-    def _block(self, b: int) -> tuple[np.ndarray, ...]:
-        blk = self._blocks.get(b)
-        if blk is None:
-            blk = self.db.keyframe_stamps(b * self.BLOCK, (b + 1) * self.BLOCK)
-            self._blocks[b] = blk
-            while len(self._blocks) > self.MAX_BLOCKS:
-                self._blocks.popitem(last=False)
-        else:
-            self._blocks.move_to_end(b)
-        return blk
-
-    def tables(self, ids: np.ndarray, by_distance: bool = False) -> list[tuple[_Table, np.ndarray]]:
-        """Return (table, mask of ``ids`` it holds) pairs.
-
-        The tables are the running session, and the earlier keyframes in the blocks around those
-        ``ids`` that are earlier. ``by_distance``: a table whose keyframes all have positions is
-        ordered by travelled distance, any other by stamps.
-        """
-        start, sids, sstamps, sdist = self._session()
-        out = []
-        running = ids >= start
-        if running.any() and len(sids):
-            t_ids = np.frombuffer(sids, np.int64).copy()
-            dist = np.frombuffer(sdist, np.float64) if by_distance else None
-            if dist is not None and dist.size == t_ids.size and np.isfinite(dist).all():
-                table = _Table(t_ids, np.round(dist * 1000.0).astype(np.int64), np.zeros(t_ids.size, np.int64), True)
-            else:
-                table = _Table(t_ids, np.frombuffer(sstamps, np.int64).copy(), np.zeros(t_ids.size, np.int64))
-            out.append((table, running))
-        earlier = ~running
-        if earlier.any():
-            blocks = np.unique(ids[earlier] // self.BLOCK)
-            wanted = np.unique(np.concatenate([blocks - 1, blocks, blocks + 1]))
-            wanted = wanted[(wanted >= 0) & (wanted * self.BLOCK < start)]
-            parts = [self._block(int(b)) for b in wanted]
-            e_ids = np.concatenate([p[0] for p in parts])
-            e_st = np.concatenate([p[1] for p in parts])
-            labels = np.concatenate([p[2] for p in parts])
-            keep = e_ids < start
-            e_ids, e_st, labels = e_ids[keep], e_st[keep], labels[keep]
-            if e_ids.size:
-                brk = np.zeros(e_ids.size, bool)
-                brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
-                brk[1:] |= labels[1:] != labels[:-1]
-                brk[1:] |= np.diff(e_st) < 0
-                segment = np.cumsum(brk)
-                pos = np.concatenate([p[3] for p in parts])[keep] if by_distance else None
-                if pos is not None and np.isfinite(pos).all():
-                    out.append((_Table(e_ids, travelled_mm(pos, segment), segment, True), earlier))
-                else:
-                    out.append((_Table(e_ids, e_st, segment), earlier))
-        return out
+    # (anchor, score, p, cosine) per place, best first: the best, and the others significant at the rate asked
+    ranked: list[tuple[int, float, float, float]]
 
 
 class SequenceMatcher:
@@ -282,11 +149,13 @@ class SequenceMatcher:
         self.queries: collections.deque[QueryRecord] = collections.deque(maxlen=self.length)
         self._seq = 0
         self._odometry: tuple[np.ndarray, float] | None = None   # last known position, distance at it
+        self._lines = _Lines(self.length)
 
     def reset(self) -> None:
         """Forget the running sequence (a time jump, a new session, new settings)."""
         self.queries.clear()
         self._odometry = None
+        self._lines = _Lines(self.length)
         self.timeline.clear()
 
     def _travelled(self, position) -> float:
@@ -314,13 +183,15 @@ class SequenceMatcher:
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
             self._odometry = None
+            self._lines = _Lines(self.length)
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
                                         id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
                                         complete, self._travelled(position)))
         self._seq += 1
 
-    def _offsets(self, queries: list[QueryRecord], by_distance: bool) -> tuple[np.ndarray, float]:
+    @staticmethod
+    def _offsets(queries: list[QueryRecord], by_distance: bool) -> tuple[np.ndarray, float]:
         """Return how far back along the trajectory each query is from the newest, and the usual step.
 
         In ns, or in mm of travelled distance. The step is the median spacing of the queries (in
@@ -331,89 +202,154 @@ class SequenceMatcher:
             steps = np.diff(d)
             steps = steps[steps > 0]
             return np.round(d[-1] - d).astype(np.int64), float(np.median(steps)) if steps.size else 1000.0
-        st = np.array([q.stamp_ns for q in queries], np.int64)
-        return st[-1] - st, float(np.median(np.diff(st.astype(np.float64)))) if st.size > 1 else 1e9
+        st = [q.stamp_ns for q in queries]
+        gaps = sorted(b - a for a, b in zip(st, st[1:]))      # the median, without numpy's overhead
+        n = len(gaps)
+        spacing = (gaps[(n - 1) // 2] + gaps[n // 2]) / 2.0 if n else 1e9
+        return st[-1] - np.array(st, np.int64), spacing
 
-    def decide(self, eligible: int, id_below: int | None) -> SequenceDecision | None:
+    def _window_evidence(self, queries: list[QueryRecord]):
+        """Return a function giving the evidence of map keyframes ``m`` [N, W] for the window's queries.
+
+        One sorted key (query, keyframe id) over the window's searches, so that all the queries' evidence
+        comes from one ``searchsorted`` (the same values as ``QueryRecord.evidence``, column by column).
+        """
+        keys = np.concatenate([q._keys for q in queries])
+        values = np.concatenate([q._values for q in queries])
+        neutral = np.array([q.neutral for q in queries])
+        absent = np.array([q._absent for q in queries])
+        seqs = np.array([q.seq for q in queries], np.int64)
+
+        def evidence(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            if not keys.size:
+                return np.broadcast_to(neutral[cols], m.shape).copy()
+            key = seqs[cols] * _KEY + np.maximum(m, 0)
+            k = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+            e = np.where(keys[k] == key, values[k], absent[cols])
+            return np.where(m >= 0, e, neutral[cols])
+        return evidence
+
+    def decide(self, eligible: int, id_below: int | None, rate: float = 1.0) -> SequenceDecision | None:
         """Return the best hypothesis for the newest query and its false-alarm probability.
 
-        None when there are too few competing places to judge it.
+        None when there are too few competing places to judge it. ``ranked`` holds the best place and
+        the next ones significant at ``rate``.
         """
         queries = list(self.queries)
-        L = len(queries)
-        limits = np.array([np.iinfo(np.int64).max if r.id_below is None else r.id_below for r in queries], np.int64)
-        # how far back each query is (ns, or mm travelled where every query has odometry) and the
-        # usual step between queries
-        offsets = {False: self._offsets(queries, False)}
-        if self.by_distance and all(math.isfinite(r.distance) for r in queries):
-            offsets[True] = self._offsets(queries, True)
-        # seeds of the recent queries, each with the time (distance) since its query
-        # (all of the newest query's matches: in a small map, searched completely, every place)
-        recent = queries[-self.seeds:]
-        top = [r.seeds[:SEEDS_PER_QUERY] for r in recent[:-1]] + [recent[-1].seeds]
-        seeds = np.concatenate(top)
-        seed_query = np.concatenate([np.full(t.size, L - len(recent) + n, np.int64) for n, t in enumerate(top)])
-        limit_now = limits[-1]
-        anchors_all, tables_all, rows_all, segments_all = [], [], [], []
-        for table, held in self.timeline.tables(seeds, True in offsets):
-            dts, spacing = offsets[table.by_distance]
-            rows = table.rows(seeds[held])
-            ok = rows >= 0
-            rows, dt = rows[ok], dts[seed_query[held][ok]]
-            target = table.coord[rows] + dt
-            a = table.nearest(rows, target)                                    # carried forward
-            # carried past the end of its session, a hypothesis has nowhere to go
-            ok = (np.abs(table.coord[a] - target) <= spacing) & (table.ids[a] < limit_now)
-            a = np.unique(a[ok])
-            anchors_all.append(table.ids[a])
-            segments_all.append(table.segment[a] + (len(segments_all) << 32))
-            tables_all.append(table)
-            rows_all.append(a)
-        if not anchors_all or sum(x.size for x in anchors_all) == 0:
-            return None
-        # for each anchor and speed, the map keyframe aligned with each recent query
-        aligned_parts = []
-        for table, a in zip(tables_all, rows_all):
-            dts, spacing = offsets[table.by_distance]
+        W = len(queries)
+        newest = queries[-1]
+        by_distance = self.by_distance and all(math.isfinite(r.distance) for r in queries)
+        lines = self._lines
+        # how far back along the trajectory each query is (ns, or mm travelled where every query has
+        # odometry), the usual step between queries, and where the newest query is
+        modes = {False: (*self._offsets(queries, False), newest.stamp_ns)}
+        if by_distance:
+            modes[True] = (*self._offsets(queries, True), int(round(newest.distance * 1000.0)))
+        big = np.iinfo(np.int64).max
+        limits = np.fromiter((big if r.id_below is None else r.id_below for r in queries), np.int64, W)
+        limit_now = int(limits[-1])
+        cols = np.array([r.seq % self.length for r in queries], np.int64)
+        col_now = int(cols[-1])
+        evidence = self._window_evidence(queries)
+        seeds = newest.seeds
+        tables = self.timeline.tables(np.concatenate([lines.ref, seeds]), by_distance)
+        # a line no table carries on goes nowhere
+        lines.alive[:] = False
+        lines.term[:, col_now] = newest.neutral
+        lines.aligned[:, col_now] = -1
+        born = []
+        for t_index, (table, held) in enumerate(tables):
+            dist = table.by_distance
+            offsets, spacing, x_now = modes[dist]
             tol = int(2.0 * spacing)         # alignment tolerance: a missed keyframe on either side
-            target = table.coord[a][:, None, None] - (self.speeds[None, :, None] * dts[None, None, :]).astype(np.int64)
-            k = table.nearest(a, target)                                        # [A, V, L]
+            # 1. the lines of this table advance to the newest query
+            mine = np.flatnonzero(held[:lines.size] & (lines.dist == dist))
+            rows = table.rows(lines.ref[mine])
+            keep = rows >= 0
+            mine, rows = mine[keep], rows[keep]
+            target = table.coord[rows] + lines.off[mine] + lines.speed[mine] * (x_now - lines.x[int(dist)])
+            goal = np.round(target).astype(np.int64)
+            k = table.nearest(rows, goal)
             m = table.ids[k]
-            ok = (np.abs(table.coord[k] - target) <= tol) & (m < limits[None, None, :])
-            aligned_parts.append(np.where(ok, m, -1))
-        ids = np.concatenate(anchors_all)
-        segment = np.concatenate(segments_all)          # one number per map session
-        aligned = np.concatenate(aligned_parts)
-        valid = aligned >= 0
-        e = np.empty(aligned.shape, np.float64)
-        for j, r in enumerate(queries):
-            e[:, :, j] = r.evidence(aligned[:, :, j])
-        totals = e.sum(axis=2)                                                           # [A, V]
+            miss = np.abs(table.coord[k] - goal)
+            aligned = np.where((miss <= tol) & (m < limit_now), m, -1)
+            lines.term[mine, col_now] = evidence(aligned, np.full(aligned.shape, W - 1))
+            lines.aligned[mine, col_now] = aligned
+            lines.ref[mine] = m
+            lines.off[mine] = target - table.coord[k]
+            # carried past the end of its session (or into the exclusion window), a line has nowhere to go
+            lines.alive[mine] = (miss <= spacing) & (m < limit_now)
+            lines.segment[mine] = table.segment[k] + (t_index << 32)
+            # 2. the newest query's matches in this table start new lines, unless a line of that
+            # speed is already there
+            new = seeds[held[lines.size:]]
+            srows = table.rows(new)
+            srows = srows[srows >= 0]
+            nv = self.speeds.size
+            cand_rows = np.repeat(srows, nv)
+            cand_v = np.tile(np.arange(nv), srows.size)
+            going = mine[lines.alive[mine]]
+            if going.size and cand_rows.size:
+                # an existing line through the match is proposed again: it lives on
+                there = lines.ref[going] * nv + lines.speed_index[going]
+                order = np.argsort(there)
+                key = table.ids[cand_rows] * nv + cand_v
+                k = order[np.minimum(np.searchsorted(there[order], key), going.size - 1)]
+                hit = there[k] == key
+                lines.seeded[going[k[hit]]] = newest.seq
+                cand_rows, cand_v = cand_rows[~hit], cand_v[~hit]
+            if cand_rows.size:
+                # backfill: each new line aligned with every query of the window
+                back = (self.speeds[cand_v][:, None] * offsets[None, :]).astype(np.int64)      # [N, W]
+                goal = table.coord[cand_rows][:, None] - back
+                k = table.nearest(cand_rows, goal)
+                m = table.ids[k]
+                ok = (np.abs(table.coord[k] - goal) <= tol) & (m < limits[None, :])
+                al = np.where(ok, m, -1)
+                e = evidence(al, np.broadcast_to(np.arange(W), al.shape))
+                born.append((table, t_index, cand_rows, cand_v, al, e))
+        lines.prune(newest.seq - self.seeds)
+        lines.extend(born, cols, newest.seq, self.speeds)
+        lines.x = [modes[False][2], modes[True][2] if by_distance else 0]
+        if lines.size == 0:
+            return None
+        totals = lines.term[:, cols].sum(axis=1)
+        counts = (lines.aligned[:, cols] >= 0).sum(axis=1)
         # a hypothesis needs MIN_TERMS aligned keyframes: one frame alone is not a trajectory (at the
         # start of a map every anchor would otherwise stand on its single-frame evidence)
-        totals = np.where(valid.sum(axis=2) >= min(MIN_TERMS, L), totals, -np.inf)
-        best_v = totals.argmax(axis=1)
-        scores = totals[np.arange(ids.size), best_v]
-        if not np.isfinite(scores).any():
+        compete = lines.alive & (counts >= min(MIN_TERMS, W))
+        if not compete.any():
             return None
-        keep = np.isfinite(scores)
-        ids, scores, best_v, segment = ids[keep], scores[keep], best_v[keep], segment[keep]
-        order = np.argsort(-scores, kind='stable')
-        peaks = place_peaks(ids[order], self.radius)
-        background = scores[order][peaks[1:]]
+        idx = np.flatnonzero(compete)
+        idx = idx[np.argsort(-totals[idx], kind='stable')]
+        # one score per anchor: its best line (the best speed)
+        _, first = np.unique(lines.ref[idx], return_index=True)
+        idx = idx[np.sort(first)]
+        ids, scores, segment = lines.ref[idx], totals[idx], lines.segment[idx]
+        peaks = place_peaks(ids, self.radius)
+        background = scores[peaks[1:]]
         # complete: every eligible place was a seed of this query (a small map)
-        complete = eligible <= queries[-1].seeds.size
-        verdict = judge(float(scores[order[0]]), background, eligible, complete, self.radius, self.min_samples)
+        complete = eligible <= newest.seeds.size
+        verdict = judge(float(scores[0]), background, eligible, complete, self.radius, self.min_samples)
         if verdict is None:
             return None
-        # the newest query's own cosine with each anchor: from its search where it retrieved the
-        # anchor, else from the stored descriptors of the few anchors that are reported
-        newest = queries[-1]
-        cosine = newest.cosines(ids)
-        wanted = [i for peak in order[peaks][:16].tolist()
-                  for i in np.flatnonzero((np.abs(ids - ids[peak]) <= REFINE) & (segment == segment[peak])).tolist()]
-        missing = [i for i in wanted if not np.isfinite(cosine[i])]
-        if missing:
+        # the places reported: the best, and the next ones (at most 16 in all) significant at ``rate``
+        ps = p_values(scores[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
+        top = np.r_[peaks[:1], peaks[1:16][ps <= rate]]
+        ps = np.r_[verdict.p_value, ps[ps <= rate]].tolist()
+        # the newest query's own cosine with each: from its search where it retrieved the anchor, else
+        # from the stored descriptors of these few anchors
+        # each reported place's anchor and its neighbours within REFINE ids in the same session
+        by_id = np.argsort(ids)
+        probe = ids[top][:, None] + np.arange(-REFINE, REFINE + 1)[None, :]
+        k = by_id[np.minimum(np.searchsorted(ids[by_id], probe), ids.size - 1)]
+        found = (ids[k] == probe) & (segment[k] == segment[top][:, None])
+        near = [k[r][found[r]].tolist() for r in range(top.size)]
+        wanted = np.unique(k[found])
+        cosine = np.full(ids.shape, np.nan)
+        cosine[wanted] = newest.cosines(ids[wanted])
+        missing = wanted[~np.isfinite(cosine[wanted])]
+        if missing.size:
             try:
                 cosine[missing] = self.db.descriptors(ids[missing]) @ newest.descriptor
             except KeyError as err:
@@ -422,23 +358,91 @@ class SequenceMatcher:
                 self.reset()
                 return None
         ranked = []
-        for peak in order[peaks].tolist():
+        cos = cosine.tolist()
+        for peak, close, p in zip(top.tolist(), near, ps):
             i = peak
-            near = np.flatnonzero((np.abs(ids - ids[peak]) <= REFINE) & (segment == segment[peak]))
-            if near.size > 1 and np.isfinite(cosine[near]).any():   # the place's keyframe most like the query
-                i = int(near[np.nanargmax(cosine[near])])
-            p = verdict.p_value if not ranked else judge(float(scores[peak]), background, eligible, complete,
-                                                         self.radius, self.min_samples).p_value
-            ranked.append((int(ids[i]), float(scores[peak]), p, float(cosine[i])))
-            if len(ranked) >= 16:
-                break
+            known = [c for c in close if math.isfinite(cos[c])]
+            if len(close) > 1 and known:   # the place's keyframe most like the query
+                i = max(known, key=cos.__getitem__)
+            ranked.append((int(ids[i]), float(scores[peak]), p, cos[i]))
         # the keyframe reported is the winning place's first ranked entry (the anchor or the
         # neighbour the query looks most like)
         anchor, _, _, anchor_cosine = ranked[0]
-        terms = aligned[keep][order[0], best_v[order[0]]]
-        return SequenceDecision(anchor, float(scores[order[0]]), verdict.p_value, L,
-                                float(self.speeds[best_v[order[0]]]), verdict.samples, anchor_cosine,
+        best = idx[0]
+        terms = lines.aligned[best, cols]
+        return SequenceDecision(anchor, float(scores[0]), verdict.p_value, W,
+                                float(self.speeds[lines.speed_index[best]]), verdict.samples, anchor_cosine,
                                 tuple(int(m) for m in terms[terms >= 0]), ranked)
+
+
+
+class _Lines:
+    """The hypotheses being followed: lines through the map at a relative speed.
+
+    A line started where a query matched a map keyframe, at one of the speeds, and is carried along
+    its map session query by query: its position on the map is ``coord(ref) + off`` at the newest
+    query. Each keeps the evidence (``term``) and the map keyframe (``aligned``, -1: none) of every
+    query of the window, in ring columns ``seq % length``; a new line is aligned backwards with the
+    whole window once, an existing one only with each new query. Rows ``[:size]`` are in use; the
+    arrays grow by doubling.
+    """
+
+    FIELDS = {'ref': np.int64, 'off': np.float64, 'speed': np.float64, 'speed_index': np.int64,
+              'seeded': np.int64, 'alive': bool, 'segment': np.int64, 'dist': bool}
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.size = 0
+        self.x = [0, 0]                              # the newest query's position in ns and in mm travelled
+        # ref: the map keyframe each line is at, off: how far past it (map units), seeded: the last
+        # query that proposed it, segment: its map session, dist: it follows travelled distance
+        self._data = {name: np.zeros(0, dtype) for name, dtype in self.FIELDS.items()}
+        self._data['term'] = np.zeros((0, length), np.float64)
+        self._data['aligned'] = np.zeros((0, length), np.int64)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        data = self.__dict__.get('_data')
+        if data is None or name not in data:
+            raise AttributeError(name)
+        return data[name][:self.size]
+
+    def extend(self, born, cols: np.ndarray, seq: int, speeds: np.ndarray) -> None:
+        """Add the new lines: (table, its index, rows, speed indices, aligned ids [N, W], evidence [N, W])."""
+        count = sum(len(b[2]) for b in born)
+        if not count:
+            return
+        lo, hi = self.size, self.size + count
+        if hi > len(self._data['ref']):
+            grow = max(hi, 2 * len(self._data['ref']), 64)
+            for name, arr in self._data.items():
+                new = np.zeros((grow,) + arr.shape[1:], arr.dtype)
+                new[:lo] = arr[:lo]
+                self._data[name] = new
+        d = self._data
+        for table, n, rows, v, al, e in born:
+            hi = lo + rows.size
+            d['ref'][lo:hi] = table.ids[rows]
+            d['off'][lo:hi] = 0.0
+            d['speed_index'][lo:hi] = v
+            d['speed'][lo:hi] = speeds[v]
+            d['seeded'][lo:hi] = seq
+            d['alive'][lo:hi] = True
+            d['segment'][lo:hi] = table.segment[rows] + (n << 32)
+            d['dist'][lo:hi] = table.by_distance
+            d['term'][lo:hi, cols] = e
+            d['aligned'][lo:hi] = -1
+            d['aligned'][lo:hi, cols] = al
+            lo = hi
+        self.size = lo
+
+    def prune(self, oldest: int) -> None:
+        """Drop the lines that went nowhere, and those no query proposed since ``oldest``."""
+        keep = np.flatnonzero(self.alive & (self.seeded > oldest))
+        if keep.size == self.size:
+            return
+        for arr in self._data.values():
+            arr[:keep.size] = arr[keep]
+        self.size = int(keep.size)
 
 
 def speeds_between(lo: float, hi: float, count: int) -> tuple[float, ...]:

@@ -88,9 +88,17 @@ def _sequence_state(det) -> dict:
         return {}
     queries = list(seq.queries)
     blocks = list(seq.timeline._blocks.values())
-    nbytes = sum(q.descriptor.nbytes + q.seeds.nbytes * 2 + q.seed_scores.nbytes * 2 for q in queries)
+    nbytes = sum(q.descriptor.nbytes + q.seeds.nbytes * 2 + q.seed_scores.nbytes * 2 + q._keys.nbytes +
+                 q._values.nbytes for q in queries)
     nbytes += sum(sum(a.nbytes for a in blk) for blk in blocks)
-    return {'queries_held': len(queries), 'metadata_blocks': len(blocks), 'cache_mb': nbytes / 2 ** 20}
+    lines = seq._lines
+    nbytes += sum(a.nbytes for a in lines._data.values())
+    table = seq.timeline._earlier
+    if table is not None:
+        nbytes += table[2].nbytes + sum(getattr(table[3], name).nbytes
+                                         for name in ('ids', 'coord', 'segment', 'first', 'key'))
+    return {'queries_held': len(queries), 'metadata_blocks': len(blocks), 'lines': lines.size,
+            'cache_mb': nbytes / 2 ** 20}
 
 
 def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: int = COST_WARMUP,

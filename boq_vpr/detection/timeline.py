@@ -1,0 +1,180 @@
+"""Map sessions followed in time, or in travelled distance: the keyframe of a session nearest to a position.
+
+The sequence stage (``boq_vpr.detection.sequence``) aligns the recent query keyframes with stretches
+of the map. It needs, for any keyframe id, the keyframes of the same map session ordered by stamp or
+by the distance travelled along the session, without loading anything proportional to the map: the
+running session comes from the detector's own arrays, earlier keyframes from the map's metadata in
+blocks of ids, cached.
+"""
+from __future__ import annotations
+
+import array
+import collections
+from typing import Callable
+
+import numpy as np
+
+from ..map import MapDatabase
+
+
+class _Table:
+    """Keyframes of one or more map sessions in id order, with a key ordering them by (session, position).
+
+    A keyframe's position along its session (``coord``) is its stamp (ns), or with odometry the
+    distance travelled since the session's start (``by_distance``, mm); it never goes back within a
+    session. The key puts the keyframe of a session nearest to a position one ``searchsorted`` away.
+    """
+
+    SPAN = 1 << 50     # of one session in the key: 13 days in ns, 10^9 m in mm (longer ones are clipped at the end)
+
+    def __init__(self, ids: np.ndarray, coord: np.ndarray, segment: np.ndarray, by_distance: bool = False) -> None:
+        self.ids = ids
+        self.coord = coord
+        self.by_distance = by_distance
+        self.segment = segment                      # session index of each row, non-decreasing
+        starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if ids.size else np.zeros(0, np.int64)
+        self.first = np.repeat(coord[starts], np.diff(np.r_[starts, ids.size])) if ids.size else coord
+        self.key = segment * self.SPAN + np.minimum(coord - self.first, self.SPAN - 1)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (-1 when absent)."""
+        k = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.size - 1, 0))
+        return np.where(self.ids.size and (self.ids[k] == ids), k, -1) if self.ids.size else np.full(ids.shape, -1)
+
+    def nearest(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Return the row of the keyframe of each anchor's session nearest to each target.
+
+        The anchors are at ``rows`` (shape [A]), the target positions are ``targets`` ([A, ...]).
+        """
+        shape = (-1,) + (1,) * (targets.ndim - 1)
+        seg = self.segment[rows].reshape(shape)
+        first = self.first[rows].reshape(shape)
+        key = seg * self.SPAN + np.clip(targets - first, 0, self.SPAN - 1)
+        k = np.clip(np.searchsorted(self.key, key), 0, self.ids.size - 1)
+        prev = np.maximum(k - 1, 0)
+        k = np.where(self.segment[k] != seg, prev, k)
+        prev = np.where(self.segment[prev] != seg, k, prev)
+        return np.where(np.abs(self.coord[prev] - targets) <= np.abs(self.coord[k] - targets), prev, k)
+
+
+def travelled_mm(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    """Return the distance travelled from the start of each row's session, in mm (int64).
+
+    ``positions`` ``[n, 3]`` (all known), ``segment`` the session index of each row (non-decreasing):
+    the sum of the straight steps between consecutive keyframes of the session.
+    """
+    step = np.zeros(len(positions))
+    if len(positions) > 1:
+        step[1:] = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+        step[1:][np.diff(segment) != 0] = 0.0
+    total = np.cumsum(step)
+    starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if len(step) else np.zeros(0, np.int64)
+    total -= np.repeat(total[starts], np.diff(np.r_[starts, len(step)])) if len(step) else 0.0
+    return np.round(total * 1000.0).astype(np.int64)
+
+
+class Timeline:
+    """Stamps, positions and sessions of map keyframes by id, for following a session of the map.
+
+    A session is followed in time, or in travelled distance where every keyframe has a position.
+
+    Keyframes of the running session come from the detector's own arrays; earlier keyframes (a
+    loaded map, earlier sessions) are read from the map's metadata in blocks of ``BLOCK`` ids around
+    the keyframes asked for, and cached, so nothing proportional to the map is held in memory.
+    Among earlier keyframes a session is a run of consecutive ids with one session label and stamps
+    that never go back; the running session is its own id range.
+    """
+
+    BLOCK = 64
+    MAX_BLOCKS = 4096
+
+    def __init__(self, db: MapDatabase,
+                 session: Callable[[], tuple[int, array.array, array.array, array.array]]) -> None:
+        self.db = db
+        # () -> (session_start, session_ids, session_stamps, session_distances: m travelled, NaN unknown)
+        self._session = session
+        self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
+        self._labels: dict[str, int] = {}
+        # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table)
+        self._earlier: tuple[int, bool, np.ndarray, _Table] | None = None
+
+    def clear(self) -> None:
+        self._blocks.clear()
+        self._earlier = None
+
+    def _block(self, b: int) -> tuple[np.ndarray, ...]:
+        blk = self._blocks.get(b)
+        if blk is None:
+            ids, stamps, labels, positions = self.db.keyframe_stamps(b * self.BLOCK, (b + 1) * self.BLOCK)
+            codes = np.array([self._labels.setdefault(x, len(self._labels)) for x in labels.tolist()], np.int64)
+            blk = (ids, stamps, codes, positions)
+            self._blocks[b] = blk
+            while len(self._blocks) > self.MAX_BLOCKS:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(b)
+        return blk
+
+    def tables(self, ids: np.ndarray, by_distance: bool = False) -> list[tuple[_Table, np.ndarray]]:
+        """Return (table, mask of ``ids`` it holds) pairs.
+
+        The tables are the running session, and the earlier keyframes in the blocks around those
+        ``ids`` that are earlier. ``by_distance``: a table whose keyframes all have positions is
+        ordered by travelled distance, any other by stamps.
+        """
+        start, sids, sstamps, sdist = self._session()
+        out = []
+        running = ids >= start
+        if running.any() and len(sids):
+            t_ids = np.frombuffer(sids, np.int64).copy()
+            dist = np.frombuffer(sdist, np.float64) if by_distance else None
+            if dist is not None and dist.size == t_ids.size and np.isfinite(dist).all():
+                table = _Table(t_ids, np.round(dist * 1000.0).astype(np.int64), np.zeros(t_ids.size, np.int64), True)
+            else:
+                table = _Table(t_ids, np.frombuffer(sstamps, np.int64).copy(), np.zeros(t_ids.size, np.int64))
+            out.append((table, running))
+        earlier = ~running
+        if earlier.any():
+            own = ids[earlier] // self.BLOCK
+            cached = self._earlier
+            if cached is not None and cached[:2] == (start, by_distance):
+                covered = cached[2]
+                # the blocks of these ids were read, with their neighbours when they were first wanted
+                if own.max() < covered.size and covered[own].all():
+                    out.append((cached[3], earlier))
+                    return out
+            blocks = np.unique(own)
+            wanted = np.unique(np.concatenate([blocks - 1, blocks, blocks + 1]))
+            wanted = wanted[(wanted >= 0) & (wanted * self.BLOCK < start)]
+            if cached is not None and cached[:2] == (start, by_distance):
+                # the blocks read so far stay in the table while they are few (the table is built
+                # again whenever a block is added: its size is bounded by what the queries need)
+                both = np.union1d(np.flatnonzero(cached[2]), wanted)
+                wanted = both if both.size <= min(self.MAX_BLOCKS, 2 * wanted.size + 64) else wanted
+            table = self._earlier_table(wanted, start, by_distance)
+            if table is not None:
+                covered = np.zeros(int(wanted[-1]) + 1, bool)
+                covered[wanted] = True
+                self._earlier = (start, by_distance, covered, table)
+                out.append((table, earlier))
+        return out
+
+    def _earlier_table(self, wanted: np.ndarray, start: int, by_distance: bool) -> _Table | None:
+        """Build the table of the earlier keyframes (ids below ``start``) in blocks ``wanted``."""
+        parts = [self._block(int(b)) for b in wanted]
+        e_ids = np.concatenate([p[0] for p in parts])
+        e_st = np.concatenate([p[1] for p in parts])
+        labels = np.concatenate([p[2] for p in parts])
+        keep = e_ids < start
+        e_ids, e_st, labels = e_ids[keep], e_st[keep], labels[keep]
+        if e_ids.size:
+            brk = np.zeros(e_ids.size, bool)
+            brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
+            brk[1:] |= labels[1:] != labels[:-1]
+            brk[1:] |= np.diff(e_st) < 0
+            segment = np.cumsum(brk)
+            pos = np.concatenate([p[3] for p in parts])[keep] if by_distance else None
+            if pos is not None and np.isfinite(pos).all():
+                return _Table(e_ids, travelled_mm(pos, segment), segment, True)
+            return _Table(e_ids, e_st, segment)
+        return None
