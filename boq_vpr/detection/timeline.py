@@ -86,7 +86,8 @@ class Timeline:
     """
 
     BLOCK = 64
-    MAX_BLOCKS = 4096
+    MAX_BLOCKS = 4096       # blocks cached
+    TABLE_BLOCKS = 2048     # blocks the table keeps while queries need fewer than half of them
 
     def __init__(self, db: MapDatabase,
                  session: Callable[[], tuple[int, array.array, array.array, array.array]]) -> None:
@@ -150,7 +151,7 @@ class Timeline:
                 # the blocks read so far stay in the table while they are few (the table is built
                 # again whenever a block is added: its size is bounded by what the queries need)
                 both = np.union1d(np.flatnonzero(cached[2]), wanted)
-                wanted = both if both.size <= min(self.MAX_BLOCKS, 2 * wanted.size + 64) else wanted
+                wanted = both if both.size <= min(self.MAX_BLOCKS, max(2 * wanted.size, self.TABLE_BLOCKS)) else wanted
             table = self._earlier_table(wanted, start, by_distance)
             if table is not None:
                 covered = np.zeros(int(wanted[-1]) + 1, bool)
