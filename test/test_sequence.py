@@ -220,6 +220,36 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     (table, held), = timeline.tables(np.array([300], np.int64))
     assert held.all() and table.ids.size <= 3 * Timeline.BLOCK and 300 in table.ids
     assert len(timeline._blocks) <= 3
+    # ids in the blocks read: the same table; an id in a new block: the table grows by its blocks
+    assert timeline.tables(np.array([290, 310], np.int64))[0][0] is table
+    (grown, _), = timeline.tables(np.array([300, 550], np.int64))
+    assert grown is not table and {300, 550} <= set(grown.ids.tolist()) and len(timeline._blocks) <= 6
+    # the stamps go on across the blocks read: one session
+    assert np.unique(grown.segment).size == 2        # blocks 3-5 and 7-9 (block 6 not read)
+    timeline.clear()
+    assert timeline._earlier is None and not timeline._blocks
+
+
+def test_lines_are_followed_along_the_map_from_keyframe_to_keyframe():
+    # a revisit at 2 keyframes per second: the winning line runs forward along the map with the
+    # queries, and the places reported besides the best one are significant at the rate asked
+    drive = places_drive(120, 64, rate_hz=2.0, laps=2, noise=0.3, shared=0.3, seed=2)
+    db = MapDatabase(64, 'x')
+    db.add(drive.descriptors[:240], [Keyframe(-1, int(t)) for t in drive.stamps_ns[:240]])
+    det = LoopClosureDetector(db, DetectorConfig(mode='localization'))
+    accepted = 0
+    for i in range(240, 300):
+        r = det.process(drive.descriptors[i], int(drive.stamps_ns[i]))
+        lines = det.sequence._lines
+        assert lines.size and lines.term.shape == (lines.size, det.config.sequence_length)
+        if r.sequence is not None:
+            assert all(p <= det.config.false_alarm_rate for _, _, p, _ in r.sequence.ranked[1:])
+        if r.candidates:
+            accepted += 1
+            assert drive.gt.frames[r.candidates[0].match_id] == drive.gt.frames[i]
+            aligned = np.asarray(r.sequence.aligned)
+            assert aligned.size >= min(10, len(det.sequence.queries)) and np.all(np.diff(aligned) >= 0)
+    assert accepted >= 30
 
 
 def test_the_synthetic_drives_of_the_bench_table_build():
