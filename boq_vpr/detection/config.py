@@ -82,8 +82,9 @@ class DetectorConfig:
                                              'empty or tiny map) leave the frame undecided.')
     sequence_length: int = described(40, 'query keyframes whose evidence is summed along a stretch of the map (the '
                                      'sequence stage); 1 = every keyframe decides alone. Needs false_alarm_rate > 0.')
-    sequence_seeds: int = described(5, 'how many of the most recent query keyframes propose hypotheses (their best '
-                                    'matches, carried forward in time; at most sequence_length are used).')
+    sequence_seeds: int = described(5, 'a hypothesis (a line along the map started by a query keyframe\'s best match) '
+                                    'lives while one of this many most recent query keyframes matched the map '
+                                    'keyframe it is at.')
     sequence_min_speed: float = described(0.8, 'slowest relative speed of the map stretch against the query '
                                           'trajectory (0.8: the map was driven 20% slower).')
     sequence_max_speed: float = described(1.25, 'fastest relative speed of the map stretch against the query '

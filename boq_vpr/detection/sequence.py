@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 # Evidence of one query keyframe is clipped below at this (units of its background scale): one
 # occluded or missed frame costs a bounded amount, a stretch that does not match costs a lot.
 FLOOR = -2.0
-# Best matches of each recent query that propose hypotheses.
-SEEDS_PER_QUERY = 50
 # The matched keyframe is the anchor or a neighbour this many ids away, whichever the query is most like.
 REFINE = 1
 # Aligned keyframes a hypothesis needs before it competes.
@@ -212,7 +210,8 @@ class SequenceMatcher:
         """Return a function giving the evidence of map keyframes ``m`` [N, W] for the window's queries.
 
         One sorted key (query, keyframe id) over the window's searches, so that all the queries' evidence
-        comes from one ``searchsorted`` (the same values as ``QueryRecord.evidence``, column by column).
+        comes from one ``searchsorted``: the evidence of a keyframe its search returned, else what a
+        keyframe it did not return counts, and the neutral value where no keyframe is aligned (-1).
         """
         keys = np.concatenate([q._keys for q in queries])
         values = np.concatenate([q._values for q in queries])
