@@ -14,7 +14,7 @@ import pytest
 
 from boq_vpr.evaluation.drives import drive_frames, places_drive, run_setting, synthetic_drive
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
-from boq_vpr.detection.timeline import Timeline, _Table, travelled_mm
+from boq_vpr.detection.timeline import SessionTrack, Timeline, _Table, travelled_mm
 from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.evaluation import build_map
 from boq_vpr.map import Keyframe, MapDatabase
@@ -115,7 +115,7 @@ def test_travelled_distance_restarts_at_each_session_and_skips_unknown_positions
     distances = [q.distance for q in det.sequence.queries]
     assert distances[0] == 0.0 and distances[1] == 2.0 and math.isnan(distances[2]) and distances[3] == 5.0
     assert det.sequence._offsets(list(det.sequence.queries), False)[0].tolist() == [3 * 10**9, 2 * 10**9, 10**9, 0]
-    assert np.frombuffer(det._session_dist, np.float64)[[0, 1, 3]].tolist() == [0.0, 2.0, 5.0]
+    assert det._track.distances[[0, 1, 3]].tolist() == [0.0, 2.0, 5.0] and not det._track.positioned
 
 
 def test_a_route_without_revisits_publishes_no_loop():
@@ -216,7 +216,7 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     db = MapDatabase(8, 'x')
     x = np.eye(8, dtype=np.float32)[np.arange(600) % 8]
     db.add(x, [Keyframe(-1, int(i * 1e8), session='s') for i in range(600)])
-    timeline = Timeline(db, lambda: (600, [], [], []))
+    timeline = Timeline(db, lambda: (600, SessionTrack()))
     (table, held), = timeline.tables(np.array([300], np.int64))
     assert held.all() and table.ids.size <= 3 * Timeline.BLOCK and 300 in table.ids
     assert len(timeline._blocks) <= 3

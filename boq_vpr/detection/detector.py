@@ -21,8 +21,6 @@ it. The detector counts them (``outcome_counts``).
 """
 from __future__ import annotations
 
-import array
-import bisect
 import collections
 import logging
 import math
@@ -39,7 +37,7 @@ from .config import MODES, DetectorConfig
 from .geometric import GeometricVerifier
 from .keyframes import KeyframeSelector
 from .sequence import FLOOR, SequenceDecision, SequenceMatcher
-from .timeline import Timeline
+from .timeline import SessionTrack, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -190,28 +188,14 @@ class LoopClosureDetector:
         with self._lock:
             self._session_start = self.db.next_id
             # keyframes this session added, in id order, their stamps (non-decreasing within a
-            # session) and the distance travelled to each (m, from its odometry; NaN without a
-            # position); 24 bytes a keyframe
-            self._session_ids = array.array('q')
-            self._session_stamps = array.array('q')
-            self._session_dist = array.array('d')
-            self._session_odometry: tuple[np.ndarray, float] | None = None   # last known position, distance
+            # session) and the distance travelled to each (from its odometry); 48 bytes a keyframe
+            self._track = SessionTrack()
             self._last_stamp_ns: int | None = None
             if hasattr(self, 'config'):
                 self.reset()
 
-    def _session_view(self):
-        return self._session_start, self._session_ids, self._session_stamps, self._session_dist
-
-    def _travelled(self, position: tuple[float, float, float] | None) -> float:
-        """Distance travelled from the session's first positioned keyframe to ``position`` (m), NaN without one."""
-        if position is None or not all(math.isfinite(v) for v in position):
-            return math.nan
-        p = np.asarray(position, np.float64)
-        last = self._session_odometry
-        d = 0.0 if last is None else last[1] + float(np.linalg.norm(p - last[0]))
-        self._session_odometry = (p, d)
-        return d
+    def _session_view(self) -> tuple[int, SessionTrack]:
+        return self._session_start, self._track
 
     def eligible_count(self, id_below: int | None) -> int:
         """Count the keyframes a query may match.
@@ -222,7 +206,7 @@ class LoopClosureDetector:
         n = len(self.db)
         if id_below is None:
             return n
-        return n - (len(self._session_ids) - bisect.bisect_left(self._session_ids, id_below))
+        return n - (self._track.size - int(np.searchsorted(self._track.ids, id_below)))
 
     @property
     def session_start(self) -> int:
@@ -232,7 +216,7 @@ class LoopClosureDetector:
     @property
     def session_keyframes(self) -> int:
         """Keyframes the running session added to the map."""
-        return len(self._session_ids)
+        return self._track.size
 
     # ------------------------------------------------------------------ helpers
     def search_limit(self, stamp_ns: int) -> int:
@@ -245,15 +229,17 @@ class LoopClosureDetector:
         c = self.config
         next_id = self.db.next_id
         cut = next_id
-        ids = self._session_ids
-        if not ids:
+        track = self._track
+        n = track.size
+        if not n:
             return cut
+        ids = track.ids
         if c.exclusion_frames > 0:
-            cut = min(cut, ids[max(0, len(ids) - c.exclusion_frames)])
+            cut = min(cut, int(ids[max(0, n - c.exclusion_frames)]))
         if c.exclusion_time_s > 0:
-            first = bisect.bisect_left(self._session_stamps, stamp_ns - int(round(c.exclusion_time_s * NS_PER_S)))
-            if first < len(ids):
-                cut = min(cut, ids[first])
+            first = int(np.searchsorted(track.stamps, stamp_ns - int(round(c.exclusion_time_s * NS_PER_S))))
+            if first < n:
+                cut = min(cut, int(ids[first]))
         return cut
 
     def kind_of(self, match_id: int) -> str:
@@ -328,9 +314,7 @@ class LoopClosureDetector:
                 kf = Keyframe(-1, stamp_ns, _tuple(position, 3), _tuple(orientation, 4), frame_id, source, c.session)
                 thumb = [image] if (self.store_thumbnails and image is not None) else None
                 (kid,) = self.db.add(q, [kf], thumbnails=thumb)
-                self._session_ids.append(int(kid))
-                self._session_stamps.append(stamp_ns)
-                self._session_dist.append(self._travelled(kf.position))
+                self._track.append(int(kid), stamp_ns, kf.position)
                 result.keyframe_id = kid
                 for cand in ([result.best] if result.best else []) + result.candidates:
                     cand.query_id = kid

@@ -8,8 +8,8 @@ blocks of ids, cached.
 """
 from __future__ import annotations
 
-import array
 import collections
+import math
 from typing import Callable
 
 import numpy as np
@@ -35,6 +35,15 @@ class _Table:
         starts = np.r_[0, np.flatnonzero(np.diff(segment)) + 1] if ids.size else np.zeros(0, np.int64)
         self.first = np.repeat(coord[starts], np.diff(np.r_[starts, ids.size])) if ids.size else coord
         self.key = segment * self.SPAN + np.minimum(coord - self.first, self.SPAN - 1)
+
+    @classmethod
+    def of_session(cls, ids: np.ndarray, coord: np.ndarray, key: np.ndarray, zeros: np.ndarray,
+                   by_distance: bool) -> '_Table':
+        """Make the table of one session from arrays kept up to date (no copy): its key is ``coord - coord[0]``."""
+        table = cls.__new__(cls)
+        table.ids, table.coord, table.by_distance, table.segment, table.key = ids, coord, by_distance, zeros, key
+        table.first = np.broadcast_to(coord[:1], ids.shape)
+        return table
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id (-1 when absent)."""
@@ -73,6 +82,71 @@ def travelled_mm(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
     return np.round(total * 1000.0).astype(np.int64)
 
 
+class SessionTrack:
+    """The running session's keyframes: ids, stamps and travelled distance, in arrays grown by doubling.
+
+    Its tables (by stamps, or by travelled distance while every keyframe has a position) are views of
+    these arrays, so nothing proportional to the session is copied per query. The distance is summed
+    over the straight steps between keyframes; a keyframe without a position is skipped.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._ids = np.zeros(0, np.int64)
+        self._stamps = np.zeros(0, np.int64)
+        self._time_key = np.zeros(0, np.int64)     # stamp - the first stamp (clipped to the table's span)
+        self._dist = np.zeros(0, np.float64)       # m travelled to each keyframe, NaN without a position
+        self._dist_mm = np.zeros(0, np.int64)
+        self._zeros = np.zeros(0, np.int64)
+        self._odometry: tuple[np.ndarray, float] | None = None   # the last known position, distance there
+        self.positioned = True                                    # every keyframe so far has a position
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[:self.size]
+
+    @property
+    def stamps(self) -> np.ndarray:
+        return self._stamps[:self.size]
+
+    @property
+    def distances(self) -> np.ndarray:
+        return self._dist[:self.size]
+
+    def append(self, kid: int, stamp_ns: int, position) -> None:
+        """Add keyframe ``kid`` (ids and stamps never go back within a session)."""
+        n = self.size
+        if n == self._ids.size:
+            grow = max(64, 2 * n)
+            for name in ('_ids', '_stamps', '_time_key', '_dist', '_dist_mm', '_zeros'):
+                old = getattr(self, name)
+                new = np.zeros(grow, old.dtype)
+                new[:n] = old[:n]
+                setattr(self, name, new)
+        d = math.nan
+        if position is not None and all(math.isfinite(v) for v in position):
+            p = np.asarray(position, np.float64)
+            last = self._odometry
+            d = 0.0 if last is None else last[1] + float(np.linalg.norm(p - last[0]))
+            self._odometry = (p, d)
+        else:
+            self.positioned = False
+        self._ids[n] = kid
+        self._stamps[n] = stamp_ns
+        self._time_key[n] = min(stamp_ns - int(self._stamps[0]), _Table.SPAN - 1)
+        self._dist[n] = d
+        self._dist_mm[n] = round(d * 1000.0) if math.isfinite(d) else 0
+        self.size = n + 1
+
+    def table(self, by_distance: bool) -> _Table:
+        """Return the session's table: by travelled distance when asked and every keyframe has a position."""
+        n = self.size
+        if by_distance and self.positioned:
+            coord = self._dist_mm[:n]       # from 0 at the first keyframe: its own key
+            return _Table.of_session(self._ids[:n], coord, coord, self._zeros[:n], True)
+        return _Table.of_session(self._ids[:n], self._stamps[:n], self._time_key[:n], self._zeros[:n], False)
+
+
 class Timeline:
     """Stamps, positions and sessions of map keyframes by id, for following a session of the map.
 
@@ -89,11 +163,9 @@ class Timeline:
     MAX_BLOCKS = 4096       # blocks cached
     TABLE_BLOCKS = 2048     # blocks the table keeps while queries need fewer than half of them
 
-    def __init__(self, db: MapDatabase,
-                 session: Callable[[], tuple[int, array.array, array.array, array.array]]) -> None:
+    def __init__(self, db: MapDatabase, session: Callable[[], tuple[int, SessionTrack]]) -> None:
         self.db = db
-        # () -> (session_start, session_ids, session_stamps, session_distances: m travelled, NaN unknown)
-        self._session = session
+        self._session = session        # () -> (the running session's first id, its keyframes)
         self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
         self._labels: dict[str, int] = {}
         # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table)
@@ -123,17 +195,11 @@ class Timeline:
         ``ids`` that are earlier. ``by_distance``: a table whose keyframes all have positions is
         ordered by travelled distance, any other by stamps.
         """
-        start, sids, sstamps, sdist = self._session()
+        start, track = self._session()
         out = []
         running = ids >= start
-        if running.any() and len(sids):
-            t_ids = np.frombuffer(sids, np.int64).copy()
-            dist = np.frombuffer(sdist, np.float64) if by_distance else None
-            if dist is not None and dist.size == t_ids.size and np.isfinite(dist).all():
-                table = _Table(t_ids, np.round(dist * 1000.0).astype(np.int64), np.zeros(t_ids.size, np.int64), True)
-            else:
-                table = _Table(t_ids, np.frombuffer(sstamps, np.int64).copy(), np.zeros(t_ids.size, np.int64))
-            out.append((table, running))
+        if running.any() and track.size:
+            out.append((track.table(by_distance), running))
         earlier = ~running
         if earlier.any():
             own = ids[earlier] // self.BLOCK
