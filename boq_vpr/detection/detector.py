@@ -188,7 +188,7 @@ class LoopClosureDetector:
         with self._lock:
             self._session_start = self.db.next_id
             # keyframes this session added, in id order, their stamps (non-decreasing within a
-            # session) and the distance travelled to each (from its odometry); 48 bytes a keyframe
+            # session) and the distance travelled to each (from its odometry); 32 bytes a keyframe
             self._track = SessionTrack()
             self._last_stamp_ns: int | None = None
             if hasattr(self, 'config'):

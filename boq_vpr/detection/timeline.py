@@ -37,11 +37,11 @@ class _Table:
         self.key = segment * self.SPAN + np.minimum(coord - self.first, self.SPAN - 1)
 
     @classmethod
-    def of_session(cls, ids: np.ndarray, coord: np.ndarray, key: np.ndarray, zeros: np.ndarray,
-                   by_distance: bool) -> '_Table':
+    def of_session(cls, ids: np.ndarray, coord: np.ndarray, key: np.ndarray, by_distance: bool) -> '_Table':
         """Make the table of one session from arrays kept up to date (no copy): its key is ``coord - coord[0]``."""
         table = cls.__new__(cls)
-        table.ids, table.coord, table.by_distance, table.segment, table.key = ids, coord, by_distance, zeros, key
+        table.ids, table.coord, table.by_distance, table.key = ids, coord, by_distance, key
+        table.segment = np.broadcast_to(np.zeros(1, np.int64), ids.shape)
         table.first = np.broadcast_to(coord[:1], ids.shape)
         return table
 
@@ -95,9 +95,7 @@ class SessionTrack:
         self._ids = np.zeros(0, np.int64)
         self._stamps = np.zeros(0, np.int64)
         self._time_key = np.zeros(0, np.int64)     # stamp - the first stamp (clipped to the table's span)
-        self._dist = np.zeros(0, np.float64)       # m travelled to each keyframe, NaN without a position
-        self._dist_mm = np.zeros(0, np.int64)
-        self._zeros = np.zeros(0, np.int64)
+        self._dist_mm = np.zeros(0, np.int64)      # mm travelled to each keyframe, -1 without a position
         self._odometry: tuple[np.ndarray, float] | None = None   # the last known position, distance there
         self.positioned = True                                    # every keyframe so far has a position
 
@@ -111,14 +109,16 @@ class SessionTrack:
 
     @property
     def distances(self) -> np.ndarray:
-        return self._dist[:self.size]
+        """Metres travelled to each keyframe, NaN without a position."""
+        mm = self._dist_mm[:self.size]
+        return np.where(mm >= 0, mm / 1000.0, np.nan)
 
     def append(self, kid: int, stamp_ns: int, position) -> None:
         """Add keyframe ``kid`` (ids and stamps never go back within a session)."""
         n = self.size
         if n == self._ids.size:
             grow = max(64, 2 * n)
-            for name in ('_ids', '_stamps', '_time_key', '_dist', '_dist_mm', '_zeros'):
+            for name in ('_ids', '_stamps', '_time_key', '_dist_mm'):
                 old = getattr(self, name)
                 new = np.zeros(grow, old.dtype)
                 new[:n] = old[:n]
@@ -134,8 +134,7 @@ class SessionTrack:
         self._ids[n] = kid
         self._stamps[n] = stamp_ns
         self._time_key[n] = min(stamp_ns - int(self._stamps[0]), _Table.SPAN - 1)
-        self._dist[n] = d
-        self._dist_mm[n] = round(d * 1000.0) if math.isfinite(d) else 0
+        self._dist_mm[n] = round(d * 1000.0) if math.isfinite(d) else -1
         self.size = n + 1
 
     def table(self, by_distance: bool) -> _Table:
@@ -143,8 +142,8 @@ class SessionTrack:
         n = self.size
         if by_distance and self.positioned:
             coord = self._dist_mm[:n]       # from 0 at the first keyframe: its own key
-            return _Table.of_session(self._ids[:n], coord, coord, self._zeros[:n], True)
-        return _Table.of_session(self._ids[:n], self._stamps[:n], self._time_key[:n], self._zeros[:n], False)
+            return _Table.of_session(self._ids[:n], coord, coord, True)
+        return _Table.of_session(self._ids[:n], self._stamps[:n], self._time_key[:n], False)
 
 
 class Timeline:
