@@ -24,8 +24,13 @@ def _finite(x) -> bool:
 
 def test_cost_structure():
     lines = []
-    out = detector_cost.cost_table([200, 500], dim=64, queries=40, warmup=5, printer=lambda s, **_: lines.append(s))
-    assert len(lines) == 2 and all(line.startswith('cost  keyframes') for line in lines)
+    out = detector_cost.cost_table([200, 500], dim=64, queries=40, warmup=5, printer=lambda s, **_: lines.append(s),
+                                   slam_sizes=[300])
+    assert len(lines) == 3 and all(line.startswith('cost  keyframes') for line in lines[:2])
+    assert lines[2].startswith('cost  slam session    300 keyframes')
+    slam, = out['slam_rows']
+    assert slam['session_keyframes'] == 300 and slam['latency_ms']['sequence']['n'] == 40
+    assert 0 < slam['accepted_correct']['sequence'] <= slam['accepted']['sequence'] <= 40
     assert out['settings']['dim'] == 64 and set(out['settings']['detectors']) == {'search', 'single', 'sequence'}
     assert out['settings']['detectors']['single']['sequence_length'] == 1
     assert out['settings']['detectors']['sequence']['sequence_length'] > 1

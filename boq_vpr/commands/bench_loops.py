@@ -29,7 +29,9 @@ Two more measurements, on request:
    search alone (top-k as the detector asks), the detector on single keyframes
    (``sequence_length 1``) and with the shipped defaults (sequences on), on ~300 query keyframes
    that revisit a stretch of the map; p50/p90 per call, what the sequence stage adds, how many of
-   the queries each accepted, and the process's resident memory (JSON key ``cost``);
+   the queries each accepted, and the process's resident memory (JSON key ``cost``); then the same in
+   slam mode on sessions of ``--cost-slam-sizes`` keyframes, where the map is the running session
+   (``slam_rows``);
 5. ``--calibration``: the measured false-alarm rate per query against the requested one
    (``false_alarm_rate`` 0.01 and 0.001, ``temporal_consistency 1``, otherwise ``DetectorConfig()``
    defaults, localization mode) on maps of ``--calibration-sizes`` keyframes with queries that
@@ -65,7 +67,7 @@ import time
 from pathlib import Path
 
 from ..evaluation.benchmark import peak_rss_mib
-from ..evaluation.detector_cost import COST_QUERIES, COST_SIZES, COST_SMOOTHNESS, COST_WARMUP
+from ..evaluation.detector_cost import COST_QUERIES, COST_SIZES, COST_SLAM_SIZES, COST_SMOOTHNESS, COST_WARMUP
 from ..evaluation.drives import DRIVES
 from ..evaluation.false_alarms import CALIBRATION_RATES, CALIBRATION_SIZES, CALIBRATION_SOURCES
 from ..evaluation.loops import DEFAULT_PARAMS
@@ -107,6 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help='the time the detector adds per query keyframe (single keyframes and sequences) beside the '
                         'search, on synthetic maps of --cost-sizes keyframes, and the memory it holds')
     g.add_argument('--cost-sizes', type=int, nargs='+', default=list(COST_SIZES), help='map sizes in keyframes')
+    g.add_argument('--cost-slam-sizes', type=int, nargs='*', default=list(COST_SLAM_SIZES),
+                   help='slam session sizes in keyframes (the map is the running session; none: skip)')
     g.add_argument('--cost-dim', type=int, default=2048, help='descriptor dimension (default: 2048)')
     g.add_argument('--cost-queries', type=int, default=COST_QUERIES, help='timed query keyframes per map')
     g.add_argument('--cost-warmup', type=int, default=COST_WARMUP, help='untimed query keyframes first')
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     if 'cost' in todo:
         t0 = time.perf_counter()
         results['cost'] = cost_table(args.cost_sizes, args.cost_dim, args.cost_queries, args.cost_warmup,
-                                     args.cost_smoothness)
+                                     args.cost_smoothness, slam_sizes=args.cost_slam_sizes)
         results['cost']['seconds'] = time.perf_counter() - t0
     if 'calibration' in todo:
         encoder = None

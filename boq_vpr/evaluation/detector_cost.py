@@ -25,6 +25,7 @@ from .drives import synthetic_drive
 
 # map sizes, timed queries and untimed warm-up queries per map
 COST_SIZES = (1000, 10000, 100000)
+COST_SLAM_SIZES = (1000, 10000)     # slam sessions (built through the detector, keyframe by keyframe)
 COST_QUERIES = 300
 COST_WARMUP = 20
 COST_RATE_HZ = 2.0
@@ -177,6 +178,65 @@ def cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: i
             'loadavg_after': list(os.getloadavg())}
 
 
+def slam_cost_at_size(n: int, dim: int = 2048, queries: int = COST_QUERIES, warmup: int = COST_WARMUP,
+                      rate_hz: float = COST_RATE_HZ, noise: float = COST_NOISE, smoothness: float = COST_SMOOTHNESS,
+                      seed: int = 0) -> dict:
+    """Time the detector in slam mode, where the map is the running session of ``n`` keyframes.
+
+    The session's keyframes go through the detector (every frame a keyframe, no threshold: the search
+    and the add), then, with mapping off, ``warmup`` + ``queries`` query keyframes revisit the middle
+    of the route, through the detector on single keyframes and then with sequences (the defaults),
+    one run after the other (one detector holds the session); only the last ``queries`` of each run
+    are timed.
+    """
+    import dataclasses
+
+    from ..detection import DetectorConfig, LoopClosureDetector
+    from ..map import MapDatabase
+    t0 = time.perf_counter()
+    frames = synthetic_drive(dim, n=n, rate_hz=rate_hz, smoothness=smoothness, seed=seed)
+    q, q_stamps, truth = revisit_queries(frames.descriptors, frames.stamps_ns, warmup + queries, rate_hz, noise)
+    db = MapDatabase(dim, 'bench', 'flat')
+    every_frame = {'mode': 'slam', 'keyframe_max_similarity': 1.0, 'keyframe_min_time_s': 0.0}
+    det = LoopClosureDetector(db, DetectorConfig(sequence_length=1, false_alarm_rate=0.0, **every_frame))
+    try:
+        for d, t in zip(frames.descriptors, frames.stamps_ns):
+            det.process(d, int(t))
+        build_s = time.perf_counter() - t0
+        det.mapping = False
+        ms, accepted, correct = {}, {}, {}
+        radius = DetectorConfig().calibration_radius
+        for run, (name, cfg) in enumerate(cost_configs()):
+            det.configure(dataclasses.replace(cfg, **every_frame))
+            offset = run * (int(q_stamps[-1]) - int(frames.stamps_ns[-1]) + 10 ** 12)   # stamps go on
+            ms[name], accepted[name], correct[name] = [], 0, 0
+            for i in range(warmup + queries):
+                t = time.perf_counter()
+                r = det.process(q[i], int(q_stamps[i]) + offset)
+                if i >= warmup:
+                    ms[name].append((time.perf_counter() - t) * 1e3)
+                    accepted[name] += int(bool(r.candidates))
+                    correct[name] += int(bool(r.candidates) and abs(r.candidates[0].match_id - int(truth[i])) <= radius)
+        session = det.session_keyframes
+    finally:
+        db.close()
+    lat = {name: latency_summary(v) for name, v in ms.items()}
+    return {'keyframes': n, 'session_keyframes': session, 'dim': dim, 'queries': queries, 'warmup': warmup,
+            'latency_ms': lat, 'added_by_sequence_ms': {'p50': lat['sequence']['p50'] - lat['single']['p50'],
+                                                        'p90': lat['sequence']['p90'] - lat['single']['p90']},
+            'accepted': accepted, 'accepted_correct': correct, 'build_s': build_s,
+            'seconds': time.perf_counter() - t0, 'loadavg_after': list(os.getloadavg())}
+
+
+def format_slam_cost_row(r: dict) -> str:
+    lat, add, q = r['latency_ms'], r['added_by_sequence_ms'], r['queries']
+    return (f'cost  slam session {r["session_keyframes"]:>6} keyframes  single p50 {lat["single"]["p50"]:7.2f} '
+            f'p90 {lat["single"]["p90"]:7.2f}  sequence p50 {lat["sequence"]["p50"]:7.2f} '
+            f'p90 {lat["sequence"]["p90"]:7.2f}  added by sequences p50 {add["p50"]:+6.2f} p90 {add["p90"]:+6.2f} ms'
+            f'  accepted single {r["accepted"]["single"]}/{q} sequence {r["accepted"]["sequence"]}/{q}'
+            f' (correct {r["accepted_correct"]["single"]}, {r["accepted_correct"]["sequence"]})')
+
+
 def format_cost_row(r: dict) -> str:
     lat, add, rss = r['latency_ms'], r['added_by_sequence_ms'], r['rss_mb']
     q = r['queries']
@@ -194,10 +254,10 @@ def format_cost_row(r: dict) -> str:
 
 
 def cost_table(sizes, dim: int = 2048, queries: int = COST_QUERIES, warmup: int = COST_WARMUP,
-               smoothness: float = COST_SMOOTHNESS, printer=print) -> dict:
-    """``cost_at_size`` per map size, one printed line each."""
+               smoothness: float = COST_SMOOTHNESS, printer=print, slam_sizes=()) -> dict:
+    """``cost_at_size`` per map size, then ``slam_cost_at_size`` per slam session size, one printed line each."""
     from ..detection import DetectorConfig
-    if min(sizes) < 1 or dim < 2 or queries < 1 or warmup < 0 or not 0 <= smoothness < 1:
+    if min([*sizes, *slam_sizes]) < 1 or dim < 2 or queries < 1 or warmup < 0 or not 0 <= smoothness < 1:
         raise ConfigError('--cost-sizes, --cost-dim and --cost-queries must be positive, --cost-warmup >= 0, '
                           '--cost-smoothness in [0, 1)')
     out = {'settings': {'dim': dim, 'queries': queries, 'warmup': warmup, 'rate_hz': COST_RATE_HZ,
@@ -210,4 +270,9 @@ def cost_table(sizes, dim: int = 2048, queries: int = COST_QUERIES, warmup: int 
         row = cost_at_size(int(n), dim, queries, warmup, smoothness=smoothness)
         out['rows'].append(row)
         printer(format_cost_row(row), flush=True)
+    out['slam_rows'] = []
+    for n in slam_sizes:
+        row = slam_cost_at_size(int(n), dim, queries, warmup, smoothness=smoothness)
+        out['slam_rows'].append(row)
+        printer(format_slam_cost_row(row), flush=True)
     return out
