@@ -134,6 +134,18 @@ def tail_size(peaks: int, eligible: int | None, radius: int, min_samples: int) -
     return min(peaks, max(int(min_samples), int(TAIL_FRACTION * places)))
 
 
+def _tail_fit(tail: np.ndarray) -> tuple[float, float]:
+    """Return (u, beta): the tail threshold (its last sample) and the mean exceedance of the others over it."""
+    m = int(tail.size) - 1
+    u = float(tail[-1])
+    return u, float(np.sum(tail[:-1] - u) / m) if m > 0 else 0.0
+
+
+def _spread(background: np.ndarray) -> tuple[float, float]:
+    """Return the mean and the standard deviation (0 for a single sample) of a whole background."""
+    return float(np.mean(background)), float(np.std(background, ddof=1)) if background.size > 1 else 0.0
+
+
 def tail_p_value(best: float, tail: np.ndarray) -> tuple[float, float, float]:
     """Return (p, excess, beta) for ``best`` against the upper tail of the background.
 
@@ -149,8 +161,7 @@ def tail_p_value(best: float, tail: np.ndarray) -> tuple[float, float, float]:
     """
     n = int(tail.size)
     m = n - 1
-    u = float(tail[-1])
-    beta = float(np.sum(tail[:-1] - u) / m) if m > 0 else 0.0
+    u, beta = _tail_fit(tail)
     if beta <= 1e-9:
         # a flat background (identical scores): anything above it stands out infinitely
         excess = math.inf if best > u + 1e-9 else 0.0
@@ -176,8 +187,7 @@ def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float,
     little heavier-tailed than a Gaussian, gives each place's chance of standing out ``z`` spreads.
     """
     n = int(background.size) + 1
-    mean = float(np.mean(background))
-    std = float(np.std(background, ddof=1)) if background.size > 1 else 0.0
+    mean, std = _spread(background)
     if std <= 1e-9:
         z = math.inf if best > mean + 1e-9 else 0.0
     else:
@@ -198,18 +208,15 @@ def p_values(scores: np.ndarray, background: np.ndarray, eligible: int | None, c
         return np.full(scores.shape, np.nan)
     if complete:
         n = int(background.size) + 1
-        mean = float(np.mean(background))
-        std = float(np.std(background, ddof=1)) if background.size > 1 else 0.0
+        mean, std = _spread(background)
         if std <= 1e-9:
             one = np.where(scores > mean + 1e-9, 0.0, student_t.sf(0.0, COMPLETE_DOF))
         else:
             one = student_t.sf((scores - mean) / std, COMPLETE_DOF)
     else:
         n = max(2, tail_size(int(background.size), eligible, radius, min_samples))
-        tail = background[:n]
         m = n - 1
-        u = float(tail[-1])
-        beta = float(np.sum(tail[:-1] - u) / m) if m > 0 else 0.0
+        u, beta = _tail_fit(background[:n])
         if beta <= 1e-9:
             return np.where(scores > u + 1e-9, 0.0, 1.0)
         excess = (scores - u) / beta

@@ -58,7 +58,7 @@ import numpy as np
 
 from ..map import MapDatabase
 from .calibration import judge, p_values, place_peaks
-from .timeline import Timeline
+from .timeline import Odometer, Timeline
 
 log = logging.getLogger(__name__)
 
@@ -146,29 +146,15 @@ class SequenceMatcher:
         self.by_distance = alignment == 'auto'     # align by travelled distance where odometry is given
         self.queries: collections.deque[QueryRecord] = collections.deque(maxlen=self.length)
         self._seq = 0
-        self._odometry: tuple[np.ndarray, float] | None = None   # last known position, distance at it
+        self._odometer = Odometer()      # the distance travelled since the sequence started
         self._lines = _Lines(self.length)
 
     def reset(self) -> None:
         """Forget the running sequence (a time jump, a new session, new settings)."""
         self.queries.clear()
-        self._odometry = None
+        self._odometer = Odometer()
         self._lines = _Lines(self.length)
         self.timeline.clear()
-
-    def _travelled(self, position) -> float:
-        """Return the distance travelled since the sequence started (m), NaN without a position.
-
-        A query without a position is skipped: the next one continues from the last known position.
-        """
-        if position is None:
-            return math.nan
-        p = np.asarray(position, np.float64).ravel()[:3]
-        if p.size != 3 or not np.isfinite(p).all():
-            return math.nan
-        d = 0.0 if self._odometry is None else self._odometry[1] + float(np.linalg.norm(p - self._odometry[0]))
-        self._odometry = (p, d)
-        return d
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
                   id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False,
@@ -180,12 +166,12 @@ class SequenceMatcher:
         """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
-            self._odometry = None
+            self._odometer = Odometer()
             self._lines = _Lines(self.length)
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
                                         id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
-                                        complete, self._travelled(position)))
+                                        complete, self._odometer.step(position)))
         self._seq += 1
 
     @staticmethod
@@ -266,7 +252,8 @@ class SequenceMatcher:
             rows = table.rows(lines.ref[mine])
             keep = rows >= 0
             mine, rows = mine[keep], rows[keep]
-            target = table.coord[rows] + lines.off[mine] + lines.speed[mine] * (x_now - lines.x[int(dist)])
+            speed = self.speeds[lines.speed_index[mine]]
+            target = table.coord[rows] + lines.off[mine] + speed * (x_now - lines.x[int(dist)])
             goal = np.round(target).astype(np.int64)
             k = table.nearest(rows, goal)
             m = table.ids[k]
@@ -308,7 +295,7 @@ class SequenceMatcher:
                 e = evidence(al, np.broadcast_to(np.arange(W), al.shape))
                 born.append((table, t_index, cand_rows, cand_v, al, e))
         lines.prune(newest.seq - self.seeds)
-        lines.extend(born, cols, newest.seq, self.speeds)
+        lines.extend(born, cols, newest.seq)
         lines.x = [modes[False][2], modes[True][2] if by_distance else 0]
         if lines.size == 0:
             return None
@@ -386,7 +373,7 @@ class _Lines:
     arrays grow by doubling.
     """
 
-    FIELDS = {'ref': np.int64, 'off': np.float64, 'speed': np.float64, 'speed_index': np.int64,
+    FIELDS = {'ref': np.int64, 'off': np.float64, 'speed_index': np.int64,
               'seeded': np.int64, 'alive': bool, 'segment': np.int64, 'dist': bool}
 
     def __init__(self, length: int) -> None:
@@ -405,7 +392,7 @@ class _Lines:
             raise AttributeError(name)
         return data[name][:self.size]
 
-    def extend(self, born, cols: np.ndarray, seq: int, speeds: np.ndarray) -> None:
+    def extend(self, born, cols: np.ndarray, seq: int) -> None:
         """Add the new lines: (table, its index, rows, speed indices, aligned ids [N, W], evidence [N, W])."""
         count = sum(len(b[2]) for b in born)
         if not count:
@@ -423,7 +410,6 @@ class _Lines:
             d['ref'][lo:hi] = table.ids[rows]
             d['off'][lo:hi] = 0.0
             d['speed_index'][lo:hi] = v
-            d['speed'][lo:hi] = speeds[v]
             d['seeded'][lo:hi] = seq
             d['alive'][lo:hi] = True
             d['segment'][lo:hi] = table.segment[rows] + (n << 32)

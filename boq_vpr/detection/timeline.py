@@ -82,6 +82,28 @@ def travelled_mm(positions: np.ndarray, segment: np.ndarray) -> np.ndarray:
     return np.round(total * 1000.0).astype(np.int64)
 
 
+class Odometer:
+    """The distance travelled along a trajectory: the sum of the straight steps between its positions.
+
+    A missing or non-finite position gives NaN and is skipped: the next one continues from the last
+    known position.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[np.ndarray, float] | None = None   # the last known position, distance there
+
+    def step(self, position) -> float:
+        """Return the distance travelled to ``position`` (m), NaN without one."""
+        if position is None:
+            return math.nan
+        p = np.asarray(position, np.float64).ravel()[:3]
+        if p.size != 3 or not np.isfinite(p).all():
+            return math.nan
+        d = 0.0 if self._last is None else self._last[1] + float(np.linalg.norm(p - self._last[0]))
+        self._last = (p, d)
+        return d
+
+
 class SessionTrack:
     """The running session's keyframes: ids, stamps and travelled distance, in arrays grown by doubling.
 
@@ -96,7 +118,7 @@ class SessionTrack:
         self._stamps = np.zeros(0, np.int64)
         self._time_key = np.zeros(0, np.int64)     # stamp - the first stamp (clipped to the table's span)
         self._dist_mm = np.zeros(0, np.int64)      # mm travelled to each keyframe, -1 without a position
-        self._odometry: tuple[np.ndarray, float] | None = None   # the last known position, distance there
+        self._odometer = Odometer()
         self.positioned = True                                    # every keyframe so far has a position
 
     @property
@@ -123,14 +145,8 @@ class SessionTrack:
                 new = np.zeros(grow, old.dtype)
                 new[:n] = old[:n]
                 setattr(self, name, new)
-        d = math.nan
-        if position is not None and all(math.isfinite(v) for v in position):
-            p = np.asarray(position, np.float64)
-            last = self._odometry
-            d = 0.0 if last is None else last[1] + float(np.linalg.norm(p - last[0]))
-            self._odometry = (p, d)
-        else:
-            self.positioned = False
+        d = self._odometer.step(position)
+        self.positioned = self.positioned and math.isfinite(d)
         self._ids[n] = kid
         self._stamps[n] = stamp_ns
         self._time_key[n] = min(stamp_ns - int(self._stamps[0]), _Table.SPAN - 1)
