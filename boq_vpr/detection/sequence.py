@@ -148,12 +148,15 @@ class SequenceMatcher:
         self._seq = 0
         self._odometer = Odometer()      # the distance travelled since the sequence started
         self._lines = _Lines(self.length)
+        self._window: dict | None = None     # the window's evidence lookup, carried from query to query
+        self._evicted = False                # the newest query pushed the oldest out of the window
 
     def reset(self) -> None:
         """Forget the running sequence (a time jump, a new session, new settings)."""
         self.queries.clear()
         self._odometer = Odometer()
         self._lines = _Lines(self.length)
+        self._window = None
         self.timeline.clear()
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
@@ -168,6 +171,9 @@ class SequenceMatcher:
             self.queries.clear()
             self._odometer = Odometer()
             self._lines = _Lines(self.length)
+            self._window = None
+        # the query appended pushes the oldest out of a full window
+        self._evicted = len(self.queries) == self.length
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
                                         id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
@@ -198,12 +204,27 @@ class SequenceMatcher:
         One sorted key (query, keyframe id) over the window's searches, so that all the queries' evidence
         comes from one ``searchsorted``: the evidence of a keyframe its search returned, else what a
         keyframe it did not return counts, and the neutral value where no keyframe is aligned (-1).
+        The arrays are carried from query to query: the oldest query's part leaves, the newest's joins.
         """
-        keys = np.concatenate([q._keys for q in queries])
-        values = np.concatenate([q._values for q in queries])
-        neutral = np.array([q.neutral for q in queries])
-        absent = np.array([q._absent for q in queries])
-        seqs = np.array([q.seq for q in queries], np.int64)
+        first, newest = queries[0].seq, queries[-1]
+        w = self._window
+        if w is not None and w['last'] == newest.seq - 1 and first >= w['first']:
+            gone = first - w['first']
+            cut = sum(w['sizes'][:gone])
+            keys = np.concatenate([w['keys'][cut:], newest._keys])
+            values = np.concatenate([w['values'][cut:], newest._values])
+            sizes = w['sizes'][gone:] + [newest._keys.size]
+            per_query = np.concatenate([w['per_query'][:, gone:],
+                                        [[newest.neutral], [newest._absent], [newest.seq]]], axis=1)
+        else:
+            keys = np.concatenate([q._keys for q in queries])
+            values = np.concatenate([q._values for q in queries])
+            sizes = [q._keys.size for q in queries]
+            per_query = np.array([[q.neutral for q in queries], [q._absent for q in queries],
+                                  [q.seq for q in queries]], np.float64)
+        self._window = {'first': first, 'last': newest.seq, 'keys': keys, 'values': values, 'sizes': sizes,
+                        'per_query': per_query}
+        neutral, absent, seqs = per_query[0], per_query[1], per_query[2].astype(np.int64)
 
         def evidence(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
             if not keys.size:
@@ -240,6 +261,10 @@ class SequenceMatcher:
         tables = self.timeline.tables(np.concatenate([lines.ref, seeds]), by_distance)
         # a line no table carries on goes nowhere
         lines.alive[:] = False
+        if self._evicted:
+            # the oldest query left the window: its terms leave the lines' sums
+            lines.total[:] -= lines.term[:, col_now]
+            lines.count[:] -= lines.aligned[:, col_now] >= 0
         lines.term[:, col_now] = newest.neutral
         lines.aligned[:, col_now] = -1
         born = []
@@ -294,13 +319,14 @@ class SequenceMatcher:
                 al = np.where(ok, m, -1)
                 e = evidence(al, np.broadcast_to(np.arange(W), al.shape))
                 born.append((table, t_index, cand_rows, cand_v, al, e))
+        lines.total[:] += lines.term[:, col_now]
+        lines.count[:] += lines.aligned[:, col_now] >= 0
         lines.prune(newest.seq - self.seeds)
         lines.extend(born, cols, newest.seq)
         lines.x = [modes[False][2], modes[True][2] if by_distance else 0]
         if lines.size == 0:
             return None
-        totals = lines.term[:, cols].sum(axis=1)
-        counts = (lines.aligned[:, cols] >= 0).sum(axis=1)
+        totals, counts = lines.total, lines.count
         # a hypothesis needs MIN_TERMS aligned keyframes: one frame alone is not a trajectory (at the
         # start of a map every anchor would otherwise stand on its single-frame evidence)
         compete = lines.alive & (counts >= min(MIN_TERMS, W))
@@ -320,9 +346,13 @@ class SequenceMatcher:
         if verdict is None:
             return None
         # the places reported: the best, and the next ones (at most 16 in all) significant at ``rate``
-        ps = p_values(scores[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
-        top = np.r_[peaks[:1], peaks[1:16][ps <= rate]]
-        ps = np.r_[verdict.p_value, ps[ps <= rate]].tolist()
+        # (none when the second is not: the false-alarm probability falls with the score)
+        top, ps = peaks[:1], [verdict.p_value]
+        if peaks.size > 1 and (rate >= 1.0 or judge(float(scores[peaks[1]]), background, eligible, complete,
+                                                    self.radius, self.min_samples).p_value <= rate):
+            p_next = p_values(scores[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
+            top = np.r_[top, peaks[1:16][p_next <= rate]]
+            ps += p_next[p_next <= rate].tolist()
         # the newest query's own cosine with each: from its search where it retrieved the anchor, else
         # from the stored descriptors of these few anchors
         # each reported place's anchor and its neighbours within REFINE ids in the same session
@@ -334,7 +364,10 @@ class SequenceMatcher:
         wanted = np.unique(k[found])
         cosine = np.full(ids.shape, np.nan)
         cosine[wanted] = newest.cosines(ids[wanted])
-        missing = wanted[~np.isfinite(cosine[wanted])]
+        # a keyframe the search did not return is less like the query than those it did: the stored
+        # descriptors are read only for a place none of whose keyframes the search returned
+        seen = (found & np.isfinite(cosine[k])).any(axis=1)
+        missing = np.unique(k[found & ~seen[:, None]])
         if missing.size:
             try:
                 cosine[missing] = self.db.descriptors(ids[missing]) @ newest.descriptor
@@ -374,14 +407,16 @@ class _Lines:
     """
 
     FIELDS = {'ref': np.int64, 'off': np.float64, 'speed_index': np.int64,
-              'seeded': np.int64, 'alive': bool, 'segment': np.int64, 'dist': bool}
+              'seeded': np.int64, 'alive': bool, 'segment': np.int64, 'dist': bool,
+              'total': np.float64, 'count': np.int64}
 
     def __init__(self, length: int) -> None:
         self.length = length
         self.size = 0
         self.x = [0, 0]                              # the newest query's position in ns and in mm travelled
         # ref: the map keyframe each line is at, off: how far past it (map units), seeded: the last
-        # query that proposed it, segment: its map session, dist: it follows travelled distance
+        # query that proposed it, segment: its map session, dist: it follows travelled distance,
+        # total and count: the sum of its window's terms and how many of them are aligned
         self._data = {name: np.zeros(0, dtype) for name, dtype in self.FIELDS.items()}
         self._data['term'] = np.zeros((0, length), np.float64)
         self._data['aligned'] = np.zeros((0, length), np.int64)
@@ -415,6 +450,8 @@ class _Lines:
             d['segment'][lo:hi] = table.segment[rows] + (n << 32)
             d['dist'][lo:hi] = table.by_distance
             d['term'][lo:hi, cols] = e
+            d['total'][lo:hi] = e.sum(axis=1)
+            d['count'][lo:hi] = (al >= 0).sum(axis=1)
             d['aligned'][lo:hi] = -1
             d['aligned'][lo:hi, cols] = al
             lo = hi

@@ -47,22 +47,37 @@ class _Table:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id (-1 when absent)."""
-        k = np.minimum(np.searchsorted(self.ids, ids), max(self.ids.size - 1, 0))
-        return np.where(self.ids.size and (self.ids[k] == ids), k, -1) if self.ids.size else np.full(ids.shape, -1)
+        n = self.ids.size
+        if not n:
+            return np.full(ids.shape, -1)
+        first = int(self.ids[0])
+        if int(self.ids[-1]) - first == n - 1:
+            # consecutive ids (the usual case): the row is the id's distance from the first
+            k = ids - first
+            return np.where((k >= 0) & (k < n), k, -1)
+        k = np.minimum(np.searchsorted(self.ids, ids), n - 1)
+        return np.where(self.ids[k] == ids, k, -1)
 
     def nearest(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Return the row of the keyframe of each anchor's session nearest to each target.
 
         The anchors are at ``rows`` (shape [A]), the target positions are ``targets`` ([A, ...]).
         """
-        shape = (-1,) + (1,) * (targets.ndim - 1)
-        seg = self.segment[rows].reshape(shape)
-        first = self.first[rows].reshape(shape)
-        key = seg * self.SPAN + np.clip(targets - first, 0, self.SPAN - 1)
-        k = np.clip(np.searchsorted(self.key, key), 0, self.ids.size - 1)
-        prev = np.maximum(k - 1, 0)
-        k = np.where(self.segment[k] != seg, prev, k)
-        prev = np.where(self.segment[prev] != seg, k, prev)
+        last = self.ids.size - 1
+        if self.segment[0] == self.segment[-1]:
+            # one session: no session boundary to stop at
+            key = np.minimum(np.maximum(targets - self.first[0], 0), self.SPAN - 1)
+            k = np.minimum(np.searchsorted(self.key, key), last)
+            prev = np.maximum(k - 1, 0)
+        else:
+            shape = (-1,) + (1,) * (targets.ndim - 1)
+            seg = self.segment[rows].reshape(shape)
+            first = self.first[rows].reshape(shape)
+            key = seg * self.SPAN + np.minimum(np.maximum(targets - first, 0), self.SPAN - 1)
+            k = np.minimum(np.searchsorted(self.key, key), last)
+            prev = np.maximum(k - 1, 0)
+            k = np.where(self.segment[k] != seg, prev, k)
+            prev = np.where(self.segment[prev] != seg, k, prev)
         return np.where(np.abs(self.coord[prev] - targets) <= np.abs(self.coord[k] - targets), prev, k)
 
 
