@@ -47,7 +47,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import t as student_t
+from scipy.special import stdtr
 
 DEFAULT_K = 50            # neighbours searched per query for the background
 DEFAULT_MIN_SAMPLES = 5   # background peaks needed for a decision
@@ -160,21 +160,26 @@ def tail_p_value(best: float, tail: np.ndarray) -> tuple[float, float, float]:
     best match included would cap the significance of anything at about ``n e^-n``.
     """
     n = int(tail.size)
-    m = n - 1
     u, beta = _tail_fit(tail)
+    return (*_tail_p(best, n, u, beta), beta)
+
+
+def _tail_p(best: float, n: int, u: float, beta: float) -> tuple[float, float]:
+    """Return (p, excess) of ``best`` against a tail of ``n`` places with threshold ``u`` and scale ``beta``."""
+    m = n - 1
     if beta <= 1e-9:
         # a flat background (identical scores): anything above it stands out infinitely
         excess = math.inf if best > u + 1e-9 else 0.0
     else:
         excess = (best - u) / beta
     if excess <= 0:
-        return 1.0, float(excess), beta
+        return 1.0, float(excess)
     if not math.isfinite(excess):
-        return 0.0, float(excess), beta
+        return 0.0, float(excess)
     one = math.exp(-m * math.log1p(excess / m))          # (1 + x/m)^-m
     # 1 - (1 - one)^n, computed without cancellation for a small ``one``
     p = -math.expm1(n * math.log1p(-one)) if one < 1.0 else 1.0
-    return float(min(max(p, 0.0), 1.0)), float(excess), beta
+    return float(min(max(p, 0.0), 1.0)), float(excess)
 
 
 def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float, float, float]:
@@ -186,22 +191,28 @@ def complete_p_value(best: float, background: np.ndarray) -> tuple[float, float,
     extrapolated from a few tail samples; Student's t with ``COMPLETE_DOF`` degrees of freedom, a
     little heavier-tailed than a Gaussian, gives each place's chance of standing out ``z`` spreads.
     """
-    n = int(background.size) + 1
     mean, std = _spread(background)
+    return (*_complete_p(best, int(background.size) + 1, mean, std), mean, std)
+
+
+def _complete_p(best: float, n: int, mean: float, std: float) -> tuple[float, float]:
+    """Return (p, z) of ``best`` among ``n`` places whose background has this mean and spread."""
     if std <= 1e-9:
         z = math.inf if best > mean + 1e-9 else 0.0
     else:
         z = (best - mean) / std
-    one = float(student_t.sf(z, COMPLETE_DOF)) if math.isfinite(z) else 0.0
+    # Student's t survival function (scipy.special.stdtr is its distribution function)
+    one = float(stdtr(COMPLETE_DOF, -z)) if math.isfinite(z) else 0.0
     p = -math.expm1(n * math.log1p(-one)) if one < 1.0 else 1.0
-    return float(min(max(p, 0.0), 1.0)), float(z), mean, std
+    return float(min(max(p, 0.0), 1.0)), float(z)
 
 
 def p_values(scores: np.ndarray, background: np.ndarray, eligible: int | None, complete: bool, radius: int,
              min_samples: int) -> np.ndarray:
-    """Return the false-alarm probability of each of ``scores`` against one background, as ``judge`` would.
+    """Return the false-alarm probability of each of ``scores`` against one background, as ``judge`` gives it.
 
-    All at once (the places ranked after the best one); NaN when ``judge`` gives no decision.
+    The background is fitted once (the places ranked after the best one); NaN when ``judge`` gives
+    no decision.
     """
     scores = np.asarray(scores, np.float64)
     if background.size < max(2, min_samples):
@@ -209,21 +220,10 @@ def p_values(scores: np.ndarray, background: np.ndarray, eligible: int | None, c
     if complete:
         n = int(background.size) + 1
         mean, std = _spread(background)
-        if std <= 1e-9:
-            one = np.where(scores > mean + 1e-9, 0.0, student_t.sf(0.0, COMPLETE_DOF))
-        else:
-            one = student_t.sf((scores - mean) / std, COMPLETE_DOF)
-    else:
-        n = max(2, tail_size(int(background.size), eligible, radius, min_samples))
-        m = n - 1
-        u, beta = _tail_fit(background[:n])
-        if beta <= 1e-9:
-            return np.where(scores > u + 1e-9, 0.0, 1.0)
-        excess = (scores - u) / beta
-        one = np.where(excess > 0, np.exp(-m * np.log1p(np.maximum(excess, 0.0) / m)), 1.0)
-    with np.errstate(divide='ignore'):
-        p = np.where(one < 1.0, -np.expm1(n * np.log1p(-np.minimum(one, 1.0 - 1e-300))), 1.0)
-    return np.clip(p, 0.0, 1.0)
+        return np.array([_complete_p(s, n, mean, std)[0] for s in scores.tolist()], np.float64)
+    n = max(2, tail_size(int(background.size), eligible, radius, min_samples))
+    u, beta = _tail_fit(background[:n])
+    return np.array([_tail_p(s, n, u, beta)[0] for s in scores.tolist()], np.float64)
 
 
 def judge(best: float, background: np.ndarray, eligible: int | None, complete: bool, radius: int,

@@ -102,6 +102,13 @@ class QueryRecord:
         self._values = np.maximum((self._scores - self.u) / self.beta, FLOOR)
         self._absent = self.neutral if (self.complete or not self._ids.size) else self._missed
 
+    def evidence(self, m: np.ndarray) -> np.ndarray:
+        """Evidence of map keyframes ``m`` for this query (its part of ``SequenceMatcher._window_evidence``)."""
+        if self._ids.size == 0:
+            return np.where(m >= 0, self._absent, self.neutral)
+        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
+        return np.where(m >= 0, np.where(self._ids[k] == m, self._values[k], self._absent), self.neutral)
+
     def cosines(self, m: np.ndarray) -> np.ndarray:
         """Cosines of map keyframes ``m`` with this query where its search returned them, else NaN."""
         if self._ids.size == 0:
@@ -225,14 +232,15 @@ class SequenceMatcher:
         self._window = {'first': first, 'last': newest.seq, 'keys': keys, 'values': values, 'sizes': sizes,
                         'per_query': per_query}
         neutral, absent, seqs = per_query[0], per_query[1], per_query[2].astype(np.int64)
+        seq_keys = seqs * _KEY
 
-        def evidence(m: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        def evidence(m: np.ndarray) -> np.ndarray:
+            """Evidence of map keyframes ``m`` [N, W] (-1: none aligned), a column per query of the window."""
             if not keys.size:
-                return np.broadcast_to(neutral[cols], m.shape).copy()
-            key = seqs[cols] * _KEY + np.maximum(m, 0)
+                return np.where(m >= 0, absent, neutral)
+            key = seq_keys + np.maximum(m, 0)
             k = np.minimum(np.searchsorted(keys, key), keys.size - 1)
-            e = np.where(keys[k] == key, values[k], absent[cols])
-            return np.where(m >= 0, e, neutral[cols])
+            return np.where(m >= 0, np.where(keys[k] == key, values[k], absent), neutral)
         return evidence
 
     def decide(self, eligible: int, id_below: int | None, rate: float = 1.0) -> SequenceDecision | None:
@@ -277,6 +285,9 @@ class SequenceMatcher:
             rows = table.rows(lines.ref[mine])
             keep = rows >= 0
             mine, rows = mine[keep], rows[keep]
+            going = mine
+            if mine.size == lines.size:
+                mine = slice(0, lines.size)        # every line (the usual case): views, not copies
             speed = self.speeds[lines.speed_index[mine]]
             target = table.coord[rows] + lines.off[mine] + speed * (x_now - lines.x[int(dist)])
             goal = np.round(target).astype(np.int64)
@@ -284,7 +295,7 @@ class SequenceMatcher:
             m = table.ids[k]
             miss = np.abs(table.coord[k] - goal)
             aligned = np.where((miss <= tol) & (m < limit_now), m, -1)
-            lines.term[mine, col_now] = evidence(aligned, np.full(aligned.shape, W - 1))
+            lines.term[mine, col_now] = newest.evidence(aligned)
             lines.aligned[mine, col_now] = aligned
             lines.ref[mine] = m
             lines.off[mine] = target - table.coord[k]
@@ -299,7 +310,7 @@ class SequenceMatcher:
             nv = self.speeds.size
             cand_rows = np.repeat(srows, nv)
             cand_v = np.tile(np.arange(nv), srows.size)
-            going = mine[lines.alive[mine]]
+            going = going[lines.alive[mine]]
             if going.size and cand_rows.size:
                 # an existing line through the match is proposed again: it lives on
                 there = lines.ref[going] * nv + lines.speed_index[going]
@@ -317,7 +328,7 @@ class SequenceMatcher:
                 m = table.ids[k]
                 ok = (np.abs(table.coord[k] - goal) <= tol) & (m < limits[None, :])
                 al = np.where(ok, m, -1)
-                e = evidence(al, np.broadcast_to(np.arange(W), al.shape))
+                e = evidence(al)
                 born.append((table, t_index, cand_rows, cand_v, al, e))
         lines.total[:] += lines.term[:, col_now]
         lines.count[:] += lines.aligned[:, col_now] >= 0
@@ -351,23 +362,24 @@ class SequenceMatcher:
         if peaks.size > 1 and (rate >= 1.0 or judge(float(scores[peaks[1]]), background, eligible, complete,
                                                     self.radius, self.min_samples).p_value <= rate):
             p_next = p_values(scores[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
-            top = np.r_[top, peaks[1:16][p_next <= rate]]
+            top = np.concatenate([top, peaks[1:16][p_next <= rate]])
             ps += p_next[p_next <= rate].tolist()
         # the newest query's own cosine with each: from its search where it retrieved the anchor, else
         # from the stored descriptors of these few anchors
         # each reported place's anchor and its neighbours within REFINE ids in the same session
-        by_id = np.argsort(ids)
-        probe = ids[top][:, None] + np.arange(-REFINE, REFINE + 1)[None, :]
-        k = by_id[np.minimum(np.searchsorted(ids[by_id], probe), ids.size - 1)]
-        found = (ids[k] == probe) & (segment[k] == segment[top][:, None])
-        near = [k[r][found[r]].tolist() for r in range(top.size)]
-        wanted = np.unique(k[found])
+        # ([reported places, anchors]: a few rows)
+        close = (np.abs(ids[None, :] - ids[top][:, None]) <= REFINE) & (segment[None, :] == segment[top][:, None])
+        place, member = np.nonzero(close)
+        near: list[list[int]] = [[] for _ in range(top.size)]
+        for r, _, i in sorted(zip(place.tolist(), ids[member].tolist(), member.tolist())):
+            near[r].append(i)            # each place's anchors in id order
+        wanted = np.flatnonzero(close.any(axis=0))
         cosine = np.full(ids.shape, np.nan)
         cosine[wanted] = newest.cosines(ids[wanted])
         # a keyframe the search did not return is less like the query than those it did: the stored
         # descriptors are read only for a place none of whose keyframes the search returned
-        seen = (found & np.isfinite(cosine[k])).any(axis=1)
-        missing = np.unique(k[found & ~seen[:, None]])
+        seen = (close & np.isfinite(cosine)[None, :]).any(axis=1)
+        missing = np.flatnonzero(close[~seen].any(axis=0))
         if missing.size:
             try:
                 cosine[missing] = self.db.descriptors(ids[missing]) @ newest.descriptor
