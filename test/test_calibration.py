@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from boq_vpr.detection.calibration import background_peaks, significance
+from boq_vpr.detection.calibration import background_peaks, judge, p_values, significance
 from boq_vpr.errors import ConfigError
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
 from boq_vpr.map import MapDatabase
@@ -41,6 +41,17 @@ def test_significance_of_an_exponential_tail_matches_the_formula():
     same = significance(5 * np.r_[0.3 + 0.6, background] - 2, np.r_[1000, ids], radius=3)
     assert same.p_value == pytest.approx(sig.p_value)
     assert significance(np.array([0.9, 0.5, 0.4]), np.array([1, 20, 40]), radius=3) is None   # too few peaks
+
+
+@pytest.mark.parametrize('complete', [False, True])
+def test_the_significance_of_several_scores_at_once_is_judges_own(complete):
+    rng = np.random.default_rng(3)
+    background = np.sort(rng.normal(0.3, 0.05, 120))[::-1]
+    scores = np.r_[background[:3] + 0.001, background[0] + np.linspace(0.0, 0.4, 12), [0.0, 1.0]]
+    together = p_values(scores, background, 2000, complete, 3, 5)
+    one_by_one = [judge(float(s), background, 2000, complete, 3, 5).p_value for s in scores]
+    assert together.tolist() == one_by_one
+    assert np.isnan(p_values(scores, background[:3], 2000, complete, 3, 5)).all()
 
 
 def _null_p_values(sample, n_queries: int = 4000, n_map: int = 2000, seed: int = 1) -> np.ndarray:

@@ -230,6 +230,33 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     assert timeline._earlier is None and not timeline._blocks
 
 
+@pytest.mark.parametrize('sessions', [1, 3])
+@pytest.mark.parametrize('gaps', [False, True])
+def test_the_timeline_table_finds_rows_and_nearest_keyframes_as_a_scan_does(sessions, gaps):
+    # consecutive ids (found by arithmetic) or ids with gaps (removed keyframes: found by search);
+    # one session (no boundary) or several: the same answers as a scan of the whole table
+    rng = np.random.default_rng(sessions + 2 * gaps)
+    n = 300
+    ids = np.sort(rng.choice(10 * n, n, replace=False)) if gaps else np.arange(1000, 1000 + n)
+    segment = np.sort(rng.integers(0, sessions, n))
+    coord = np.zeros(n, np.int64)
+    for seg in range(sessions):
+        mine = segment == seg
+        coord[mine] = np.cumsum(rng.integers(1, 10**9, int(mine.sum())))
+    table = _Table(ids.astype(np.int64), coord, segment.astype(np.int64))
+    probe = np.r_[ids, ids + 1, ids - 1, [-5, 10**6]]
+    expected = np.array([int(np.flatnonzero(ids == i)[0]) if i in set(ids.tolist()) else -1 for i in probe])
+    assert np.array_equal(table.rows(probe), expected)
+    anchors = rng.integers(0, n, 50)
+    targets = rng.integers(-10**9, int(coord.max()) + 10**10, (50, 7))
+    got = table.nearest(anchors, targets)
+    for a, row_targets, row_got in zip(anchors, targets, got):
+        own = np.flatnonzero(segment == segment[a])
+        for t, g in zip(row_targets, row_got):
+            best = own[np.argmin(np.abs(coord[own] - t))]
+            assert segment[g] == segment[a] and abs(coord[g] - t) == abs(coord[best] - t)
+
+
 def test_lines_are_followed_along_the_map_from_keyframe_to_keyframe():
     # a revisit at 2 keyframes per second: the winning line runs forward along the map with the
     # queries, and the places reported besides the best one are significant at the rate asked
