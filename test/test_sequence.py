@@ -238,11 +238,12 @@ def test_the_timeline_table_finds_rows_and_nearest_keyframes_as_a_scan_does(sess
     rng = np.random.default_rng(sessions + 2 * gaps)
     n = 300
     ids = np.sort(rng.choice(10 * n, n, replace=False)) if gaps else np.arange(1000, 1000 + n)
-    segment = np.sort(rng.integers(0, sessions, n))
+    segment = np.sort(rng.integers(0, sessions, n)) + 2     # session numbers need not start at 0
     coord = np.zeros(n, np.int64)
-    for seg in range(sessions):
+    for seg in np.unique(segment):
         mine = segment == seg
         coord[mine] = np.cumsum(rng.integers(1, 10**9, int(mine.sum())))
+    assert np.unique(segment).size == sessions and (np.diff(coord) != 0).sum() > n // 2
     table = _Table(ids.astype(np.int64), coord, segment.astype(np.int64))
     probe = np.r_[ids, ids + 1, ids - 1, [-5, 10**6]]
     expected = np.array([int(np.flatnonzero(ids == i)[0]) if i in set(ids.tolist()) else -1 for i in probe])

@@ -66,7 +66,7 @@ class _Table:
         last = self.ids.size - 1
         if self.segment[0] == self.segment[-1]:
             # one session: no session boundary to stop at
-            key = np.minimum(np.maximum(targets - self.first[0], 0), self.SPAN - 1)
+            key = self.segment[0] * self.SPAN + np.minimum(np.maximum(targets - self.first[0], 0), self.SPAN - 1)
             k = np.minimum(np.searchsorted(self.key, key), last)
             prev = np.maximum(k - 1, 0)
         else:
