@@ -198,8 +198,9 @@ class Timeline:
         self._session = session        # () -> (the running session's first id, its keyframes)
         self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
         self._labels: dict[str, int] = {}
-        # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table)
-        self._earlier: tuple[int, bool, np.ndarray, _Table] | None = None
+        # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table,
+        # its keyframes' ids, stamps, session labels and positions)
+        self._earlier: tuple | None = None
 
     def clear(self) -> None:
         self._blocks.clear()
@@ -243,35 +244,53 @@ class Timeline:
             blocks = np.unique(own)
             wanted = np.unique(np.concatenate([blocks - 1, blocks, blocks + 1]))
             wanted = wanted[(wanted >= 0) & (wanted * self.BLOCK < start)]
+            base = None
             if cached is not None and cached[:2] == (start, by_distance):
-                # the blocks read so far stay in the table while they are few (the table is built
-                # again whenever a block is added: its size is bounded by what the queries need)
-                both = np.union1d(np.flatnonzero(cached[2]), wanted)
-                wanted = both if both.size <= min(self.MAX_BLOCKS, max(2 * wanted.size, self.TABLE_BLOCKS)) else wanted
-            table = self._earlier_table(wanted, start, by_distance)
-            if table is not None:
+                # the blocks read so far stay in the table while they are few (its size is bounded
+                # by what the queries need); only the blocks not in it yet are read and merged in
+                held = np.flatnonzero(cached[2])
+                both = np.union1d(held, wanted)
+                if both.size <= min(self.MAX_BLOCKS, max(2 * wanted.size, self.TABLE_BLOCKS)):
+                    base, wanted = cached[4], both
+            new = wanted if base is None else np.setdiff1d(wanted, held, assume_unique=True)
+            built = self._earlier_table(new, start, by_distance, base)
+            if built is not None:
                 covered = np.zeros(int(wanted[-1]) + 1, bool)
                 covered[wanted] = True
-                self._earlier = (start, by_distance, covered, table)
-                out.append((table, earlier))
+                self._earlier = (start, by_distance, covered, *built)
+                out.append((built[0], earlier))
         return out
 
-    def _earlier_table(self, wanted: np.ndarray, start: int, by_distance: bool) -> _Table | None:
-        """Build the table of the earlier keyframes (ids below ``start``) in blocks ``wanted``."""
-        parts = [self._block(int(b)) for b in wanted]
-        e_ids = np.concatenate([p[0] for p in parts])
-        e_st = np.concatenate([p[1] for p in parts])
-        labels = np.concatenate([p[2] for p in parts])
-        keep = e_ids < start
-        e_ids, e_st, labels = e_ids[keep], e_st[keep], labels[keep]
-        if e_ids.size:
-            brk = np.zeros(e_ids.size, bool)
-            brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
-            brk[1:] |= labels[1:] != labels[:-1]
-            brk[1:] |= np.diff(e_st) < 0
-            segment = np.cumsum(brk)
-            pos = np.concatenate([p[3] for p in parts])[keep] if by_distance else None
-            if pos is not None and np.isfinite(pos).all():
-                return _Table(e_ids, travelled_mm(pos, segment), segment, True)
-            return _Table(e_ids, e_st, segment)
-        return None
+    def _earlier_table(self, blocks: np.ndarray, start: int, by_distance: bool,
+                       base: tuple[np.ndarray, ...] | None = None) -> tuple[_Table, tuple] | None:
+        """Build the table of the earlier keyframes (ids below ``start``) in ``blocks``, and those of ``base``.
+
+        ``base``: the keyframes of a table built before (ids, stamps, session labels, and positions
+        when ``by_distance``), which the keyframes of ``blocks`` are merged into in id order (one copy
+        of the table, where building it from its blocks again took a copy per block). Returns the
+        table and its keyframes (for the next merge); None without keyframes.
+        """
+        parts = [self._block(int(b)) for b in blocks]
+        fields = [np.concatenate([p[f] for p in parts]) if parts else None for f in range(4 if by_distance else 3)]
+        if parts:
+            keep = fields[0] < start
+            fields = [x[keep] for x in fields]
+        if base is not None:
+            if parts:
+                at = np.searchsorted(base[0], fields[0])
+                fields = [np.insert(old, at, x, axis=0) for old, x in zip(base, fields)]
+            else:
+                fields = list(base)
+        e_ids, e_st, labels = fields[:3]
+        if e_ids is None or not e_ids.size:
+            return None
+        brk = np.zeros(e_ids.size, bool)
+        brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
+        brk[1:] |= labels[1:] != labels[:-1]
+        brk[1:] |= np.diff(e_st) < 0
+        segment = np.cumsum(brk)
+        if by_distance and np.isfinite(fields[3]).all():
+            table = _Table(e_ids, travelled_mm(fields[3], segment), segment, True)
+        else:
+            table = _Table(e_ids, e_st, segment)
+        return table, tuple(fields)
