@@ -230,6 +230,28 @@ def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
     assert timeline._earlier is None and not timeline._blocks
 
 
+@pytest.mark.parametrize('by_distance', [False, True])
+def test_blocks_merged_into_the_timeline_table_give_the_table_built_from_them_at_once(by_distance):
+    # two sessions with positions, some keyframes removed; the table grown block by block by the
+    # ids asked for equals a table built from all its blocks by a fresh timeline
+    db = MapDatabase(8, 'x')
+    x = np.eye(8, dtype=np.float32)[np.arange(1000) % 8]
+    rng = np.random.default_rng(4)
+    kfs = [Keyframe(-1, int((i % 500) * 1e8), session='ab'[i // 500], position=(float(i % 500), 0.0, 0.0))
+           for i in range(1000)]
+    db.add(x, kfs)
+    db.remove(rng.choice(1000, 40, replace=False).tolist())
+    grown = Timeline(db, lambda: (1000, SessionTrack()))
+    for ids in ([100], [100, 420], [5, 420, 700], [980, 260]):
+        (table, _), = grown.tables(np.array(ids, np.int64), by_distance)
+    held = np.flatnonzero(grown._earlier[2])
+    assert 3 < held.size < 16       # grown by merges, not every block of the map
+    once, _ = Timeline(db, lambda: (1000, SessionTrack()))._earlier_table(held, 1000, by_distance)
+    assert table.by_distance == once.by_distance == by_distance
+    for name in ('ids', 'coord', 'segment', 'key'):
+        assert np.array_equal(getattr(table, name), getattr(once, name)), name
+
+
 @pytest.mark.parametrize('sessions', [1, 3])
 @pytest.mark.parametrize('gaps', [False, True])
 def test_the_timeline_table_finds_rows_and_nearest_keyframes_as_a_scan_does(sessions, gaps):
