@@ -172,7 +172,8 @@ class SequenceMatcher:
         """Append a query keyframe (``position``: its odometry position, when given).
 
         A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
-        before a time jump says nothing about where the robot is now).
+        before a time jump says nothing about where the robot is now). Each query is followed by one
+        ``decide``, which carries the hypotheses to it.
         """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.queries.clear()
