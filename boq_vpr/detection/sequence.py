@@ -45,7 +45,7 @@ it did, and counts that bound, the same for every hypothesis. A line keeps the e
 gathered: each new query adds one aligned keyframe to each line, and only a new line is aligned
 with the whole window. Only the few keyframes reported are read back from the map's stored
 descriptors (their cosine with the newest query). Map stamps and positions are read from the map's
-metadata in small blocks, cached, and the table of them is built again only when a block is added.
+metadata in small blocks, cached, and a block is merged into the table of them when first needed.
 """
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ class Timeline:
         self._blocks: collections.OrderedDict[int, tuple[np.ndarray, ...]] = collections.OrderedDict()
         self._labels: dict[str, int] = {}
         # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table,
-        # its keyframes' ids, stamps, session labels and positions)
+        # its keyframes: ids, stamps, session labels, and positions when by distance)
         self._earlier: tuple | None = None
 
     def clear(self) -> None:
