@@ -344,9 +344,12 @@ class LoopClosureDetector:
             return FrameResult(None, [], math.nan, None, 'exclusion window: no keyframe old enough',
                                'no_eligible_keyframe')
         all_scores, all_ids = all_scores[0][valid], all_ids[0][valid]
-        # the single best match (read from the map when the result needs it: the sequence stage
-        # puts its own in its place)
-        best = None if c.calibrated and c.sequences else self._candidate(None, stamp_ns, all_ids[0], all_scores[0], 0)
+        # the single best match, read from the map when the result shows it (the sequence stage puts
+        # its own in its place)
+        def single_best() -> LoopCandidate:
+            return self._candidate(None, stamp_ns, all_ids[0], all_scores[0], 0)
+
+        best = None if c.calibrated and c.sequences else single_best()
         reference = self._reference_score(q) if c.relative_score > 0 else None
         decision = float(all_scores[0]) / reference if reference and reference > 0 else float(all_scores[0])
         # ranked (id, cosine of this query) to filter further, best first
@@ -355,8 +358,8 @@ class LoopClosureDetector:
 
         def rejected(outcome: str, why: str) -> FrameResult:
             self._chains = []
-            shown = best if best is not None else self._candidate(None, stamp_ns, all_ids[0], all_scores[0], 0)
-            return FrameResult(None, [], decision, shown, why, outcome, sequence)
+            return FrameResult(None, [], decision, best if best is not None else single_best(), why, outcome,
+                               sequence)
 
         if c.calibrated:
             # the query's background (undecided without one), then the calibrated decision
