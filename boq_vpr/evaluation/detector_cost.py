@@ -96,8 +96,10 @@ def _sequence_state(det) -> dict:
     nbytes += sum(a.nbytes for a in lines._data.values())
     table = seq.timeline._earlier
     if table is not None:
-        nbytes += table[2].nbytes + sum(getattr(table[3], name).nbytes
-                                         for name in ('ids', 'coord', 'segment', 'first', 'key'))
+        # the blocks it covers, the table, and the keyframes it was built from that it does not share
+        arrays = [table[2]] + [getattr(table[3], name) for name in ('ids', 'coord', 'segment', 'first', 'key')]
+        arrays += [a for a in table[4] if not any(a is b for b in arrays)]
+        nbytes += sum(a.nbytes for a in arrays)
     return {'queries_held': len(queries), 'metadata_blocks': len(blocks), 'lines': lines.size,
             'cache_mb': nbytes / 2 ** 20}
 
