@@ -318,9 +318,11 @@ class SequenceMatcher:
             cand_v = np.tile(np.arange(nv), srows.size)
             going = going[lines.alive[mine]]
             if going.size and cand_rows.size:
-                # an existing line through the match is proposed again: it lives on
+                # an existing line through the match is proposed again: it lives on (of two lines at
+                # one keyframe and speed, the older: a stable sort, where numpy's default order of
+                # equal keys depends on the CPU's sort instructions)
                 there = lines.ref[going] * nv + lines.speed_index[going]
-                order = np.argsort(there)
+                order = np.argsort(there, kind='stable')
                 key = table.ids[cand_rows] * nv + cand_v
                 k = order[np.minimum(np.searchsorted(there[order], key), going.size - 1)]
                 hit = there[k] == key
