@@ -318,15 +318,11 @@ class SequenceMatcher:
             cand_v = np.tile(np.arange(nv), srows.size)
             going = going[lines.alive[mine]]
             if going.size and cand_rows.size:
-                # an existing line through the match is proposed again: it lives on (of two lines at
-                # one keyframe and speed, the older: a stable sort, where numpy's default order of
-                # equal keys depends on the CPU's sort instructions)
+                # the existing lines through the match are proposed again: they live on
                 there = lines.ref[going] * nv + lines.speed_index[going]
-                order = np.argsort(there, kind='stable')
                 key = table.ids[cand_rows] * nv + cand_v
-                k = order[np.minimum(np.searchsorted(there[order], key), going.size - 1)]
-                hit = there[k] == key
-                lines.seeded[going[k[hit]]] = newest.seq
+                lines.seeded[going[np.isin(there, key)]] = newest.seq
+                hit = np.isin(key, there)
                 cand_rows, cand_v = cand_rows[~hit], cand_v[~hit]
             if cand_rows.size:
                 # backfill: each new line aligned with every query of the window
