@@ -292,6 +292,11 @@ def test_lines_are_followed_along_the_map_from_keyframe_to_keyframe():
         r = det.process(drive.descriptors[i], int(drive.stamps_ns[i]))
         lines = det.sequence._lines
         assert lines.size and lines.term.shape == (lines.size, det.config.sequence_length)
+        # every line at a keyframe the newest query proposed (at every speed) was proposed by it:
+        # two lines that met at one keyframe and speed both live on
+        newest = det.sequence.queries[-1]
+        proposed = np.isin(lines.ref, newest.seeds)
+        assert proposed.any() and np.all(lines.seeded[proposed] == newest.seq)
         if r.sequence is not None:
             assert all(p <= det.config.false_alarm_rate for _, _, p, _ in r.sequence.ranked[1:])
         if r.candidates:
