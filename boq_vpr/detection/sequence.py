@@ -109,10 +109,7 @@ class QueryRecord:
 
     def evidence(self, m: np.ndarray) -> np.ndarray:
         """Evidence of map keyframes ``m`` for this query (its part of ``SequenceMatcher._window_evidence``)."""
-        if self._ids.size == 0:
-            return np.where(m >= 0, self._absent, self.neutral)
-        k, found = self._find(m)
-        return np.where(m >= 0, np.where(found, self._values[k], self._absent), self.neutral)
+        return _evidence(self._ids, self._values, m, m, self._absent, self.neutral)
 
     def cosines(self, m: np.ndarray) -> np.ndarray:
         """Cosines of map keyframes ``m`` with this query where its search returned them, else NaN."""
@@ -239,15 +236,8 @@ class SequenceMatcher:
                         'per_query': per_query}
         neutral, absent, seqs = per_query[0], per_query[1], per_query[2].astype(np.int64)
         seq_keys = seqs * _KEY
-
-        def evidence(m: np.ndarray) -> np.ndarray:
-            """Evidence of map keyframes ``m`` [N, W] (-1: none aligned), a column per query of the window."""
-            if not keys.size:
-                return np.where(m >= 0, absent, neutral)
-            key = seq_keys + np.maximum(m, 0)
-            k = np.minimum(np.searchsorted(keys, key), keys.size - 1)
-            return np.where(m >= 0, np.where(keys[k] == key, values[k], absent), neutral)
-        return evidence
+        # map keyframes m [N, W] (-1: none aligned), a column per query of the window
+        return lambda m: _evidence(keys, values, seq_keys + np.maximum(m, 0), m, absent, neutral)
 
     def decide(self, eligible: int, id_below: int | None, rate: float = 1.0) -> SequenceDecision | None:
         """Return the best hypothesis for the newest query and its false-alarm probability.
@@ -480,6 +470,17 @@ class _Lines:
         for arr in self._data.values():
             arr[:keep.size] = arr[keep]
         self.size = int(keep.size)
+
+
+def _evidence(keys: np.ndarray, values: np.ndarray, key: np.ndarray, m: np.ndarray, absent, neutral) -> np.ndarray:
+    """Return the evidence of map keyframes ``m`` (``neutral`` where -1: none aligned) looked up by ``key``.
+
+    ``values`` where the sorted ``keys`` hold the key (the search returned the keyframe), else ``absent``.
+    """
+    if not keys.size:
+        return np.where(m >= 0, absent, neutral)
+    k = np.minimum(np.searchsorted(keys, key), keys.size - 1)
+    return np.where(m >= 0, np.where(keys[k] == key, values[k], absent), neutral)
 
 
 def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
