@@ -66,9 +66,16 @@ def test_calibration_structure():
     lines = []
     out = false_alarms.calibration_table([50, 200], rates=(0.01, 0.001), sources=('synthetic',), synthetic_queries=150,
                                printer=lambda s, **_: lines.append(s))
-    assert len(lines) == 4 and len(out['rows']) == 4
+    maps = len(false_alarms.CALIBRATION_SYNTHETIC_SEEDS)
+    assert len(out['rows']) == 4 * maps and len(out['pooled']) == 4 and len(lines) == 4 * maps + 4
     assert {(r['keyframes'], r['requested_rate']) for r in out['rows']} == {(50, 0.01), (50, 0.001), (200, 0.01),
                                                                            (200, 0.001)}
+    assert len({r['map'] for r in out['rows']}) == 2 * maps
+    for p in out['pooled']:
+        key = (p['keyframes'], p['requested_rate'])
+        mine = [r for r in out['rows'] if (r['keyframes'], r['requested_rate']) == key]
+        assert p['maps'] == maps and p['accepted'] == sum(r['accepted'] for r in mine)
+        assert p['queries'] == 150 * maps
     for r in out['rows']:
         assert r['source'] == 'synthetic' and r['queries'] == 150
         assert 0 <= r['accepted'] <= r['queries'] and sum(r['outcomes'].values()) == r['queries']
@@ -83,11 +90,35 @@ def test_calibration_structure():
 
 
 def test_nordland_plan_keeps_queries_off_the_map():
-    plan = {n: (r, note) for n, r, note in false_alarms.nordland_calibration_plan([50, 200, 1000, 3576, 10000])}
-    assert plan[50][0] == range(150, 1650) and plan[1000][0] == range(1100, 2600)
-    assert plan[3576][0] is None and plan[10000][0] is None and 'no row' in plan[10000][1]
-    for n, (r, _) in plan.items():
-        assert r is None or (r.start >= n + 100 and r.stop <= 3576)
+    plan = {(e['keyframes'], e['start']): e
+            for e in false_alarms.nordland_calibration_plan([50, 200, 1000, 3576, 10000], starts=(0, 1200, 2400))}
+    assert len(plan) == 15
+    assert np.array_equal(plan[50, 0]['queries'], np.arange(150, 1650)) and plan[50, 0]['restart'] == 1500
+    # past the map to the end of the traversal, then from its start
+    q = plan[1000, 1200]['queries']
+    assert np.array_equal(q, np.r_[2300:3576, 0:224]) and plan[1000, 1200]['restart'] == 1276
+    assert false_alarms._spans(q) == '2300:3576, 0:224'
+    assert plan[3576, 0]['queries'] is None and 'no row' in plan[3576, 0]['note']
+    assert all(plan[10000, s]['queries'] is None for s in (0, 1200, 2400))
+    for (n, start), e in plan.items():
+        q = e['queries']
+        if q is not None:
+            # no query within 100 frames of the map, none twice, every one a frame of the traversal
+            assert q.size == 1500 and np.unique(q).size == q.size and q.min() >= 0 and q.max() < 3576
+            assert np.all((q >= start + n + 100) | (q < start - 100))
+            assert np.all(q[:e['restart']] > start) and np.all(q[e['restart']:] < start)
+
+
+def test_calibration_rows_pool_per_size_with_the_range_of_the_maps():
+    rows = [{'source': 'nordland', 'season': 'summer', 'keyframes': 50, 'requested_rate': 0.01, 'accepted': k,
+             'queries': 1000, 'ratio': k / 1000 / 0.01} for k in (5, 30)]
+    rows.append({**rows[0], 'season': 'winter'})
+    p = {(r['season'], r['keyframes']): r for r in false_alarms.pooled(rows)}
+    assert p['summer', 50]['maps'] == 2 and p['summer', 50]['accepted'] == 35 and p['summer', 50]['queries'] == 2000
+    assert p['summer', 50]['ratio'] == pytest.approx(1.75)
+    assert (p['summer', 50]['map_ratio_min'], p['summer', 50]['map_ratio_max']) == (0.5, 3.0)
+    assert p['winter', 50]['maps'] == 1 and p['winter', 50]['accepted'] == 5
+    assert 'maps 0.50-3.00' in false_alarms.format_pooled_row(p['summer', 50])
 
 
 def test_binomial_interval():

@@ -4,9 +4,10 @@ The measured false-alarm rate per query against the requested one.
 
 Localization mode, ``false_alarm_rate`` 0.01 and 0.001, ``temporal_consistency 1``, otherwise
 ``DetectorConfig()`` defaults, on maps of given sizes with queries that have no true match in the
-map: Nordland summer frames (the queries a part of the route at least
-``CALIBRATION_NORDLAND_MARGIN`` frames past the map) and synthetic routes. Every accepted query is a
-false alarm; rows give the rate with its 95% interval.
+map: Nordland frames (maps at several places of the summer and of the winter traversal, the queries
+the rest of the same traversal at least ``CALIBRATION_NORDLAND_MARGIN`` frames away) and synthetic
+routes (several maps). Every accepted query is a false alarm; rows give the rate with its 95% interval,
+per map and pooled over the maps of one size (``pooled``): maps of one size differ a lot.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ CALIBRATION_SOURCES = ('nordland', 'synthetic')
 CALIBRATION_NORDLAND_QUERIES = 1500     # at most
 CALIBRATION_NORDLAND_MARGIN = 100       # frames between the map and the first query
 CALIBRATION_NORDLAND_MIN_QUERIES = 200  # fewer available queries: no row
+CALIBRATION_NORDLAND_STARTS = (0, 1200, 2400)   # first frame of each map of a size
+CALIBRATION_NORDLAND_SEASONS = ('summer', 'winter')
+CALIBRATION_SYNTHETIC_SEEDS = (0, 2, 3)         # one map per seed and size
 CALIBRATION_SYNTHETIC_QUERIES = 2000
 CALIBRATION_SYNTHETIC_DIM = 256
 
@@ -77,10 +81,10 @@ def false_alarm_row(db, queries: np.ndarray, stamps_ns: np.ndarray, rate: float)
 def format_calibration_row(r: dict) -> str:
     lo, hi = r['measured_rate_ci95']
     outcomes = ', '.join(f'{o} {c}' for o, c in r['outcomes'].items() if c)
-    return (f'calibration  {r["source"]:<9} keyframes {r["keyframes"]:>5}  queries {r["queries"]:>4}  requested '
-            f'{r["requested_rate"]:<6g} accepted {r["accepted"]:>4}  measured {r["measured_rate"]:.4f} '
-            f'[95% {lo:.4f}-{hi:.4f}]  measured/requested {r["ratio"]:5.2f}  episodes {r["episodes"]:>3}  '
-            f'outcomes: {outcomes}')
+    return (f'calibration  {r["source"]:<9} {r.get("season", ""):<6} keyframes {r["keyframes"]:>5}  queries '
+            f'{r["queries"]:>4}  requested {r["requested_rate"]:<6g} accepted {r["accepted"]:>4}  measured '
+            f'{r["measured_rate"]:.4f} [95% {lo:.4f}-{hi:.4f}]  measured/requested {r["ratio"]:5.2f}  episodes '
+            f'{r["episodes"]:>3}  map {r.get("map", "")}  outcomes: {outcomes}')
 
 
 def _map_and_rows(source: str, map_desc, map_stamps, q_desc, q_stamps, rates, printer, extra: dict) -> list[dict]:
@@ -99,70 +103,125 @@ def _map_and_rows(source: str, map_desc, map_stamps, q_desc, q_stamps, rates, pr
 
 
 def calibration_synthetic(sizes, rates=CALIBRATION_RATES, queries: int = CALIBRATION_SYNTHETIC_QUERIES,
-                          dim: int = CALIBRATION_SYNTHETIC_DIM, printer=print) -> list[dict]:
+                          dim: int = CALIBRATION_SYNTHETIC_DIM, seeds=CALIBRATION_SYNTHETIC_SEEDS,
+                          printer=print) -> list[dict]:
     """Measure the rows of the synthetic source.
 
-    The map is a route of ``synthetic_drive(seed=0)`` at 2 Hz, the queries another route
+    A map per size and seed: a route of ``synthetic_drive(seed=s)`` at 2 Hz; the queries another route
     (``seed=1``) after it.
     """
     route = synthetic_drive(dim, n=queries, rate_hz=2.0, seed=1)
     rows = []
     for n in sizes:
-        m = synthetic_drive(dim, n=int(n), rate_hz=2.0, seed=0)
-        stamps = int(m.stamps_ns[-1]) + int(GAP_S * 1e9) + route.stamps_ns
-        rows += _map_and_rows('synthetic', m.descriptors, m.stamps_ns, route.descriptors, stamps, rates, printer,
-                              {'map': f'synthetic_drive({dim}, n={n}, rate_hz=2, seed=0)',
-                               'query_route': f'synthetic_drive({dim}, n={queries}, rate_hz=2, seed=1)'})
+        for seed in seeds:
+            m = synthetic_drive(dim, n=int(n), rate_hz=2.0, seed=int(seed))
+            stamps = int(m.stamps_ns[-1]) + int(GAP_S * 1e9) + route.stamps_ns
+            rows += _map_and_rows('synthetic', m.descriptors, m.stamps_ns, route.descriptors, stamps, rates, printer,
+                                  {'map': f'synthetic_drive({dim}, n={n}, rate_hz=2, seed={seed})',
+                                   'query_route': f'synthetic_drive({dim}, n={queries}, rate_hz=2, seed=1)'})
     return rows
 
 
-def nordland_calibration_plan(sizes, max_queries: int = CALIBRATION_NORDLAND_QUERIES,
-                              frames: int = NORDLAND_FRAMES) -> list[tuple[int, range | None, str]]:
-    """Plan the nordland rows: (size, query frames or None, note) per map size.
+def nordland_calibration_plan(sizes, starts=CALIBRATION_NORDLAND_STARTS,
+                              max_queries: int = CALIBRATION_NORDLAND_QUERIES,
+                              frames: int = NORDLAND_FRAMES) -> list[dict]:
+    """Plan the maps of the nordland rows: one per size and first frame.
 
-    The map is summer frames [0:N], the queries summer frames from ``CALIBRATION_NORDLAND_MARGIN``
-    frames past its end (the summer traversal revisits nothing; winter would revisit the map, so it
-    is never used).
+    Each: ``keyframes``, ``start`` (the map is frames [start, start + keyframes) of one traversal),
+    ``queries`` (frame numbers, None when there is no row, with ``note`` saying why) and ``restart``
+    (where they jump back to the start of the traversal). The queries are the frames at least
+    ``CALIBRATION_NORDLAND_MARGIN`` frames past the map, then those as far before it: a traversal never
+    revisits a place of itself, so none has a true match in the map.
     """
     plan = []
     for n in sizes:
-        n = int(n)
-        first = n + CALIBRATION_NORDLAND_MARGIN
-        last = min(frames, first + max_queries)
-        if n > frames:
-            plan.append((n, None, f'no row: the summer traversal has {frames} frames, fewer than {n}'))
-        elif last - first < CALIBRATION_NORDLAND_MIN_QUERIES:
-            plan.append((n, None, f'no row: fewer than {CALIBRATION_NORDLAND_MIN_QUERIES} summer frames remain '
-                                  f'{CALIBRATION_NORDLAND_MARGIN} frames past a map of {n}'))
-        else:
-            plan.append((n, range(first, last), ''))
+        for start in starts:
+            n, start = int(n), int(start)
+            entry = {'keyframes': n, 'start': start, 'queries': None, 'restart': 0, 'note': ''}
+            plan.append(entry)
+            if start + n > frames:
+                entry['note'] = f'no row: a map of {n} frames from frame {start} runs past the {frames} frames'
+                continue
+            after = np.arange(start + n + CALIBRATION_NORDLAND_MARGIN, frames)
+            before = np.arange(0, max(start - CALIBRATION_NORDLAND_MARGIN, 0))
+            queries = np.concatenate([after, before])[:max_queries]
+            if queries.size < CALIBRATION_NORDLAND_MIN_QUERIES:
+                entry['note'] = (f'no row: fewer than {CALIBRATION_NORDLAND_MIN_QUERIES} frames remain '
+                                 f'{CALIBRATION_NORDLAND_MARGIN} frames away from a map of {n} from frame {start}')
+                continue
+            entry.update(queries=queries, restart=min(after.size, queries.size))
     return plan
 
 
-def calibration_nordland(encoder, data: Path, sizes, rates=CALIBRATION_RATES, printer=print) -> tuple[list, list]:
-    """Measure the rows of the nordland source.
+def calibration_nordland(encoder, data: Path, sizes, rates=CALIBRATION_RATES,
+                         seasons=CALIBRATION_NORDLAND_SEASONS, printer=print) -> tuple[list, list]:
+    """Measure the rows of the nordland source: each map of the plan, in each season's traversal.
 
-    Returns the rows (``encoder``'s descriptors of the summer traversal, 1 s per frame; the queries
-    60 s after the map), and the notes of the sizes without a row.
+    Returns the rows (``encoder``'s descriptors, 1 s per frame, the queries 60 s after the map and
+    another 60 s later where they jump back to the start of the traversal, so that no sequence runs
+    across the jump), and the notes of the maps without a row.
     """
     plan = nordland_calibration_plan(sizes)
-    notes = [{'keyframes': n, 'note': note} for n, r, note in plan if r is None]
+    notes = [{'keyframes': e['keyframes'], 'start': e['start'], 'note': e['note']}
+             for e in plan if e['queries'] is None]
     for note in notes:
-        printer(f'calibration  nordland  keyframes {note["keyframes"]:>5}  {note["note"]}', flush=True)
-    runs = [(n, r) for n, r, _ in plan if r is not None]
+        printer(f'calibration  nordland  keyframes {note["keyframes"]:>5}  from frame {note["start"]}  '
+                f'{note["note"]}', flush=True)
+    runs = [e for e in plan if e['queries'] is not None]
     if not runs:
         return [], notes
-    end = max(r.stop for _, r in runs)
-    desc = encoder.encode(load_frames(data / 'summer', range(0, end)))
+    rows = []
+    for season in seasons:
+        desc = encoder.encode(load_frames(data / season, range(0, NORDLAND_FRAMES)))
+        rows += nordland_rows(desc, runs, rates, printer, {'season': season, 'model': encoder.fingerprint})
+    return rows, notes
+
+
+def nordland_rows(desc: np.ndarray, runs: list[dict], rates, printer=print, extra: dict | None = None) -> list[dict]:
+    """Measure the rows of the maps ``runs`` (of ``nordland_calibration_plan``) on one traversal's descriptors."""
     desc = np.ascontiguousarray(desc, np.float32)
     rows = []
-    for n, qr in runs:
+    for e in runs:
+        n, start, q = e['keyframes'], e['start'], e['queries']
         map_stamps = np.arange(n, dtype=np.int64) * 1_000_000_000
-        q_stamps = map_stamps[-1] + int(GAP_S * 1e9) + np.arange(len(qr), dtype=np.int64) * 1_000_000_000
-        rows += _map_and_rows('nordland', desc[:n], map_stamps, desc[qr.start:qr.stop], q_stamps, rates, printer,
-                              {'map': f'summer frames 0:{n}', 'query_frames': f'summer frames {qr.start}:{qr.stop}',
-                               'model': encoder.fingerprint})
-    return rows, notes
+        q_stamps = (map_stamps[-1] + int(GAP_S * 1e9) + np.arange(q.size, dtype=np.int64) * 1_000_000_000
+                    + (np.arange(q.size) >= e['restart']) * int(GAP_S * 1e9))
+        rows += _map_and_rows('nordland', desc[start:start + n], map_stamps, desc[q], q_stamps, rates, printer,
+                              {'map': f'frames {start}:{start + n}', 'query_frames': _spans(q), **(extra or {})})
+    return rows
+
+
+def _spans(frames: np.ndarray) -> str:
+    """Write increasing frame numbers as their runs, e.g. '150:1650' or '3150:3576, 0:1024'."""
+    cut = np.flatnonzero(np.diff(frames) != 1) + 1
+    return ', '.join(f'{int(p[0])}:{int(p[-1]) + 1}' for p in np.split(frames, cut))
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """Pool the rows of the maps of one source, season, size and rate: their false alarms over their queries.
+
+    With the range of the maps' own ratios (measured / requested): maps of one size differ a lot.
+    """
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r['source'], r.get('season', ''), r['keyframes'], r['requested_rate']), []).append(r)
+    out = []
+    for (source, season, n, rate), rs in groups.items():
+        k, q = sum(r['accepted'] for r in rs), sum(r['queries'] for r in rs)
+        ratios = [r['ratio'] for r in rs]
+        out.append({'source': source, 'season': season, 'keyframes': n, 'requested_rate': rate, 'maps': len(rs),
+                    'accepted': k, 'queries': q, 'measured_rate': k / q, 'ratio': k / q / rate,
+                    'measured_rate_ci95': list(binomial_interval(k, q)),
+                    'map_ratio_min': min(ratios), 'map_ratio_max': max(ratios)})
+    return out
+
+
+def format_pooled_row(r: dict) -> str:
+    lo, hi = r['measured_rate_ci95']
+    return (f'pooled  {r["source"]:<9} {r["season"]:<6} keyframes {r["keyframes"]:>5}  maps {r["maps"]}  requested '
+            f'{r["requested_rate"]:<6g} accepted {r["accepted"]:>4} of {r["queries"]:>5}  measured '
+            f'{r["measured_rate"]:.4f} [95% {lo:.4f}-{hi:.4f}]  measured/requested {r["ratio"]:5.2f}  '
+            f'(maps {r["map_ratio_min"]:.2f}-{r["map_ratio_max"]:.2f})')
 
 
 def calibration_table(sizes, rates=CALIBRATION_RATES, sources=CALIBRATION_SOURCES, encoder=None,
@@ -179,17 +238,22 @@ def calibration_table(sizes, rates=CALIBRATION_RATES, sources=CALIBRATION_SOURCE
         if source == 'nordland':
             if encoder is None or data is None:
                 raise ConfigError('the nordland calibration rows need an encoder and the Nordland data')
-            rows, notes = calibration_nordland(encoder, data, sizes, rates, printer)
+            rows, notes = calibration_nordland(encoder, data, sizes, rates, printer=printer)
             out['settings']['nordland'] = {'model': encoder.fingerprint, 'seconds_per_frame': 1.0,
                                            'max_queries': CALIBRATION_NORDLAND_QUERIES,
-                                           'margin_frames': CALIBRATION_NORDLAND_MARGIN}
+                                           'margin_frames': CALIBRATION_NORDLAND_MARGIN,
+                                           'map_starts': list(CALIBRATION_NORDLAND_STARTS),
+                                           'seasons': list(CALIBRATION_NORDLAND_SEASONS)}
             out['notes'] += [{'source': 'nordland', **n} for n in notes]
         elif source == 'synthetic':
             rows = calibration_synthetic(sizes, rates, synthetic_queries, printer=printer)
             out['settings']['synthetic'] = {'dim': CALIBRATION_SYNTHETIC_DIM, 'queries': synthetic_queries,
-                                            'rate_hz': 2.0}
+                                            'rate_hz': 2.0, 'map_seeds': list(CALIBRATION_SYNTHETIC_SEEDS)}
         else:
             raise ConfigError(f'unknown calibration source {source!r}')
         out['rows'] += rows
         out.setdefault('seconds', {})[source] = time.perf_counter() - t0
+    out['pooled'] = pooled(out['rows'])
+    for r in out['pooled']:
+        printer(format_pooled_row(r), flush=True)
     return out
