@@ -35,9 +35,10 @@ Two more measurements, on request:
 5. ``--calibration``: the measured false-alarm rate per query against the requested one
    (``false_alarm_rate`` 0.01 and 0.001, ``temporal_consistency 1``, otherwise ``DetectorConfig()``
    defaults, localization mode) on maps of ``--calibration-sizes`` keyframes with queries that
-   have no true match in the map: Nordland summer frames of the first ``--models`` entry (the
-   queries a part of the route at least 100 frames past the map) and synthetic routes (JSON key
-   ``calibration``).
+   have no true match in the map: Nordland frames of the first ``--models`` entry (maps from frames
+   0, 1200 and 2400 of the summer and of the winter traversal, the queries the rest of the same
+   traversal at least 100 frames away) and three synthetic routes; per map, and pooled per size with
+   the range of the maps (JSON key ``calibration``: ``rows``, ``pooled``).
 
 6. ``drives`` (with ``--only drives``): the detector on every drive of ``DRIVE_TABLE`` (the Nordland
    drives above, summer at 10 fps, the synthetic route, a small map of 75 places, 60 places seen
