@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..values import parse_bool
 from .calibration import DEFAULT_K as CALIBRATION_K, DEFAULT_MIN_SAMPLES
@@ -199,9 +201,11 @@ class DetectorConfig:
 
     @property
     def speeds(self) -> tuple[float, ...]:
-        """The relative speeds the sequence stage tries."""
-        from .sequence import speeds_between
-        return speeds_between(self.sequence_min_speed, self.sequence_max_speed, self.sequence_speeds)
+        """The relative speeds the sequence stage tries: evenly in log (1.0 among them if odd and symmetric)."""
+        lo, hi, count = self.sequence_min_speed, self.sequence_max_speed, self.sequence_speeds
+        if count == 1 or math.isclose(lo, hi):
+            return (math.sqrt(lo * hi),)
+        return tuple(float(v) for v in np.geomspace(lo, hi, count))
 
     def warnings(self) -> list[str]:
         """List the settings under which the thresholds cannot keep false loops out (for start-up logs)."""

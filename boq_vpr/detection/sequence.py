@@ -11,11 +11,10 @@ followed along the map), and keeps the decision calibrated like the single-frame
 Per query keyframe ``q`` (stamp ``t_q``), with the recent query keyframes ``j`` of the running
 sequence (stamps ``t_j``, at most ``length`` of them):
 
-1. **Per-query normalization.** Each query's similarities are measured against its own
-   background tail (``u_j``, ``beta_j``: the lowest peak and the exponential scale of its retrieved
-   background, ``boq_vpr.detection.calibration``), so a dark frame that is alike everywhere adds
-   little, and scores of every model and environment are on one scale: the evidence of map keyframe
-   ``m`` for query ``j`` is ``e_j(m) = (cos(q_j, m) - u_j) / beta_j``, clipped below at ``FLOOR``.
+1. **Per-query normalization.** The evidence of map keyframe ``m`` for query ``j`` is ``e_j(m) =
+   (cos(q_j, m) - u_j) / beta_j``, clipped below at ``FLOOR``: ``u_j``, ``beta_j`` are the level and
+   scale of the query's own background (``boq_vpr.detection.calibration``), so a dark frame alike
+   everywhere adds little, and every model's scores are on one scale.
 2. **Hypotheses are lines followed along the map.** Each of the newest query's best matches ``s``
    starts a line at each relative speed ``v`` (``speeds``: the map driven faster or slower): "query
    ``q`` is at ``s``, and the map goes by ``v`` times as fast as the query". The line is followed
@@ -31,21 +30,19 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    across a session boundary), takes only map keyframes that were eligible for query ``j`` (outside
    its exclusion window), and a query with no map keyframe near its aligned position (missed
    keyframes, the start of the map) counts what an unrelated keyframe gives on average (no evidence
-   either way). A line's score is the sum of its evidence over the last ``length`` queries; an
-   anchor's score is its best line's.
+   either way). A line's score is the sum of its evidence over the last ``length`` queries (on a
+   small map, searched completely, that sum double-centred and standardized: ``_small_map_scores``);
+   an anchor's score is its best line's.
 4. **Decision.** The best anchor's score is judged against the scores of the competing anchors with
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
    the tail capped on small maps): the probability that a query whose trajectory revisits nothing
    would produce a sequence standing out that far. Evidence accumulates: an unmistakable match
    stands out after a few keyframes, a weak one only after a long consistent stretch.
 
-Cost: no descriptor is compared again. The evidence of a query comes from its own search (the
-keyframes it retrieved and their cosines); a keyframe it did not retrieve scored below the last one
-it did, and counts that bound, the same for every hypothesis. A line keeps the evidence it
-gathered: each new query adds one aligned keyframe to each line, and only a new line is aligned
-with the whole window. Only the few keyframes reported are read back from the map's stored
-descriptors (their cosine with the newest query). Map stamps and positions are read from the map's
-metadata in small blocks, cached, and a block is merged into the table of them when first needed.
+Cost: a query's evidence comes from its own search (a keyframe it did not retrieve counts the bound
+of the last one it did); each new query adds one aligned keyframe to each line, only a new line is
+aligned with the whole window; only the keyframes reported are read back from the stored
+descriptors; map stamps and positions are read from the map's metadata in cached blocks.
 """
 from __future__ import annotations
 
@@ -93,8 +90,7 @@ class QueryRecord:
         order = np.argsort(self.seeds, kind='stable')
         self._ids = self.seeds[order]
         self._scores = self.seed_scores[order].astype(np.float64)
-        # a keyframe its search did not return scored below the last one it did: at most this
-        # evidence (an upper bound shared by every hypothesis; nearly always the floor)
+        # a keyframe its search did not return scored below the last one it did: at most this evidence
         last = float(self.seed_scores[-1]) if self.seed_scores.size else self.u
         self._missed = max(min((last - self.u) / self.beta, 0.0), FLOOR)
         # its part of the window's evidence lookup (``SequenceMatcher._window_evidence``)
@@ -155,18 +151,17 @@ class SequenceMatcher:
         self.by_distance = alignment == 'auto'     # align by travelled distance where odometry is given
         self.queries: collections.deque[QueryRecord] = collections.deque(maxlen=self.length)
         self._seq = 0
+        self._evicted = False                # the newest query pushed the oldest out of the window
+        self.reset(timeline=False)
+
+    def reset(self, timeline: bool = True) -> None:
+        """Forget the running sequence (a time jump; a new session or new settings: the ``timeline`` too)."""
+        self.queries.clear()
         self._odometer = Odometer()      # the distance travelled since the sequence started
         self._lines = _Lines(self.length)
         self._window: dict | None = None     # the window's evidence lookup, carried from query to query
-        self._evicted = False                # the newest query pushed the oldest out of the window
-
-    def reset(self) -> None:
-        """Forget the running sequence (a time jump, a new session, new settings)."""
-        self.queries.clear()
-        self._odometer = Odometer()
-        self._lines = _Lines(self.length)
-        self._window = None
-        self.timeline.clear()
+        if timeline:
+            self.timeline.clear()
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
                   id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False,
@@ -178,10 +173,7 @@ class SequenceMatcher:
         ``decide``, which carries the hypotheses to it.
         """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
-            self.queries.clear()
-            self._odometer = Odometer()
-            self._lines = _Lines(self.length)
-            self._window = None
+            self.reset(timeline=False)
         # the query appended pushes the oldest out of a full window
         self._evicted = len(self.queries) == self.length
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
@@ -250,8 +242,7 @@ class SequenceMatcher:
         newest = queries[-1]
         by_distance = self.by_distance and all(math.isfinite(r.distance) for r in queries)
         lines = self._lines
-        # how far back along the trajectory each query is (ns, or mm travelled where every query has
-        # odometry), the usual step between queries, and where the newest query is
+        # how far back each query is (ns, or mm travelled with odometry), the usual step, where the newest is
         modes = {False: (*self._offsets(queries, False), newest.stamp_ns)}
         if by_distance:
             modes[True] = (*self._offsets(queries, True), int(round(newest.distance * 1000.0)))
@@ -332,8 +323,7 @@ class SequenceMatcher:
         if lines.size == 0:
             return None
         totals, counts = lines.total, lines.count
-        # a hypothesis needs MIN_TERMS aligned keyframes: one frame alone is not a trajectory (at the
-        # start of a map every anchor would otherwise stand on its single-frame evidence)
+        # a hypothesis needs MIN_TERMS aligned keyframes: one frame alone is not a trajectory
         compete = lines.alive & (counts >= min(MIN_TERMS, W))
         if not compete.any():
             return None
@@ -343,23 +333,23 @@ class SequenceMatcher:
         _, first = np.unique(lines.ref[idx], return_index=True)
         idx = idx[np.sort(first)]
         ids, scores, segment = lines.ref[idx], totals[idx], lines.segment[idx]
+        # on a small map the places are judged by _small_map_scores (the best is the best sum all the same)
+        judged = _small_map_scores(queries, lines.aligned[idx][:, cols]) if all(q.complete for q in queries) \
+            else scores
         peaks = place_peaks(ids, self.radius)
-        background = scores[peaks[1:]]
+        background = judged[peaks[1:]]
         # complete: every eligible place was a seed of this query (a small map)
         complete = eligible <= newest.seeds.size
-        verdict = judge(float(scores[0]), background, eligible, complete, self.radius, self.min_samples)
+        verdict = judge(float(judged[0]), background, eligible, complete, self.radius, self.min_samples)
         if verdict is None:
             return None
-        # the places reported: the best, and the next ones (at most 16 in all) significant at ``rate``
-        # (none when the second is not: the false-alarm probability falls with the score)
+        # the places reported: the best, and the next ones (at most 16) significant at ``rate`` (none if the 2nd is not)
         top, ps = peaks[:1], [verdict.p_value]
-        if peaks.size > 1 and (rate >= 1.0 or judge(float(scores[peaks[1]]), background, eligible, complete,
+        if peaks.size > 1 and (rate >= 1.0 or judge(float(judged[peaks[1]]), background, eligible, complete,
                                                     self.radius, self.min_samples).p_value <= rate):
-            p_next = p_values(scores[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
+            p_next = p_values(judged[peaks[1:16]], background, eligible, complete, self.radius, self.min_samples)
             top = np.concatenate([top, peaks[1:16][p_next <= rate]])
             ps += p_next[p_next <= rate].tolist()
-        # the newest query's own cosine with each: from its search where it retrieved the anchor, else
-        # from the stored descriptors of these few anchors
         # each reported place's anchor and its neighbours within REFINE ids in the same session
         # ([reported places, anchors]: a few rows)
         close = (np.abs(ids[None, :] - ids[top][:, None]) <= REFINE) & (segment[None, :] == segment[top][:, None])
@@ -390,8 +380,7 @@ class SequenceMatcher:
             if len(close) > 1 and known:   # the place's keyframe most like the query
                 i = max(known, key=cos.__getitem__)
             ranked.append((int(ids[i]), float(scores[peak]), p, cos[i]))
-        # the keyframe reported is the winning place's first ranked entry (the anchor or the
-        # neighbour the query looks most like)
+        # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
         anchor, _, _, anchor_cosine = ranked[0]
         best = idx[0]
         terms = lines.aligned[best, cols]
@@ -419,9 +408,8 @@ class _Lines:
         self.length = length
         self.size = 0
         self.x = [0, 0]                              # the newest query's position in ns and in mm travelled
-        # ref: the map keyframe each line is at, off: how far past it (map units), seeded: the last
-        # query that proposed it, segment: its map session, dist: it follows travelled distance,
-        # total and count: the sum of its window's terms and how many of them are aligned
+        # ref: the map keyframe each line is at, off: how far past it (map units), seeded: the last query that
+        # proposed it, segment: its session, dist: by distance, total, count: its terms' sum, how many aligned
         self._data = {name: np.zeros(0, dtype) for name, dtype in self.FIELDS.items()}
         self._data['term'] = np.zeros((0, length), np.float64)
         self._data['aligned'] = np.zeros((0, length), np.int64)
@@ -483,18 +471,36 @@ def _evidence(keys: np.ndarray, values: np.ndarray, key: np.ndarray, m: np.ndarr
     return np.where(m >= 0, np.where(keys[k] == key, values[k], absent), neutral)
 
 
+def _small_map_scores(queries: list[QueryRecord], aligned: np.ndarray) -> np.ndarray:
+    """Return the scores of lines through a completely searched map (``aligned``: their keyframe per query, -1: none).
+
+    Every query of the window searched the whole map: a table [query, keyframe] of evidence. Its row and column
+    means (a keyframe alike to everything, or repeated at a stop) are taken out, and a line's sum is divided by
+    its spread were the queries unrelated to the map (its keyframes' column variances): lines over more or over
+    such keyframes no longer stand out by themselves (docs/detector.md, false alarms by map size).
+    """
+    ids = np.unique(np.concatenate([q._ids for q in queries]))
+    table = np.full((len(queries), ids.size), np.nan)
+    for j, q in enumerate(queries):
+        table[j, np.searchsorted(ids, q._ids)] = q._values
+    table -= np.nanmean(table, axis=1, keepdims=True)
+    table -= np.nanmean(table, axis=0, keepdims=True)
+    k = np.minimum(np.searchsorted(ids, aligned), ids.size - 1)
+    rows = np.arange(len(queries))[None, :]
+    terms = table[rows, k]
+    ok = (aligned >= 0) & (ids[k] == aligned) & np.isfinite(terms)
+    # each column's variance without the line's own query and its neighbours (a true match, seen by a few
+    # queries in a row, would widen its own spread)
+    near = np.pad(table, ((1, 1), (0, 0)), constant_values=np.nan)[rows + np.arange(3)[:, None, None], k]
+    squares = np.nansum(table ** 2, axis=0)[k] - np.nansum(near ** 2, axis=0)
+    kept = np.isfinite(table).sum(axis=0)[k] - np.isfinite(near).sum(axis=0)
+    spread = np.where(ok, squares / np.maximum(kept, 1), 0.0).sum(axis=1)
+    return np.where(ok, terms, 0.0).sum(axis=1) / np.sqrt(np.maximum(spread, 1e-12))
+
+
 def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Return whether each of ``a`` is in ``b``: ``np.isin``, 8x faster on a few hundred keys (34 against 260 us)."""
     b = np.sort(b)
     k = np.minimum(np.searchsorted(b, a), b.size - 1)
     return b[k] == a if b.size else np.zeros(a.shape, bool)
 
-
-def speeds_between(lo: float, hi: float, count: int) -> tuple[float, ...]:
-    """Return ``count`` relative speeds spaced evenly in log between ``lo`` and ``hi``.
-
-    1.0 is included when the range holds it and ``count`` is odd and the range is symmetric.
-    """
-    if count == 1 or math.isclose(lo, hi):
-        return (math.sqrt(lo * hi),)
-    return tuple(float(v) for v in np.geomspace(lo, hi, count))
