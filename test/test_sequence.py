@@ -14,6 +14,7 @@ import pytest
 
 from boq_vpr.evaluation.drives import drive_frames, places_drive, run_setting, synthetic_drive
 from boq_vpr.detection import OUTCOMES, DetectorConfig, LoopClosureDetector
+from boq_vpr.detection.calibration import complete_line_scores
 from boq_vpr.detection.timeline import SessionTrack, Timeline, _Table, travelled_mm
 from boq_vpr.errors import ConfigError, MapError
 from boq_vpr.evaluation import build_map
@@ -307,6 +308,24 @@ def test_lines_are_followed_along_the_map_from_keyframe_to_keyframe():
     assert accepted >= 30
 
 
+def test_on_a_small_map_a_keyframe_alike_to_everything_does_not_make_its_lines_stand_out():
+    # 20 queries that searched a map of 30 keyframes completely: keyframe 5 is alike to every query (+5,
+    # say a stop repeated in the map), one line stays on it; another follows a true match (+4 a term)
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((20, 30))
+    table[:, 5] += 5.0
+    true = 8 + np.arange(20)
+    table[np.arange(20), true] += 4.0
+    lines = np.stack([np.full(20, 5), true, rng.integers(0, 30, 20), np.r_[np.full(10, -1), true[10:]]])
+    raw = [sum(table[j, m] for j, m in enumerate(line) if m >= 0) for line in lines]
+    assert raw[0] > raw[1]                       # by its sum, the line on keyframe 5 would win
+    scores = complete_line_scores([np.arange(30)] * 20, list(table), lines)
+    assert abs(scores[0]) < 3 and abs(scores[2]) < 3 and scores[1] > 10
+    # a line aligned with half as many queries is on the same scale: its true terms stand out as much per
+    # square root of the terms
+    assert scores[3] == pytest.approx(scores[1] / math.sqrt(2), rel=0.3)
+
+
 def test_the_synthetic_drives_of_the_bench_table_build():
     from boq_vpr.evaluation.drives import DRIVE_TABLE, table_drive
     for name, _, tolerance in DRIVE_TABLE:
@@ -336,3 +355,22 @@ def test_a_map_whose_descriptors_cannot_be_read_back_is_refused_at_load(tmp_path
             path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
         with pytest.raises(MapError, match=name):
             MapDatabase.load(copy)
+
+
+@pytest.mark.parametrize('step', [1, 2, 1000])
+def test_complete_line_scores_do_not_depend_on_how_keyframe_ids_are_spread(step):
+    # ids with gaps, a query that could not match the newest keyframes (slam: the map grew) and lines
+    # through ids no query returned give the scores of the same table with dense ids
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((12, 40))
+    ids = [np.arange(40 - (j < 4) * 5) for j in range(12)]        # the first 4 queries saw 35 keyframes
+    values = [table[j, :ids[j].size] for j in range(12)]
+    lines = rng.integers(-1, 40, (25, 12))
+    lines[0, :3] = 41                                              # no such keyframe
+    dense = complete_line_scores(ids, values, lines)
+    spread = complete_line_scores([3 + step * i for i in ids], values, np.where(lines >= 0, 3 + step * lines, -1))
+    np.testing.assert_allclose(spread, dense)
+    assert np.all(np.isfinite(dense))
+    if step > 1:     # a line between the keyframes the queries returned aligns nothing
+        between = complete_line_scores([3 + step * i for i in ids], values, np.full((1, 12), 3 + step * 7 + 1))
+        assert between[0] == 0.0

@@ -262,3 +262,46 @@ def significance(scores: np.ndarray, ids: np.ndarray, radius: int,
     valid = int(np.count_nonzero(ids >= 0))
     complete = eligible is not None and valid >= eligible
     return judge(float(scores[0]), background_peaks(scores, ids, radius), eligible, complete, radius, min_samples)
+
+
+def complete_line_scores(ids: list[np.ndarray], values: list[np.ndarray], aligned: np.ndarray) -> np.ndarray:
+    """Return the scores of the sequence stage's lines through a completely searched map.
+
+    ``ids``, ``values``: each query's keyframe ids and evidence (the whole map, a small one); ``aligned``
+    [lines, queries]: each line's keyframe per query (-1: none). The evidence is a table [query, keyframe]:
+    its row and column means (a keyframe alike to everything, or repeated at a stop) are taken out, and a
+    line's sum is divided by its spread were the queries unrelated to the map (its keyframes' column
+    variances). Judged by their plain sums, lines over more keyframes than others, or over such keyframes,
+    stood out of the rest by themselves (docs/detector.md, false alarms by map size).
+    """
+    every = np.concatenate(ids)
+    lo, span = int(every.min()), int(every.max() - every.min()) + 1
+    if span <= 8 * every.size:      # column of each keyframe id from a dense table (np.unique is 5x slower)
+        present = np.zeros(span + 1, bool)
+        present[every - lo] = True
+        where = np.where(present, np.cumsum(present) - 1, -1)
+        col = where[every - lo]
+        k = where[np.where((aligned >= lo) & (aligned < lo + span), aligned - lo, span)]
+    else:
+        keys, col = np.unique(every, return_inverse=True)
+        k = np.minimum(np.searchsorted(keys, aligned), keys.size - 1)
+        k = np.where((aligned >= 0) & (keys[k] == aligned), k, -1)
+    W = len(values)
+    row = np.repeat(np.arange(W), [v.size for v in values])
+    table, have = np.zeros((W, col.max() + 1)), np.zeros((W, col.max() + 1), bool)
+    table[row, col], have[row, col] = np.concatenate(values), True
+    table -= (table.sum(axis=1) / np.maximum(have.sum(axis=1), 1))[:, None]
+    table *= have
+    counts = have.sum(axis=0)
+    table -= table.sum(axis=0) / np.maximum(counts, 1)
+    table *= have
+    rows = np.arange(W)[None, :]
+    ok = (k >= 0) & have[rows, k]
+    terms = np.where(ok, table[rows, k], 0.0)
+    # each column's variance without the line's own query and its neighbours (a true match, seen by a few
+    # queries in a row, would widen its own spread)
+    near = rows + np.arange(3)[:, None, None]
+    squares = (table ** 2).sum(axis=0)[k] - (np.pad(table, ((1, 1), (0, 0))) ** 2)[near, k].sum(axis=0)
+    kept = counts[k] - np.pad(have, ((1, 1), (0, 0)))[near, k].sum(axis=0)
+    spread = np.where(ok, squares / np.maximum(kept, 1), 0.0).sum(axis=1)
+    return terms.sum(axis=1) / np.sqrt(np.maximum(spread, 1e-12))

@@ -31,7 +31,7 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    its exclusion window), and a query with no map keyframe near its aligned position (missed
    keyframes, the start of the map) counts what an unrelated keyframe gives on average (no evidence
    either way). A line's score is the sum of its evidence over the last ``length`` queries (on a
-   small map, searched completely, that sum double-centred and standardized: ``_small_map_scores``);
+   small map, searched completely, that sum double-centred and standardized: ``complete_line_scores``);
    an anchor's score is its best line's.
 4. **Decision.** The best anchor's score is judged against the scores of the competing anchors with
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..map import MapDatabase
-from .calibration import judge, p_values, place_peaks
+from .calibration import complete_line_scores, judge, p_values, place_peaks
 from .timeline import Odometer, Timeline
 
 log = logging.getLogger(__name__)
@@ -333,9 +333,9 @@ class SequenceMatcher:
         _, first = np.unique(lines.ref[idx], return_index=True)
         idx = idx[np.sort(first)]
         ids, scores, segment = lines.ref[idx], totals[idx], lines.segment[idx]
-        # on a small map the places are judged by _small_map_scores (the best is the best sum all the same)
-        judged = _small_map_scores(queries, lines.aligned[idx][:, cols]) if all(q.complete for q in queries) \
-            else scores
+        # on a small map the places are judged by complete_line_scores (the best is the best sum all the same)
+        judged = complete_line_scores([q._ids for q in queries], [q._values for q in queries],
+                                      lines.aligned[idx][:, cols]) if all(q.complete for q in queries) else scores
         peaks = place_peaks(ids, self.radius)
         background = judged[peaks[1:]]
         # complete: every eligible place was a seed of this query (a small map)
@@ -469,33 +469,6 @@ def _evidence(keys: np.ndarray, values: np.ndarray, key: np.ndarray, m: np.ndarr
         return np.where(m >= 0, absent, neutral)
     k = np.minimum(np.searchsorted(keys, key), keys.size - 1)
     return np.where(m >= 0, np.where(keys[k] == key, values[k], absent), neutral)
-
-
-def _small_map_scores(queries: list[QueryRecord], aligned: np.ndarray) -> np.ndarray:
-    """Return the scores of lines through a completely searched map (``aligned``: their keyframe per query, -1: none).
-
-    Every query of the window searched the whole map: a table [query, keyframe] of evidence. Its row and column
-    means (a keyframe alike to everything, or repeated at a stop) are taken out, and a line's sum is divided by
-    its spread were the queries unrelated to the map (its keyframes' column variances): lines over more or over
-    such keyframes no longer stand out by themselves (docs/detector.md, false alarms by map size).
-    """
-    ids = np.unique(np.concatenate([q._ids for q in queries]))
-    table = np.full((len(queries), ids.size), np.nan)
-    for j, q in enumerate(queries):
-        table[j, np.searchsorted(ids, q._ids)] = q._values
-    table -= np.nanmean(table, axis=1, keepdims=True)
-    table -= np.nanmean(table, axis=0, keepdims=True)
-    k = np.minimum(np.searchsorted(ids, aligned), ids.size - 1)
-    rows = np.arange(len(queries))[None, :]
-    terms = table[rows, k]
-    ok = (aligned >= 0) & (ids[k] == aligned) & np.isfinite(terms)
-    # each column's variance without the line's own query and its neighbours (a true match, seen by a few
-    # queries in a row, would widen its own spread)
-    near = np.pad(table, ((1, 1), (0, 0)), constant_values=np.nan)[rows + np.arange(3)[:, None, None], k]
-    squares = np.nansum(table ** 2, axis=0)[k] - np.nansum(near ** 2, axis=0)
-    kept = np.isfinite(table).sum(axis=0)[k] - np.isfinite(near).sum(axis=0)
-    spread = np.where(ok, squares / np.maximum(kept, 1), 0.0).sum(axis=1)
-    return np.where(ok, terms, 0.0).sum(axis=1) / np.sqrt(np.maximum(spread, 1e-12))
 
 
 def _member(a: np.ndarray, b: np.ndarray) -> np.ndarray:
