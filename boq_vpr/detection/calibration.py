@@ -33,7 +33,8 @@ share of the map (a few hundred keyframes), only the best ``TAIL_FRACTION`` of i
 looks ordinary.
 
 The sequence stage (``boq_vpr.detection.sequence``) judges its hypotheses with the same
-tests (``judge``), on sequence scores instead of single scores.
+tests (``judge``), on sequence scores instead of single scores: on a small map, on the double-centred,
+standardized scores of ``complete_line_scores``.
 
 The exponential-tail and independence assumptions are approximations; the false-alarm rate they
 give is measured against the requested one by map size in docs/detector.md
