@@ -98,11 +98,6 @@ class QueryRecord:
         self._values = np.maximum((self._scores - self.u) / self.beta, FLOOR)
         self._absent = self.neutral if (self.complete or not self._ids.size) else self._missed
 
-    def _find(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return where each of map keyframes ``m`` is among the keyframes its search returned, and whether it is."""
-        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
-        return k, self._ids[k] == m
-
     def evidence(self, m: np.ndarray) -> np.ndarray:
         """Evidence of map keyframes ``m`` for this query (its part of ``SequenceMatcher._window_evidence``)."""
         return _evidence(self._ids, self._values, m, m, self._absent, self.neutral)
@@ -111,8 +106,8 @@ class QueryRecord:
         """Cosines of map keyframes ``m`` with this query where its search returned them, else NaN."""
         if self._ids.size == 0:
             return np.full(m.shape, np.nan)
-        k, found = self._find(m)
-        return np.where(found, self._scores[k], np.nan)
+        k = np.minimum(np.searchsorted(self._ids, m), self._ids.size - 1)
+        return np.where(self._ids[k] == m, self._scores[k], np.nan)
 
 
 @dataclass
