@@ -213,11 +213,12 @@ def test_sequence_settings_out_of_range_are_refused_naming_the_range(key, value,
         DetectorConfig.from_dict({key: value})
 
 
-def test_the_timeline_reads_earlier_sessions_a_block_at_a_time():
+def test_the_timeline_reads_earlier_sessions_of_a_large_map_a_block_at_a_time():
     db = MapDatabase(8, 'x')
     x = np.eye(8, dtype=np.float32)[np.arange(600) % 8]
     db.add(x, [Keyframe(-1, int(i * 1e8), session='s') for i in range(600)])
     timeline = Timeline(db, lambda: (600, SessionTrack()))
+    timeline.WHOLE_MAX = 100        # these 600 ids stand for a map too large to read at once
     (table, held), = timeline.tables(np.array([300], np.int64))
     assert held.all() and table.ids.size <= 3 * Timeline.BLOCK and 300 in table.ids
     assert len(timeline._blocks) <= 3
@@ -243,6 +244,7 @@ def test_blocks_merged_into_the_timeline_table_give_the_table_built_from_them_at
     db.add(x, kfs)
     db.remove(rng.choice(1000, 40, replace=False).tolist())
     grown = Timeline(db, lambda: (1000, SessionTrack()))
+    grown.WHOLE_MAX = 0
     for ids in ([100], [100, 420], [5, 420, 700], [980, 260]):
         (table, _), = grown.tables(np.array(ids, np.int64), by_distance)
     held = np.flatnonzero(grown._earlier[2])
@@ -251,6 +253,53 @@ def test_blocks_merged_into_the_timeline_table_give_the_table_built_from_them_at
     assert table.by_distance == once.by_distance == by_distance
     for name in ('ids', 'coord', 'segment', 'key'):
         assert np.array_equal(getattr(table, name), getattr(once, name)), name
+
+
+@pytest.mark.parametrize('by_distance', [False, True])
+def test_the_timeline_reads_every_earlier_keyframe_of_a_map_at_once_and_keeps_its_sessions_apart(by_distance):
+    # two sessions with positions and stamps from 0 each, keyframes removed (at block boundaries too)
+    db = MapDatabase(8, 'x')
+    x = np.eye(8, dtype=np.float32)[np.arange(1000) % 8]
+    db.add(x, [Keyframe(-1, int((i % 500) * 1e8), session='ab'[i // 500], position=(float(i % 500), 0.0, 0.0))
+               for i in range(1000)])
+    removed = [63, 64, 127, 128, 300, 640]
+    db.remove(removed)
+    timeline = Timeline(db, lambda: (1000, SessionTrack()))
+    (table, held), = timeline.tables(np.array([5, 700], np.int64), by_distance)
+    assert held.all() and table.by_distance == by_distance and not timeline._blocks
+    assert np.array_equal(table.ids, np.setdiff1d(np.arange(1000), removed))
+    # one segment per session: a removed keyframe does not split one
+    assert np.array_equal(table.segment, (table.ids >= 500).astype(np.int64))
+    expected = (table.ids % 500) * (1000 if by_distance else 10**8)
+    if by_distance:      # the distance travelled since the session's start, over the keyframes kept
+        expected = np.where(table.ids % 500 == 0, 0, expected)
+    assert np.array_equal(table.coord, expected)
+    # read once: the same table for other ids; the other ordering is a table of its own; clear() forgets both
+    assert timeline.tables(np.array([999], np.int64), by_distance)[0][0] is table
+    assert timeline.tables(np.array([999], np.int64), not by_distance)[0][0].by_distance != by_distance
+    timeline.clear()
+    assert timeline.tables(np.array([999], np.int64), by_distance)[0][0] is not table
+
+
+def test_the_detector_decides_alike_from_the_whole_map_table_and_from_blocks():
+    # a revisit of a map of 600 keyframes (two sessions): the stage reads the map's stamps at once or
+    # in blocks of 64 ids, and every frame's outcome, match and false-alarm probability are the same
+    drive = places_drive(200, 64, rate_hz=3.0, laps=2, noise=0.3, shared=0.3, seed=3)
+    db = MapDatabase(64, 'x')
+    for label, part in (('a', slice(0, 300)), ('b', slice(300, 600))):
+        db.add(drive.descriptors[part], [Keyframe(-1, int(t), session=label) for t in drive.stamps_ns[part]])
+    dets = [LoopClosureDetector(db, DetectorConfig(mode='localization')) for _ in range(2)]
+    dets[1].sequence.timeline.WHOLE_MAX = 0
+    accepted = 0
+    for i in range(600, len(drive), 2):
+        a, b = (det.process(drive.descriptors[i], int(drive.stamps_ns[i])) for det in dets)
+        assert a.outcome == b.outcome and [c.match_id for c in a.candidates] == [c.match_id for c in b.candidates]
+        assert (a.sequence is None) == (b.sequence is None)
+        assert a.sequence is None or a.sequence.p_value == b.sequence.p_value
+        accepted += bool(a.candidates)
+    assert dets[1].sequence.timeline._blocks and not dets[0].sequence.timeline._blocks
+    print(f'{accepted} of 300 queries accepted')
+    assert accepted >= 200, accepted
 
 
 @pytest.mark.parametrize('sessions', [1, 3])

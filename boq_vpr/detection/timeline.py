@@ -182,9 +182,11 @@ class Timeline:
 
     A session is followed in time, or in travelled distance where every keyframe has a position.
 
-    Keyframes of the running session come from the detector's own arrays; earlier keyframes (a
-    loaded map, earlier sessions) are read from the map's metadata in blocks of ``BLOCK`` ids around
-    the keyframes asked for, and cached, so nothing proportional to the map is held in memory.
+    Keyframes of the running session come from the detector's own arrays. Earlier keyframes (a
+    loaded map, earlier sessions) are read from the map's metadata: all at once into one table where
+    their ids stay below ``WHOLE_MAX`` (no more than the block cache may hold, so the time per query
+    does not grow with the map while the table fills), else in blocks of ``BLOCK`` ids around the
+    keyframes asked for, cached, so that nothing proportional to a larger map is held in memory.
     Among earlier keyframes a session is a run of consecutive ids with one session label and stamps
     that never go back; the running session is its own id range.
     """
@@ -192,6 +194,7 @@ class Timeline:
     BLOCK = 64
     MAX_BLOCKS = 4096       # blocks cached
     TABLE_BLOCKS = 2048     # blocks the table keeps while queries need fewer than half of them
+    WHOLE_MAX = MAX_BLOCKS * BLOCK    # earlier ids below this are read at once (about 40 bytes a keyframe)
 
     def __init__(self, db: MapDatabase, session: Callable[[], tuple[int, SessionTrack]]) -> None:
         self.db = db
@@ -201,10 +204,13 @@ class Timeline:
         # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table,
         # its keyframes: ids, stamps, session labels, and positions when by distance)
         self._earlier: tuple | None = None
+        # every earlier keyframe at once (ids below WHOLE_MAX): the session start and a table per mode
+        self._whole: dict = {}
 
     def clear(self) -> None:
         self._blocks.clear()
         self._earlier = None
+        self._whole = {}
 
     def _block(self, b: int) -> tuple[np.ndarray, ...]:
         blk = self._blocks.get(b)
@@ -232,7 +238,11 @@ class Timeline:
         if running.any() and track.size:
             out.append((track.table(by_distance), running))
         earlier = ~running
-        if earlier.any():
+        if earlier.any() and start <= self.WHOLE_MAX:
+            table = self._whole_table(start, by_distance)
+            if table is not None:
+                out.append((table, earlier))
+        elif earlier.any():
             own = ids[earlier] // self.BLOCK
             cached = self._earlier
             if cached is not None and cached[:2] == (start, by_distance):
@@ -281,16 +291,38 @@ class Timeline:
                 fields = [np.insert(old, at, x, axis=0) for old, x in zip(base, fields)]
             else:
                 fields = list(base)
+        table = self._build(fields, by_distance, unread=True)
+        return None if table is None else (table, tuple(fields))
+
+    def _whole_table(self, start: int, by_distance: bool) -> _Table | None:
+        """Return the table of every earlier keyframe (ids below ``start``), read once and kept.
+
+        The table by stamps and the one by travelled distance are kept apart: the recent queries'
+        odometry may come and go.
+        """
+        if self._whole.get('start') != start:
+            self._whole = {'start': start}
+        if by_distance not in self._whole:
+            ids, stamps, labels, positions = self.db.keyframe_stamps(0, start)
+            codes = {x: self._labels.setdefault(x, len(self._labels)) for x in set(labels.tolist())}
+            fields = [ids, stamps, np.array([codes[x] for x in labels.tolist()], np.int64), positions]
+            self._whole[by_distance] = self._build(fields, by_distance, unread=False)
+        return self._whole[by_distance]
+
+    def _build(self, fields: list, by_distance: bool, unread: bool) -> _Table | None:
+        """Return the table of earlier keyframes (ids, stamps, session codes, positions), None without any.
+
+        ``unread``: ids apart across a block boundary are blocks not read, where a session is not known to go on.
+        """
         e_ids, e_st, labels = fields[:3]
         if e_ids is None or not e_ids.size:
             return None
         brk = np.zeros(e_ids.size, bool)
-        brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)  # blocks not read
+        if unread:
+            brk[1:] = (np.diff(e_ids) > 1) & (np.diff(e_ids // self.BLOCK) > 0)
         brk[1:] |= labels[1:] != labels[:-1]
         brk[1:] |= np.diff(e_st) < 0
         segment = np.cumsum(brk)
         if by_distance and np.isfinite(fields[3]).all():
-            table = _Table(e_ids, travelled_mm(fields[3], segment), segment, True)
-        else:
-            table = _Table(e_ids, e_st, segment)
-        return table, tuple(fields)
+            return _Table(e_ids, travelled_mm(fields[3], segment), segment, True)
+        return _Table(e_ids, e_st, segment)
