@@ -258,6 +258,7 @@ class SequenceMatcher:
         lines.term[:, col_now] = newest.neutral
         lines.aligned[:, col_now] = -1
         born = []
+        seed_segment = np.full(seeds.size, -1, np.int64)     # the session of each of the newest query's matches
         for t_index, (table, held) in enumerate(tables):
             dist = table.by_distance
             offsets, spacing, x_now = modes[dist]
@@ -286,8 +287,9 @@ class SequenceMatcher:
             lines.segment[mine] = table.segment[k] + (t_index << 32)
             # 2. the newest query's matches in this table start new lines, unless a line of that
             # speed is already there
-            new = seeds[held[lines.size:]]
-            srows = table.rows(new)
+            mine_seeds = np.flatnonzero(held[lines.size:])
+            srows = table.rows(seeds[mine_seeds])
+            seed_segment[mine_seeds[srows >= 0]] = table.segment[srows[srows >= 0]] + (t_index << 32)
             srows = srows[srows >= 0]
             nv = self.speeds.size
             cand_rows = np.repeat(srows, nv)
@@ -374,7 +376,15 @@ class SequenceMatcher:
             known = [c for c in close if math.isfinite(cos[c])]
             if len(close) > 1 and known:   # the place's keyframe most like the query
                 i = max(known, key=cos.__getitem__)
-            ranked.append((int(ids[i]), float(scores[peak]), p, cos[i]))
+            kid, c = int(ids[i]), cos[i]
+            # or a keyframe next to that one that the newest query's own search found more alike (the head
+            # of a line driven at another speed runs a keyframe or two ahead or behind)
+            by = np.flatnonzero((np.abs(seeds - ids[i]) <= REFINE) & (seed_segment == segment[peak]))
+            if by.size:
+                j = by[np.argmax(newest.seed_scores[by])]
+                if not newest.seed_scores[j] <= c:          # better, or the anchor's cosine unknown (NaN)
+                    kid, c = int(seeds[j]), float(newest.seed_scores[j])
+            ranked.append((kid, float(scores[peak]), p, c))
         # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
         anchor, _, _, anchor_cosine = ranked[0]
         best = idx[0]
