@@ -377,12 +377,13 @@ class SequenceMatcher:
             if len(close) > 1 and known:   # the place's keyframe most like the query
                 i = max(known, key=cos.__getitem__)
             kid, c = int(ids[i]), cos[i]
-            # or a keyframe next to that one that the newest query's own search found more alike (the head
-            # of a line driven at another speed runs a keyframe or two ahead or behind)
+            # a keyframe that looks less like the newest query than its background (the head of a line
+            # driven at another speed runs a keyframe or two ahead or behind): the neighbour its own search
+            # found most alike instead
             by = np.flatnonzero((np.abs(seeds - ids[i]) <= REFINE) & (seed_segment == segment[peak]))
-            if by.size:
+            if by.size and not c >= newest.u:
                 j = by[np.argmax(newest.seed_scores[by])]
-                if not newest.seed_scores[j] <= c:          # better, or the anchor's cosine unknown (NaN)
+                if not newest.seed_scores[j] <= c:          # better, or the keyframe's cosine unknown (NaN)
                     kid, c = int(seeds[j]), float(newest.seed_scores[j])
             ranked.append((kid, float(scores[peak]), p, c))
         # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
