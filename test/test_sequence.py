@@ -70,7 +70,9 @@ def test_with_odometry_sequences_follow_travelled_distance_at_any_speed(speed, s
     print(f'{speed}x, stop {stop_s} s: by distance {by_distance["places"]}, by time {by_time["places"]}')
     share, wrong = _closed(by_distance)
     assert share >= 0.75 and wrong == 0 and by_distance['fp'] == 0
-    assert _closed(by_time)[0] < 0.2
+    # by stamps few places close; where a line's head runs ahead of the query onto a keyframe unlike it,
+    # the neighbour the query's own search found is reported (2 wrong places at half speed without that)
+    assert _closed(by_time)[0] < 0.2 and _closed(by_time)[1] <= 1
     # without odometry 'auto' aligns by stamps
     drive.odom = None
     assert run_setting(drive, DetectorConfig(), tolerance=0)['places'] == by_time['places']
