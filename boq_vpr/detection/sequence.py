@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 FLOOR = -2.0
 # The matched keyframe is the anchor or a neighbour this many ids away, whichever the query is most like.
 REFINE = 1
+# ... or a keyframe of the place the query's own search found this many background spreads more alike.
+REFINE_SPREADS = 2.0
 # Aligned keyframes a hypothesis needs before it competes.
 MIN_TERMS = 3
 # keys of (query, keyframe id) in one sorted array: ids are below 2^40
@@ -377,13 +379,13 @@ class SequenceMatcher:
             if len(close) > 1 and known:   # the place's keyframe most like the query
                 i = max(known, key=cos.__getitem__)
             kid, c = int(ids[i]), cos[i]
-            # a keyframe that looks less like the newest query than its background (the head of a line
-            # driven at another speed runs a keyframe or two ahead or behind): the neighbour its own search
-            # found most alike instead
-            by = np.flatnonzero((np.abs(seeds - ids[i]) <= REFINE) & (seed_segment == segment[peak]))
-            if by.size and not c >= newest.u:
+            # the head of a line driven at another speed may run a keyframe or a few ahead or behind: where
+            # the newest query's own search found a keyframe of the place (within ``radius`` ids, as the test
+            # counts places) far more alike (by REFINE_SPREADS of its background's spread), that one is named
+            by = np.flatnonzero((np.abs(seeds - ids[i]) <= self.radius) & (seed_segment == segment[peak]))
+            if by.size:
                 j = by[np.argmax(newest.seed_scores[by])]
-                if not newest.seed_scores[j] <= c:          # better, or the keyframe's cosine unknown (NaN)
+                if not newest.seed_scores[j] <= c + REFINE_SPREADS * newest.beta:    # or the cosine unknown (NaN)
                     kid, c = int(seeds[j]), float(newest.seed_scores[j])
             ranked.append((kid, float(scores[peak]), p, c))
         # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
