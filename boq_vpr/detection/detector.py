@@ -370,7 +370,7 @@ class LoopClosureDetector:
             if c.sequences:
                 level, scale, neutral = self._background(all_scores, all_ids, eligible, sig)
                 self.sequence.add_query(q, stamp_ns, level, scale, neutral, id_below, all_ids, all_scores,
-                                        complete=all_ids.size >= eligible, position=position)
+                                        complete=all_ids.size >= eligible, position=position, single_p=sig.p_value)
                 sequence = self.sequence.decide(eligible, id_below, c.false_alarm_rate)
                 if sequence is None:
                     return rejected('undecided', 'sequence: too few competing places to judge the best hypothesis')

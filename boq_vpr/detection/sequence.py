@@ -64,8 +64,6 @@ log = logging.getLogger(__name__)
 FLOOR = -2.0
 # The matched keyframe is the anchor or a neighbour this many ids away, whichever the query is most like.
 REFINE = 1
-# ... or a keyframe of the place the query's own search found this many background spreads more alike.
-REFINE_SPREADS = 2.0
 # Aligned keyframes a hypothesis needs before it competes.
 MIN_TERMS = 3
 # keys of (query, keyframe id) in one sorted array: ids are below 2^40
@@ -87,6 +85,7 @@ class QueryRecord:
     seed_scores: np.ndarray   # and their cosines
     complete: bool = False    # its search returned every keyframe it could match (a small map)
     distance: float = math.nan   # travelled distance since the sequence started (m; NaN: no odometry)
+    single_p: float = math.nan   # false-alarm probability of its best match alone
 
     def __post_init__(self) -> None:
         order = np.argsort(self.seeds, kind='stable')
@@ -162,10 +161,11 @@ class SequenceMatcher:
 
     def add_query(self, descriptor: np.ndarray, stamp_ns: int, u: float, beta: float, neutral: float,
                   id_below: int | None, seeds: np.ndarray, seed_scores: np.ndarray, complete: bool = False,
-                  position=None) -> None:
-        """Append a query keyframe (``position``: its odometry position, when given).
+                  position=None, single_p: float = math.nan) -> None:
+        """Append a query keyframe.
 
-        A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
+        ``position``: its odometry position, when given; ``single_p``: the false-alarm probability of its
+        best match alone. A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
         before a time jump says nothing about where the robot is now). Each query is followed by one
         ``decide``, which carries the hypotheses to it.
         """
@@ -176,7 +176,7 @@ class SequenceMatcher:
         self.queries.append(QueryRecord(self._seq, int(stamp_ns), descriptor, float(u), max(float(beta), 1e-9),
                                         float(neutral),
                                         id_below, np.asarray(seeds, np.int64), np.asarray(seed_scores, np.float32),
-                                        complete, self._odometer.step(position)))
+                                        complete, self._odometer.step(position), float(single_p)))
         self._seq += 1
 
     @staticmethod
@@ -380,13 +380,12 @@ class SequenceMatcher:
                 i = max(known, key=cos.__getitem__)
             kid, c = int(ids[i]), cos[i]
             # the head of a line driven at another speed may run a keyframe or a few ahead or behind: where
-            # the newest query's own search found a keyframe of the place (within ``radius`` ids, as the test
-            # counts places) far more alike (by REFINE_SPREADS of its background's spread), that one is named
-            by = np.flatnonzero((np.abs(seeds - ids[i]) <= self.radius) & (seed_segment == segment[peak]))
-            if by.size:
-                j = by[np.argmax(newest.seed_scores[by])]
-                if not newest.seed_scores[j] <= c + REFINE_SPREADS * newest.beta:    # or the cosine unknown (NaN)
-                    kid, c = int(seeds[j]), float(newest.seed_scores[j])
+            # the newest query's own best match is a keyframe of the place (within ``radius`` ids, as the test
+            # counts places), significant by itself at the rate asked and more alike, that one is named
+            best_seed = int(seeds[0]) if seeds.size else -1
+            if (newest.single_p <= rate and abs(best_seed - ids[i]) <= self.radius and seed_segment[0] == segment[peak]
+                    and not newest.seed_scores[0] <= c):          # more alike, or the cosine unknown (NaN)
+                kid, c = best_seed, float(newest.seed_scores[0])
             ranked.append((kid, float(scores[peak]), p, c))
         # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
         anchor, _, _, anchor_cosine = ranked[0]
