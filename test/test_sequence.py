@@ -48,14 +48,14 @@ def test_camera_rates_close_most_revisited_places_and_none_wrongly(rate_hz):
 
 @pytest.mark.parametrize('speed', [0.8, 1.25])
 def test_the_second_pass_may_be_driven_slower_or_faster(speed):
-    # slower: frames repeated (more frames per place); faster: frames skipped. Every loop lands
-    # within two places (two seconds of the route) of the truth, most on it
+    # slower: frames repeated (more frames per place); faster: frames skipped. Every loop lands on
+    # the right place (at 0.8x one did not before the query's own significant best match was named
+    # where the line's head ran ahead of it)
     drive = places_drive(60, 256, rate_hz=10.0, laps=2, lap_speeds=(1.0, speed))
     exact = run_setting(drive, DetectorConfig(), tolerance=0)
-    near = run_setting(drive, DetectorConfig(), tolerance=2)
     share, _ = _closed(exact)
-    print(f'second pass at {speed}x: {exact["places"]}, {near["fp"]} loops more than two places off')
-    assert share >= 0.8 and near['fp'] == 0 and exact['fp'] <= 2
+    print(f'second pass at {speed}x: {exact["places"]}, {exact["fp"]} loops off the place')
+    assert share >= 0.8 and exact['fp'] == 0
 
 
 @pytest.mark.parametrize('speed, stop_s', [(0.5, 20.0), (2.0, 0.0)])
@@ -70,9 +70,9 @@ def test_with_odometry_sequences_follow_travelled_distance_at_any_speed(speed, s
     print(f'{speed}x, stop {stop_s} s: by distance {by_distance["places"]}, by time {by_time["places"]}')
     share, wrong = _closed(by_distance)
     assert share >= 0.75 and wrong == 0 and by_distance['fp'] == 0
-    # by stamps few places close; where a line's head runs ahead of the query onto a keyframe unlike it,
-    # the neighbour the query's own search found is reported (2 wrong places at half speed without that)
-    assert _closed(by_time)[0] < 0.2 and _closed(by_time)[1] <= 1
+    # by stamps few places close, none wrongly: where a line's head runs ahead of the query, the query's
+    # own best match in the place is named when it is significant by itself (2 wrong places without that)
+    assert _closed(by_time)[0] < 0.2 and _closed(by_time)[1] == 0
     # without odometry 'auto' aligns by stamps
     drive.odom = None
     assert run_setting(drive, DetectorConfig(), tolerance=0)['places'] == by_time['places']

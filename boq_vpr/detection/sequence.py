@@ -378,17 +378,19 @@ class SequenceMatcher:
             known = [c for c in close if math.isfinite(cos[c])]
             if len(close) > 1 and known:   # the place's keyframe most like the query
                 i = max(known, key=cos.__getitem__)
-            kid, c = int(ids[i]), cos[i]
-            # the head of a line driven at another speed may run a keyframe or a few ahead or behind: where
-            # the newest query's own best match is a keyframe of the place (within ``radius`` ids, as the test
-            # counts places), significant by itself at the rate asked and more alike, that one is named
-            best_seed = int(seeds[0]) if seeds.size else -1
-            if (newest.single_p <= rate and abs(best_seed - ids[i]) <= self.radius and seed_segment[0] == segment[peak]
-                    and not newest.seed_scores[0] <= c):          # more alike, or the cosine unknown (NaN)
-                kid, c = best_seed, float(newest.seed_scores[0])
-            ranked.append((kid, float(scores[peak]), p, c))
+            ranked.append((int(ids[i]), float(scores[peak]), p, cos[i]))
         # the keyframe reported: the winning place's first ranked entry (the anchor or a neighbour)
-        anchor, _, _, anchor_cosine = ranked[0]
+        anchor, score, p_best, anchor_cosine = ranked[0]
+        # The head of a line driven at another speed may run a keyframe or a few ahead or behind. Where the
+        # newest query's own best match is a keyframe of the winning place (within ``radius`` ids, as the
+        # test counts places, in its session), significant by itself at the rate asked and more alike, it is
+        # the one named.
+        own = int(seeds[0]) if seeds.size else -1
+        if (own >= 0 and newest.single_p <= rate and abs(own - anchor) <= self.radius
+                and seed_segment[0] == segment[top[0]] and all(r[0] != own for r in ranked[1:])
+                and not newest.seed_scores[0] <= anchor_cosine):         # more alike, or the cosine unknown (NaN)
+            anchor, anchor_cosine = own, float(newest.seed_scores[0])
+            ranked[0] = (anchor, score, p_best, anchor_cosine)
         best = idx[0]
         terms = lines.aligned[best, cols]
         return SequenceDecision(anchor, float(scores[0]), verdict.p_value, W,
