@@ -37,7 +37,10 @@ sequence (stamps ``t_j``, at most ``length`` of them):
    the same extreme-value tail test as single frames (one peak per place, the best place set aside,
    the tail capped on small maps): the probability that a query whose trajectory revisits nothing
    would produce a sequence standing out that far. Evidence accumulates: an unmistakable match
-   stands out after a few keyframes, a weak one only after a long consistent stretch.
+   stands out after a few keyframes, a weak one only after a long consistent stretch. The keyframe
+   named is the winning anchor or its neighbour most like the newest query; or the query's own best
+   match, where that lies in the winning place and is significant by itself (a line driven at
+   another speed may run a keyframe or a few ahead of the query or behind it).
 
 Cost: a query's evidence comes from its own search (a keyframe it did not retrieve counts the bound
 of the last one it did); each new query adds one aligned keyframe to each line, only a new line is
@@ -164,10 +167,10 @@ class SequenceMatcher:
                   position=None, single_p: float = math.nan) -> None:
         """Append a query keyframe.
 
-        ``position``: its odometry position, when given; ``single_p``: the false-alarm probability of its
-        best match alone. A gap longer than ``max_gap_s`` since the previous one starts a new sequence (the evidence
-        before a time jump says nothing about where the robot is now). Each query is followed by one
-        ``decide``, which carries the hypotheses to it.
+        ``position``: its odometry position, when given; ``single_p``: the false-alarm probability of
+        its best match alone. A gap longer than ``max_gap_s`` since the previous one starts a new
+        sequence (the evidence before a time jump says nothing about where the robot is now). Each
+        query is followed by one ``decide``, which carries the hypotheses to it.
         """
         if self.queries and stamp_ns - self.queries[-1].stamp_ns > self.max_gap_ns:
             self.reset(timeline=False)

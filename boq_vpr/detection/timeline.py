@@ -228,9 +228,10 @@ class Timeline:
     def tables(self, ids: np.ndarray, by_distance: bool = False) -> list[tuple[_Table, np.ndarray]]:
         """Return (table, mask of ``ids`` it holds) pairs.
 
-        The tables are the running session, and the earlier keyframes in the blocks around those
-        ``ids`` that are earlier. ``by_distance``: a table whose keyframes all have positions is
-        ordered by travelled distance, any other by stamps.
+        The tables are the running session, and the earlier keyframes: all of them where their ids
+        stay below ``WHOLE_MAX``, else those in the blocks around the ``ids`` that are earlier.
+        ``by_distance``: a table whose keyframes all have positions is ordered by travelled distance,
+        any other by stamps.
         """
         start, track = self._session()
         out = []
