@@ -45,7 +45,8 @@ sequence (stamps ``t_j``, at most ``length`` of them):
 Cost: a query's evidence comes from its own search (a keyframe it did not retrieve counts the bound
 of the last one it did); each new query adds one aligned keyframe to each line, only a new line is
 aligned with the whole window; only the keyframes reported are read back from the stored
-descriptors; map stamps and positions are read from the map's metadata in cached blocks.
+descriptors; map stamps and positions are read from the map's metadata once (``Timeline``; in cached
+blocks on a map of more ids than it reads at once).
 """
 from __future__ import annotations
 

@@ -204,20 +204,20 @@ class Timeline:
         # the table of earlier keyframes last built: (session start, by distance, blocks it covers, table,
         # its keyframes: ids, stamps, session labels, and positions when by distance)
         self._earlier: tuple | None = None
-        # every earlier keyframe at once (ids below WHOLE_MAX): the session start and a table per mode
-        self._whole: dict = {}
+        # every earlier keyframe at once (ids below WHOLE_MAX): the session start, and a table per ordering
+        # (by travelled distance or not)
+        self._whole: tuple[int, dict[bool, _Table | None]] | None = None
 
     def clear(self) -> None:
         self._blocks.clear()
         self._earlier = None
-        self._whole = {}
+        self._whole = None
 
     def _block(self, b: int) -> tuple[np.ndarray, ...]:
         blk = self._blocks.get(b)
         if blk is None:
             ids, stamps, labels, positions = self.db.keyframe_stamps(b * self.BLOCK, (b + 1) * self.BLOCK)
-            codes = np.array([self._labels.setdefault(x, len(self._labels)) for x in labels.tolist()], np.int64)
-            blk = (ids, stamps, codes, positions)
+            blk = (ids, stamps, self._codes(labels), positions)
             self._blocks[b] = blk
             while len(self._blocks) > self.MAX_BLOCKS:
                 self._blocks.popitem(last=False)
@@ -301,14 +301,17 @@ class Timeline:
         The table by stamps and the one by travelled distance are kept apart: the recent queries'
         odometry may come and go.
         """
-        if self._whole.get('start') != start:
-            self._whole = {'start': start}
-        if by_distance not in self._whole:
+        if self._whole is None or self._whole[0] != start:
+            self._whole = (start, {})
+        tables = self._whole[1]
+        if by_distance not in tables:
             ids, stamps, labels, positions = self.db.keyframe_stamps(0, start)
-            codes = {x: self._labels.setdefault(x, len(self._labels)) for x in set(labels.tolist())}
-            fields = [ids, stamps, np.array([codes[x] for x in labels.tolist()], np.int64), positions]
-            self._whole[by_distance] = self._build(fields, by_distance, unread=False)
-        return self._whole[by_distance]
+            tables[by_distance] = self._build([ids, stamps, self._codes(labels), positions], by_distance, unread=False)
+        return tables[by_distance]
+
+    def _codes(self, labels: np.ndarray) -> np.ndarray:
+        """Return a number for each session label (the same number for a label every time)."""
+        return np.array([self._labels.setdefault(x, len(self._labels)) for x in labels.tolist()], np.int64)
 
     def _build(self, fields: list, by_distance: bool, unread: bool) -> _Table | None:
         """Return the table of earlier keyframes (ids, stamps, session codes, positions), None without any.

@@ -100,9 +100,11 @@ def _sequence_state(det) -> dict:
         arrays = [table[2]] + [getattr(table[3], name) for name in ('ids', 'coord', 'segment', 'first', 'key')]
         arrays += [a for a in table[4] if not any(a is b for b in arrays)]
         nbytes += sum(a.nbytes for a in arrays)
-    for whole in (t for key, t in seq.timeline._whole.items() if key != 'start' and t is not None):
+    whole = seq.timeline._whole
+    for t in (whole[1].values() if whole is not None else ()):
         # every earlier keyframe, read at once
-        nbytes += sum(getattr(whole, name).nbytes for name in ('ids', 'coord', 'segment', 'first', 'key'))
+        if t is not None:
+            nbytes += sum(getattr(t, name).nbytes for name in ('ids', 'coord', 'segment', 'first', 'key'))
     return {'queries_held': len(queries), 'metadata_blocks': len(blocks), 'lines': lines.size,
             'cache_mb': nbytes / 2 ** 20}
 
