@@ -30,6 +30,10 @@ def test_cost_structure():
     assert lines[2].startswith('cost  slam session    300 keyframes')
     slam, = out['slam_rows']
     assert slam['session_keyframes'] == 300 and slam['latency_ms']['sequence']['n'] == 40
+    # the sequence stage's own time is a part of each call of the detector with sequences
+    for r in [slam] + out['rows']:
+        stage, whole = r['latency_ms']['sequence_stage'], r['latency_ms']['sequence']
+        assert stage['n'] == 40 and all(0 < stage[k] <= whole[k] for k in ('p50', 'p90', 'max'))
     assert 0 < slam['accepted_correct']['sequence'] <= slam['accepted']['sequence'] <= 40
     assert out['settings']['dim'] == 64 and set(out['settings']['detectors']) == {'search', 'single', 'sequence'}
     assert out['settings']['detectors']['single']['sequence_length'] == 1

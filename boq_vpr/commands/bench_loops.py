@@ -28,7 +28,8 @@ Two more measurements, on request:
    keyframes (``--cost-dim``-D, a flat index, localization mode), beside the search it does: the
    search alone (top-k as the detector asks), the detector on single keyframes
    (``sequence_length 1``) and with the shipped defaults (sequences on), on ~300 query keyframes
-   that revisit a stretch of the map; p50/p90 per call, what the sequence stage adds, how many of
+   that revisit a stretch of the map; p50/p90 per call, what the sequence stage adds (the difference
+   of the two detectors, and the stage's own time within the calls, ``sequence_stage``), how many of
    the queries each accepted, and the process's resident memory (JSON key ``cost``); then the same in
    slam mode on sessions of ``--cost-slam-sizes`` keyframes, where the map is the running session
    (``slam_rows``);
